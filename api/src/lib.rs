@@ -1,0 +1,412 @@
+//! Wire types of the DMLS relay HTTP API, version 1 (`shared/API.md`).
+//!
+//! These are plain serde structs shared by the relay and the client. They do no I/O. Binary
+//! fields use [`Bytes`], which travels as standard base64 with padding (RFC 4648 section 4).
+//! With the `openapi` feature every type also derives a `utoipa` schema, from which the relay
+//! generates `/openapi.json`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Fixed numbers of the protocol: caps that a request may not exceed and the defaults the relay
+/// applies when a field is absent. Configurable size limits live in the relay's configuration.
+pub mod limits {
+    /// Most client ids in one `POST /v1/key-packages/claim`.
+    pub const MAX_CLAIM_IDS: usize = 1_000;
+    /// Most welcomes in one `POST /v1/welcomes`.
+    pub const MAX_WELCOMES_PER_POST: usize = 1_000;
+    /// Most groups in one `POST /v1/sync`.
+    pub const MAX_SYNC_GROUPS: usize = 10_000;
+    /// Default and maximum `limit` of `GET .../messages` and `GET /v1/welcomes`.
+    pub const PAGE_LIMIT_DEFAULT: u32 = 100;
+    pub const PAGE_LIMIT_MAX: u32 = 1_000;
+    /// Default and maximum total messages in one `sync` answer.
+    pub const SYNC_LIMIT_DEFAULT: u32 = 500;
+    pub const SYNC_LIMIT_MAX: u32 = 5_000;
+    /// Longest long poll.
+    pub const WAIT_MS_MAX: u64 = 30_000;
+    /// Length bounds of an `Idempotency-Key` header value.
+    pub const IDEMPOTENCY_KEY_MAX: usize = 64;
+    /// Most members in a group's member list.
+    pub const MAX_GROUP_MEMBERS: usize = 10_000;
+}
+
+/// The name of the idempotency header of `POST .../messages`.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// Is `s` a valid client id: 1 to 64 characters of `a-z 0-9 . _ -`?
+pub fn is_valid_client_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Is `s` a valid group id: lowercase hex of 1 to 64 bytes?
+pub fn is_valid_group_id(s: &str) -> bool {
+    (2..=128).contains(&s.len())
+        && s.len() % 2 == 0
+        && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Is `s` a valid `Idempotency-Key`: 1 to 64 visible ASCII characters?
+pub fn is_valid_idempotency_key(s: &str) -> bool {
+    (1..=limits::IDEMPOTENCY_KEY_MAX).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Opaque binary data, standard base64 with padding on the wire.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Bytes {
+    pub fn into_inner(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    // Payloads can be large; show their size, not their content.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(v)
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(s.as_bytes())
+            .map(Bytes)
+            .map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}")))
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Bytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .content_encoding("base64")
+            .description(Some("Standard base64 with padding (RFC 4648 section 4)"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Bytes {}
+
+macro_rules! wire {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident : $t:ty),* $(,)? }) => {
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        $(#[$m])*
+        pub struct $name { $($(#[$fm])* pub $f: $t),* }
+    };
+}
+
+// ---------------------------------------------------------------- clients
+
+wire! {
+    /// `POST /v1/clients`
+    #[serde(deny_unknown_fields)]
+    pub struct RegisterRequest { pub client_id: String }
+}
+
+/// `201` answer of `POST /v1/clients`. The token is shown only here; it is redacted in `Debug`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegisterResponse {
+    pub client_id: String,
+    /// Bearer token for every authenticated route: 32 random bytes, base64url without padding.
+    pub token: String,
+}
+
+impl std::fmt::Debug for RegisterResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterResponse")
+            .field("client_id", &self.client_id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+wire! {
+    /// `GET /v1/clients/me`
+    pub struct ClientInfo {
+        pub client_id: String,
+        /// Milliseconds since the Unix epoch.
+        pub created_at: i64,
+        pub key_packages_available: u64,
+        pub has_last_resort: bool,
+    }
+}
+
+// ---------------------------------------------------------------- key packages
+
+wire! {
+    /// `POST /v1/key-packages`
+    #[serde(deny_unknown_fields)]
+    pub struct UploadKeyPackagesRequest {
+        #[serde(default)]
+        pub key_packages: Vec<Bytes>,
+        /// A non-null value replaces the previous last-resort key package.
+        #[serde(default)]
+        pub last_resort: Option<Bytes>,
+    }
+}
+
+wire! {
+    /// `201` answer of `POST /v1/key-packages`.
+    pub struct UploadKeyPackagesResponse { pub available: u64 }
+}
+
+wire! {
+    /// `POST /v1/key-packages/claim`
+    #[serde(deny_unknown_fields)]
+    pub struct ClaimKeyPackagesRequest { pub client_ids: Vec<String> }
+}
+
+wire! {
+    /// One claimed key package.
+    pub struct ClaimedKeyPackage {
+        pub client_id: String,
+        pub key_package: Bytes,
+        /// True when the stock was empty and this is the (kept) last-resort package.
+        pub last_resort: bool,
+    }
+}
+
+wire! {
+    /// `200` answer of `POST /v1/key-packages/claim`.
+    pub struct ClaimKeyPackagesResponse {
+        pub key_packages: Vec<ClaimedKeyPackage>,
+        /// Client ids that had neither stock nor a last-resort package.
+        pub missing: Vec<String>,
+    }
+}
+
+// ---------------------------------------------------------------- welcomes
+
+wire! {
+    /// One welcome to deliver.
+    #[serde(deny_unknown_fields)]
+    pub struct OutgoingWelcome { pub to: String, pub data: Bytes }
+}
+
+wire! {
+    /// `POST /v1/welcomes`
+    #[serde(deny_unknown_fields)]
+    pub struct PostWelcomesRequest { pub welcomes: Vec<OutgoingWelcome> }
+}
+
+wire! {
+    /// `201` answer of `POST /v1/welcomes`: the inbox ids, in request order.
+    pub struct PostWelcomesResponse { pub ids: Vec<u64> }
+}
+
+wire! {
+    /// A welcome in the caller's inbox.
+    pub struct Welcome {
+        pub id: u64,
+        pub from: String,
+        pub data: Bytes,
+        pub received_at: i64,
+    }
+}
+
+wire! {
+    /// `GET /v1/welcomes`
+    pub struct WelcomesPage {
+        pub welcomes: Vec<Welcome>,
+        /// Pass as `after` to read on: the last id returned, or the given `after` if none.
+        pub next_after: u64,
+        pub more: bool,
+    }
+}
+
+// ---------------------------------------------------------------- groups
+
+wire! {
+    /// `PUT /v1/groups/{owner}/{group_id}`
+    #[serde(deny_unknown_fields)]
+    pub struct PutGroupRequest { pub members: Vec<String> }
+}
+
+wire! {
+    /// `GET /v1/groups/{owner}/{group_id}`
+    pub struct GroupInfo {
+        pub group_id: String,
+        pub owner: String,
+        pub members: Vec<String>,
+        pub last_seq: u64,
+        pub created_at: i64,
+    }
+}
+
+wire! {
+    /// JSON form of `POST .../messages` (the body may also be raw `application/octet-stream`).
+    #[serde(deny_unknown_fields)]
+    pub struct PostMessageRequest { pub data: Bytes }
+}
+
+wire! {
+    /// `201`/`200` answer of `POST .../messages`.
+    pub struct PostMessageResponse { pub seq: u64 }
+}
+
+wire! {
+    /// A stored group message.
+    pub struct Message {
+        pub seq: u64,
+        pub sender: String,
+        pub data: Bytes,
+        pub received_at: i64,
+    }
+}
+
+wire! {
+    /// `GET .../messages`
+    pub struct MessagesPage {
+        pub messages: Vec<Message>,
+        /// Pass as `after` to read on: the last seq returned, or the given `after` if none.
+        pub next_after: u64,
+        pub more: bool,
+    }
+}
+
+// ---------------------------------------------------------------- sync
+
+wire! {
+    /// A group to read in `sync`, with the caller's cursor.
+    #[serde(deny_unknown_fields)]
+    pub struct SyncGroupCursor {
+        pub owner: String,
+        pub group_id: String,
+        #[serde(default)]
+        pub after: u64,
+    }
+}
+
+wire! {
+    /// `POST /v1/sync`
+    #[serde(deny_unknown_fields)]
+    pub struct SyncRequest {
+        #[serde(default)]
+        pub groups: Vec<SyncGroupCursor>,
+        /// Null or absent: the welcome inbox is not read.
+        #[serde(default)]
+        pub welcomes_after: Option<u64>,
+        /// Total messages in the answer (default 500, at most 5,000).
+        #[serde(default)]
+        pub limit: Option<u32>,
+        /// Long poll: hold the request up to this long while nothing is new (0 to 30,000).
+        #[serde(default)]
+        pub wait_ms: Option<u64>,
+    }
+}
+
+wire! {
+    /// New messages of one group in a `sync` answer.
+    pub struct SyncGroupMessages {
+        pub owner: String,
+        pub group_id: String,
+        pub messages: Vec<Message>,
+        pub next_after: u64,
+        pub more: bool,
+    }
+}
+
+wire! {
+    /// A group named in `sync` that the caller may not read.
+    pub struct GroupRef { pub owner: String, pub group_id: String }
+}
+
+wire! {
+    /// `200` answer of `POST /v1/sync`. Groups with nothing new are left out.
+    pub struct SyncResponse {
+        pub groups: Vec<SyncGroupMessages>,
+        pub welcomes: Vec<Welcome>,
+        /// Null when the inbox was not read; otherwise the cursor to pass next time.
+        pub welcomes_next_after: Option<u64>,
+        pub forbidden: Vec<GroupRef>,
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+wire! {
+    /// RFC 9457 problem details, served as `application/problem+json`.
+    pub struct Problem {
+        #[serde(rename = "type")]
+        pub kind: String,
+        pub title: String,
+        pub status: u16,
+        pub detail: String,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_as_padded_standard_base64() {
+        let b = Bytes(vec![0xfb, 0xff, 0x01]);
+        let json = serde_json::to_string(&b).unwrap();
+        assert_eq!(json, "\"+/8B\"");
+        assert_eq!(serde_json::from_str::<Bytes>(&json).unwrap(), b);
+        assert_eq!(serde_json::to_string(&Bytes(vec![1])).unwrap(), "\"AQ==\"");
+    }
+
+    #[test]
+    fn bytes_reject_bad_base64() {
+        assert!(serde_json::from_str::<Bytes>("\"not base64!\"").is_err());
+        assert!(serde_json::from_str::<Bytes>("\"AQ\"").is_err(), "padding is required");
+    }
+
+    #[test]
+    fn client_ids_follow_the_api_alphabet() {
+        assert!(is_valid_client_id("alice"));
+        assert!(is_valid_client_id("a.b_c-9"));
+        assert!(!is_valid_client_id(""));
+        assert!(!is_valid_client_id("Alice"));
+        assert!(!is_valid_client_id("a/b"));
+        assert!(!is_valid_client_id(&"a".repeat(65)));
+        assert!(is_valid_client_id(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn group_ids_are_lowercase_hex_of_1_to_64_bytes() {
+        assert!(is_valid_group_id("ab"));
+        assert!(is_valid_group_id(&"0f".repeat(64)));
+        assert!(!is_valid_group_id(&"0f".repeat(65)));
+        assert!(!is_valid_group_id("abc"));
+        assert!(!is_valid_group_id("AB"));
+        assert!(!is_valid_group_id(""));
+        assert!(!is_valid_group_id("zz"));
+    }
+
+    #[test]
+    fn register_response_debug_hides_the_token() {
+        let r = RegisterResponse { client_id: "a".into(), token: "secret-token".into() };
+        assert!(!format!("{r:?}").contains("secret-token"));
+    }
+}

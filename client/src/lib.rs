@@ -1,0 +1,2 @@
+//! DMLS client.
+pub mod relay;

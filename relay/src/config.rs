@@ -1,0 +1,181 @@
+//! The relay's configuration: one clap struct; every flag can also be set through the
+//! environment variable named in its help.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RegistrationMode {
+    /// Anyone may register a client id.
+    Open,
+    /// Registration needs the operator's registration token as bearer.
+    Token,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// DMLS relay: a durable store-and-forward service for Distributed MLS.
+///
+/// Stores opaque MLS messages per group, key packages and welcome inboxes, and serves them by
+/// cursor with long polling. SQLite by default (no set-up); PostgreSQL when several relay
+/// processes share one database.
+#[derive(Clone, Parser)]
+#[command(name = "dmls-relay", version, about, long_about)]
+pub struct Config {
+    /// Address and port to listen on. Use 0.0.0.0:8080 to accept connections from other hosts
+    /// (put TLS in front: the relay speaks plain HTTP).
+    #[arg(long, env = "DMLS_RELAY_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Database: `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://dmls-relay.db")]
+    pub database_url: String,
+
+    /// Most database connections in the pool.
+    #[arg(long, env = "DMLS_RELAY_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// Most appends the writer gathers into one transaction (group commit).
+    #[arg(long, env = "DMLS_RELAY_APPEND_BATCH_MAX", default_value_t = 512)]
+    pub append_batch_max: usize,
+
+    /// Who may register: `open` (anyone) or `token` (needs --registration-token).
+    #[arg(long, env = "DMLS_RELAY_REGISTRATION", value_enum, default_value_t = RegistrationMode::Open)]
+    pub registration: RegistrationMode,
+
+    /// The operator's registration token (bearer of `POST /v1/clients` in `token` mode).
+    #[arg(long, env = "DMLS_RELAY_REGISTRATION_TOKEN", hide_env_values = true)]
+    pub registration_token: Option<String>,
+
+    /// Largest group message, in bytes.
+    #[arg(long, env = "DMLS_RELAY_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Largest key package, in bytes.
+    #[arg(long, env = "DMLS_RELAY_MAX_KEY_PACKAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_key_package_bytes: usize,
+
+    /// Largest welcome, in bytes.
+    #[arg(long, env = "DMLS_RELAY_MAX_WELCOME_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_welcome_bytes: usize,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "DMLS_RELAY_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most key packages a client may keep in stock.
+    #[arg(long, env = "DMLS_RELAY_MAX_KEY_PACKAGES", default_value_t = 1000)]
+    pub max_key_packages: u64,
+
+    /// How long group messages and welcomes are kept, in days.
+    #[arg(long, env = "DMLS_RELAY_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u64,
+
+    /// How often the pruner runs, in seconds.
+    #[arg(long, env = "DMLS_RELAY_PRUNE_INTERVAL_SECS", default_value_t = 3600)]
+    pub prune_interval_secs: u64,
+
+    /// Requests per second each client may make (0 turns the limit off).
+    #[arg(long, env = "DMLS_RELAY_RATE_LIMIT_PER_SECOND", default_value_t = 100)]
+    pub rate_limit_per_second: u32,
+
+    /// Burst of requests each client may make above the per-second rate.
+    #[arg(long, env = "DMLS_RELAY_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+
+    /// Registrations per minute per IP address (0 turns the limit off).
+    #[arg(long, env = "DMLS_RELAY_REGISTRATIONS_PER_MINUTE", default_value_t = 10)]
+    pub registrations_per_minute: u32,
+
+    /// Time limit of a request in seconds (a long poll may wait 30 s of it).
+    #[arg(long, env = "DMLS_RELAY_REQUEST_TIMEOUT_SECS", default_value_t = 45)]
+    pub request_timeout_secs: u64,
+
+    /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "DMLS_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_days.saturating_mul(24 * 3600))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// Checks combinations clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.registration == RegistrationMode::Token
+            && self.registration_token.as_deref().is_none_or(str::is_empty)
+        {
+            return Err("--registration token needs --registration-token (or DMLS_RELAY_REGISTRATION_TOKEN)".into());
+        }
+        if self.request_timeout_secs <= dmls_api::limits::WAIT_MS_MAX / 1000 {
+            return Err("--request-timeout-secs must exceed the longest long poll (30 s)".into());
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Config {
+    // The registration token and a password in the database URL are secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("bind", &self.bind)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("registration", &self.registration)
+            .field("registration_token", &self.registration_token.as_ref().map(|_| "<redacted>"))
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("retention_days", &self.retention_days)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("log_format", &self.log_format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:<redacted>{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_database_passwords() {
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:<redacted>@h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn debug_hides_the_registration_token() {
+        let c = Config::parse_from(["dmls-relay", "--registration", "token", "--registration-token", "hunter2"]);
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn token_mode_needs_a_token() {
+        let c = Config::parse_from(["dmls-relay", "--registration", "token"]);
+        assert!(c.validate().is_err());
+    }
+}

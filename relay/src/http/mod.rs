@@ -1,0 +1,212 @@
+//! The HTTP API (`shared/API.md`): one module per resource.
+//!
+//! Routes are registered through utoipa-axum's [`OpenApiRouter`], so every route the router
+//! serves is in `/openapi.json` by construction. The shared state is one small [`Ctx`].
+//!
+//! Layers, outermost first: secrets are marked sensitive, a request id is set (or kept) and
+//! echoed, requests are traced, CORS is permissive (clients authenticate with bearer tokens, not
+//! cookies, so any web page may call the relay on behalf of a user who holds a token), bare
+//! error responses get a problem+json body, and requests time out.
+
+pub mod auth;
+pub mod clients;
+pub mod error;
+pub mod extract;
+pub mod groups;
+pub mod key_packages;
+pub mod metrics;
+pub mod ops;
+pub mod rate_limit;
+pub mod sync;
+pub mod welcomes;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::middleware;
+use tokio::sync::watch;
+use tower::ServiceBuilder;
+use tower_http::cors::CorsLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::Config;
+use crate::config::RegistrationMode;
+use crate::notify::Notifier;
+use crate::store::{Millis, Store};
+
+/// What every handler shares.
+pub struct Ctx {
+    pub store: Arc<dyn Store>,
+    pub notifier: Notifier,
+    pub config: Config,
+    pub rate_limits: rate_limit::RateLimits,
+    /// SHA-256 of the operator's registration token in `token` mode.
+    pub registration_token_hash: Option<[u8; 32]>,
+    /// Turns true when the relay shuts down; long polls watch it to answer at once.
+    pub shutdown: watch::Receiver<bool>,
+    pub started: Instant,
+}
+
+pub type AppState = Arc<Ctx>;
+
+impl Ctx {
+    pub fn new(config: Config, store: Arc<dyn Store>, notifier: Notifier, shutdown: watch::Receiver<bool>) -> Self {
+        let registration_token_hash = match config.registration {
+            RegistrationMode::Token => config.registration_token.as_deref().map(|t| auth::sha256(t.as_bytes())),
+            RegistrationMode::Open => None,
+        };
+        Ctx {
+            rate_limits: rate_limit::RateLimits::new(&config),
+            store,
+            notifier,
+            config,
+            registration_token_hash,
+            shutdown,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (`received_at`, `created_at`).
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "DMLS relay",
+        description = "Durable store-and-forward service for Distributed MLS. The relay never parses MLS content. \
+                       Errors are application/problem+json (RFC 9457).",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(dmls_api::Problem)),
+    tags(
+        (name = "clients", description = "Registration and accounts"),
+        (name = "key-packages", description = "Key package stock and claims"),
+        (name = "welcomes", description = "Per-client welcome inbox"),
+        (name = "groups", description = "Groups, their member lists and messages"),
+        (name = "sync", description = "One long-polling read of everything a client follows"),
+        (name = "operations", description = "Health, readiness, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` security scheme that authenticated routes name.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The token from `POST /v1/clients` (or the operator's registration token there)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route, with its OpenAPI description.
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(clients::register))
+        .routes(routes!(clients::me, clients::delete_me))
+        .routes(routes!(key_packages::upload))
+        .routes(routes!(key_packages::claim))
+        .routes(routes!(welcomes::post, welcomes::list, welcomes::delete))
+        .routes(routes!(groups::put, groups::get, groups::delete))
+        .routes(routes!(groups::post_message, groups::list_messages))
+        .routes(routes!(sync::sync))
+        .routes(routes!(ops::index))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi_json))
+}
+
+/// The OpenAPI 3.1 document of every route (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
+/// The relay's whole HTTP service.
+pub fn router(ctx: AppState) -> Router {
+    // Install the recorder before the first request records anything.
+    metrics::handle();
+    let (routes, api) = api_router().split_for_parts();
+    let document: Arc<str> = match api.to_pretty_json() {
+        Ok(json) => json.into(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise the OpenAPI document");
+            "{}".into()
+        }
+    };
+    let timeout = ctx.config.request_timeout();
+    let body_limit = ctx.config.max_body_bytes;
+    routes
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        // Inside routing, so the matched route template is known.
+        .layer(middleware::from_fn(metrics::track))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(ops::OpenApiDocument(document)))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http())
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(CorsLayer::permissive())
+                .layer(middleware::map_response(error::problem_for_bare_errors))
+                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
+        )
+        .with_state(ctx)
+}
+
+/// Checks that a path names a group: a valid owner client id and a valid group id.
+pub fn check_group_name(owner: &str, group_id: &str) -> Result<(), error::Error> {
+    if !dmls_api::is_valid_client_id(owner) {
+        return Err(error::Error::bad_request(format!("invalid owner {owner:?}: 1 to 64 characters of a-z 0-9 . _ -")));
+    }
+    if !dmls_api::is_valid_group_id(group_id) {
+        return Err(error::Error::bad_request(format!(
+            "invalid group id {group_id:?}: lowercase hex of 1 to 64 bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a list of client ids from a body: each valid, none twice.
+pub fn check_client_ids(ids: &[String], what: &str) -> Result<(), error::Error> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    for id in ids {
+        if !dmls_api::is_valid_client_id(id) {
+            return Err(error::Error::bad_request(format!(
+                "invalid client id {id:?} in {what}: 1 to 64 characters of a-z 0-9 . _ -"
+            )));
+        }
+        if !seen.insert(id.as_str()) {
+            return Err(error::Error::bad_request(format!("client id {id:?} appears twice in {what}")));
+        }
+    }
+    Ok(())
+}

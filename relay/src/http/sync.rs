@@ -1,0 +1,230 @@
+//! `POST /v1/sync`: every followed group and the welcome inbox in one read, with long polling.
+//!
+//! The long poll subscribes to the [`Notifier`](crate::notify::Notifier) *before* its first
+//! read, so a message committed between that read and the wait still wakes it. It then waits
+//! for an event naming one of its groups or its inbox, the deadline, or shutdown. A matching
+//! event (or a lagged receiver, which may have missed one) triggers a re-read; if the re-read
+//! still finds nothing readable (say, a message past a dropped member's cut-off) it waits again
+//! until the deadline. Shutdown answers at once with what was read last.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::extract::State;
+use dmls_api::limits::{MAX_SYNC_GROUPS, SYNC_LIMIT_DEFAULT, SYNC_LIMIT_MAX, WAIT_MS_MAX};
+use dmls_api::{GroupRef, Problem, SyncGroupMessages, SyncRequest, SyncResponse};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::Error;
+use super::extract::Json;
+use crate::store::{StoreEvent, SyncCursor, SyncGroupResult, SyncRead};
+
+/// Reads new messages of many groups and the caller's inbox; optionally waits for news.
+#[utoipa::path(
+    post,
+    path = "/v1/sync",
+    tag = "sync",
+    request_body = SyncRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "News (groups with nothing new are left out), or nothing once `wait_ms` passed", body = SyncResponse),
+        (status = 400, description = "Malformed body, invalid group name, more than 10,000 groups, limit not 1 to 5,000, or wait_ms over 30,000", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn sync(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(request): Json<SyncRequest>,
+) -> Result<axum::Json<SyncResponse>, Error> {
+    if request.groups.len() > MAX_SYNC_GROUPS {
+        return Err(Error::bad_request(format!("at most {MAX_SYNC_GROUPS} groups per sync")));
+    }
+    let limit = request.limit.unwrap_or(SYNC_LIMIT_DEFAULT);
+    if !(1..=SYNC_LIMIT_MAX).contains(&limit) {
+        return Err(Error::bad_request(format!("limit must be 1 to {SYNC_LIMIT_MAX}")));
+    }
+    let wait_ms = request.wait_ms.unwrap_or(0);
+    if wait_ms > WAIT_MS_MAX {
+        return Err(Error::bad_request(format!("wait_ms must be 0 to {WAIT_MS_MAX}")));
+    }
+    for g in &request.groups {
+        super::check_group_name(&g.owner, &g.group_id)?;
+    }
+    let cursors: Vec<SyncCursor> = request
+        .groups
+        .into_iter()
+        .map(|g| SyncCursor { owner: g.owner, group_id: g.group_id, after: g.after })
+        .collect();
+    let welcomes_after = request.welcomes_after;
+
+    if wait_ms == 0 {
+        let found = state.store.sync_read(&caller.client_id, &cursors, welcomes_after, limit).await?;
+        return Ok(axum::Json(answer(&cursors, welcomes_after, found)));
+    }
+
+    // Subscribe before the first read: see the module comment.
+    let mut events = state.notifier.subscribe();
+    let mut shutdown = state.shutdown.clone();
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    let watched: HashSet<(&str, &str)> = cursors.iter().map(|c| (c.owner.as_str(), c.group_id.as_str())).collect();
+    let wants = |event: &StoreEvent| match event {
+        StoreEvent::Group { owner, group_id } => watched.contains(&(owner.as_str(), group_id.as_str())),
+        StoreEvent::Inbox { client_id } => welcomes_after.is_some() && *client_id == caller.client_id,
+    };
+
+    let mut found = state.store.sync_read(&caller.client_id, &cursors, welcomes_after, limit).await?;
+    while !has_news(&found) {
+        if *shutdown.borrow_and_update() {
+            break;
+        }
+        let woke = tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                // An error means the relay is gone: answer as for shutdown.
+                let _ = changed;
+                Wake::Stop
+            }
+            () = tokio::time::sleep_until(deadline) => Wake::Stop,
+            wake = next_relevant(&mut events, &wants) => wake,
+        };
+        match woke {
+            Wake::Reread => found = state.store.sync_read(&caller.client_id, &cursors, welcomes_after, limit).await?,
+            Wake::Stop => break,
+        }
+    }
+    Ok(axum::Json(answer(&cursors, welcomes_after, found)))
+}
+
+enum Wake {
+    /// Something of interest may have been stored: read again.
+    Reread,
+    /// Deadline or shutdown: answer with the last read.
+    Stop,
+}
+
+/// Waits for an event `wants`, skipping others. A receiver that lagged may have skipped one, so
+/// it re-reads too.
+async fn next_relevant(
+    events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+    wants: &impl Fn(&StoreEvent) -> bool,
+) -> Wake {
+    loop {
+        match events.recv().await {
+            Ok(event) if wants(&event) => return Wake::Reread,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return Wake::Reread,
+            // No publisher is left, so nothing will arrive: answer now rather than spin.
+            Err(RecvError::Closed) => return Wake::Stop,
+        }
+    }
+}
+
+/// Is there anything to hand out? Forbidden groups alone are not news: the caller learns of them
+/// in the answer when the wait ends, without turning its long poll into a busy loop.
+fn has_news(read: &SyncRead) -> bool {
+    read.groups.iter().any(|g| matches!(g, SyncGroupResult::Messages { messages, .. } if !messages.is_empty()))
+        || read.welcomes.as_ref().is_some_and(|page| !page.items.is_empty())
+}
+
+/// Turns the store's read into the wire answer, naming groups by the caller's cursors.
+fn answer(cursors: &[SyncCursor], welcomes_after: Option<u64>, read: SyncRead) -> SyncResponse {
+    let mut groups = Vec::new();
+    let mut forbidden = Vec::new();
+    for result in read.groups {
+        match result {
+            SyncGroupResult::Messages { cursor_index, messages, more } => {
+                let Some(cursor) = cursors.get(cursor_index) else {
+                    tracing::error!(cursor_index, "store returned a sync result for an unknown cursor");
+                    continue;
+                };
+                if messages.is_empty() {
+                    continue;
+                }
+                let next_after = messages.last().map_or(cursor.after, |m| m.seq);
+                groups.push(SyncGroupMessages {
+                    owner: cursor.owner.clone(),
+                    group_id: cursor.group_id.clone(),
+                    messages,
+                    next_after,
+                    more,
+                });
+            }
+            SyncGroupResult::Forbidden { cursor_index } => {
+                if let Some(cursor) = cursors.get(cursor_index) {
+                    forbidden.push(GroupRef { owner: cursor.owner.clone(), group_id: cursor.group_id.clone() });
+                }
+            }
+        }
+    }
+    let (welcomes, welcomes_next_after) = match (read.welcomes, welcomes_after) {
+        (Some(page), Some(after)) => {
+            let next = page.items.last().map_or(after, |w| w.id);
+            (page.items, Some(next))
+        }
+        (Some(page), None) => {
+            let next = page.items.last().map(|w| w.id);
+            (page.items, next)
+        }
+        (None, after) => (Vec::new(), after),
+    };
+    SyncResponse { groups, welcomes, welcomes_next_after, forbidden }
+}
+
+#[cfg(test)]
+mod tests {
+    use dmls_api::{Bytes, Message, Welcome};
+
+    use super::*;
+    use crate::store::Page;
+
+    fn cursor(owner: &str, after: u64) -> SyncCursor {
+        SyncCursor { owner: owner.into(), group_id: "ab".into(), after }
+    }
+
+    fn message(seq: u64) -> Message {
+        Message { seq, sender: "bob".into(), data: Bytes(vec![1]), received_at: 0 }
+    }
+
+    #[test]
+    fn answers_name_groups_by_cursor_and_advance_cursors() {
+        let cursors = [cursor("alice", 3), cursor("carol", 0)];
+        let read = SyncRead {
+            groups: vec![
+                SyncGroupResult::Messages { cursor_index: 0, messages: vec![message(4), message(5)], more: true },
+                SyncGroupResult::Forbidden { cursor_index: 1 },
+            ],
+            welcomes: Some(Page { items: vec![], more: false }),
+        };
+        assert!(has_news(&read));
+        let a = answer(&cursors, Some(7), read);
+        assert_eq!(a.groups.len(), 1);
+        assert_eq!(a.groups[0].owner, "alice");
+        assert_eq!(a.groups[0].next_after, 5);
+        assert!(a.groups[0].more);
+        assert_eq!(a.forbidden, vec![GroupRef { owner: "carol".into(), group_id: "ab".into() }]);
+        assert!(a.welcomes.is_empty());
+        assert_eq!(a.welcomes_next_after, Some(7), "an empty inbox keeps the cursor");
+    }
+
+    #[test]
+    fn forbidden_alone_is_not_news_but_a_welcome_is() {
+        let forbidden_only = SyncRead { groups: vec![SyncGroupResult::Forbidden { cursor_index: 0 }], welcomes: None };
+        assert!(!has_news(&forbidden_only));
+        let welcome = Welcome { id: 9, from: "bob".into(), data: Bytes(vec![1]), received_at: 0 };
+        let with_welcome = SyncRead { groups: vec![], welcomes: Some(Page { items: vec![welcome], more: false }) };
+        assert!(has_news(&with_welcome));
+        assert_eq!(answer(&[], Some(2), with_welcome).welcomes_next_after, Some(9));
+    }
+
+    #[test]
+    fn an_unread_inbox_has_no_cursor() {
+        let a = answer(&[], None, SyncRead { groups: vec![], welcomes: None });
+        assert_eq!(a.welcomes_next_after, None);
+    }
+}

@@ -1,0 +1,142 @@
+//! `POST /v1/welcomes`, `GET /v1/welcomes`, `DELETE /v1/welcomes`: the per-client inbox.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use dmls_api::limits::{MAX_WELCOMES_PER_POST, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use dmls_api::{PostWelcomesRequest, PostWelcomesResponse, Problem, WelcomesPage};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::auth::Caller;
+use super::error::Error;
+use super::extract::{Json, Query};
+use super::{AppState, now_millis};
+
+/// A cursor page: `after` (exclusive, default 0) and `limit` (default 100, at most 1,000).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Return items after this id or seq (default 0: from the start).
+    pub after: Option<u64>,
+    /// Most items to return (1 to 1,000, default 100).
+    pub limit: Option<u32>,
+}
+
+impl PageQuery {
+    /// `(after, limit)` with defaults applied; 400 for a limit out of range.
+    pub fn resolve(&self) -> Result<(u64, u32), Error> {
+        let limit = self.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+        if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
+            return Err(Error::bad_request(format!("limit must be 1 to {PAGE_LIMIT_MAX}")));
+        }
+        Ok((self.after.unwrap_or(0), limit))
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Drop the caller's welcomes with id up to and including this one.
+    pub upto: u64,
+}
+
+/// Delivers welcomes to recipients' inboxes, all or nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/welcomes",
+    tag = "welcomes",
+    request_body = PostWelcomesRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Stored; inbox ids in request order", body = PostWelcomesResponse),
+        (status = 400, description = "Malformed body, invalid recipient, empty welcome or more than 1,000", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown recipients (named in `detail`); nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A welcome or the body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn post(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(request): Json<PostWelcomesRequest>,
+) -> Result<(StatusCode, axum::Json<PostWelcomesResponse>), Error> {
+    if request.welcomes.len() > MAX_WELCOMES_PER_POST {
+        return Err(Error::bad_request(format!("at most {MAX_WELCOMES_PER_POST} welcomes per request")));
+    }
+    let max = state.config.max_welcome_bytes;
+    for welcome in &request.welcomes {
+        if !dmls_api::is_valid_client_id(&welcome.to) {
+            return Err(Error::bad_request(format!("invalid recipient {:?}", welcome.to)));
+        }
+        if welcome.data.0.is_empty() {
+            return Err(Error::bad_request(format!("the welcome to {:?} is empty", welcome.to)));
+        }
+        if welcome.data.0.len() > max {
+            return Err(Error::PayloadTooLarge(format!(
+                "the welcome to {:?} has {} bytes; the limit is {max}",
+                welcome.to,
+                welcome.data.0.len()
+            )));
+        }
+    }
+    if request.welcomes.is_empty() {
+        return Ok((StatusCode::CREATED, axum::Json(PostWelcomesResponse { ids: Vec::new() })));
+    }
+    let count = request.welcomes.len();
+    let welcomes = request.welcomes.into_iter().map(|w| (w.to, w.data.into_inner())).collect();
+    let ids = state.store.post_welcomes(&caller.client_id, welcomes, now_millis()).await?;
+    ::metrics::counter!(super::metrics::WELCOMES_STORED).increment(u64::try_from(count).unwrap_or(0));
+    Ok((StatusCode::CREATED, axum::Json(PostWelcomesResponse { ids })))
+}
+
+/// Reads the caller's own inbox, ids increasing.
+#[utoipa::path(
+    get,
+    path = "/v1/welcomes",
+    tag = "welcomes",
+    params(PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the caller's welcomes", body = WelcomesPage),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<WelcomesPage>, Error> {
+    let (after, limit) = query.resolve()?;
+    let page = state.store.list_welcomes(&caller.client_id, after, limit).await?;
+    let next_after = page.items.last().map_or(after, |w| w.id);
+    Ok(axum::Json(WelcomesPage { welcomes: page.items, next_after, more: page.more }))
+}
+
+/// Drops the caller's welcomes up to an id, once it has processed them.
+#[utoipa::path(
+    delete,
+    path = "/v1/welcomes",
+    tag = "welcomes",
+    params(DeleteQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Dropped"),
+        (status = 400, description = "Missing or malformed `upto`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<DeleteQuery>,
+) -> Result<StatusCode, Error> {
+    state.store.delete_welcomes(&caller.client_id, query.upto).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

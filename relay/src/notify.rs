@@ -1,0 +1,44 @@
+//! Wakes long polls when something is stored.
+//!
+//! Stores publish a [`StoreEvent`] after each commit. A `sync` long poll subscribes *before* it
+//! reads, so an event committed between its read and its wait is not lost. On PostgreSQL a
+//! listener task also forwards `NOTIFY`s from other relay processes sharing the database.
+
+use tokio::sync::broadcast;
+
+use crate::store::StoreEvent;
+
+/// Cheap to clone; all clones share one channel.
+#[derive(Clone)]
+pub struct Notifier {
+    tx: broadcast::Sender<StoreEvent>,
+}
+
+impl Notifier {
+    pub fn new() -> Self {
+        // A waiter that lags behind this many events wakes and re-reads (see `Waiter`), so the
+        // capacity bounds memory, not correctness.
+        let (tx, _) = broadcast::channel(4096);
+        Notifier { tx }
+    }
+
+    /// Tells every waiter that `event` happened. Never blocks.
+    pub fn publish(&self, event: StoreEvent) {
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.tx.subscribe()
+    }
+
+    /// Long polls waiting right now.
+    pub fn waiters(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+impl Default for Notifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,151 @@
+//! Start-up, background tasks and graceful shutdown.
+//!
+//! One watch channel carries the shutdown signal to three places: axum's graceful shutdown (stop
+//! accepting, let in-flight requests finish), every waiting long poll (answer at once instead of
+//! holding the connection for up to 30 s, which would stall the graceful shutdown), and the
+//! background tasks. Only when all of them are done is the database closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::Config;
+use crate::http::{self, Ctx, now_millis};
+use crate::notify::Notifier;
+use crate::store::{self, Millis, Store};
+
+/// Idempotency keys are kept at least this long (API.md).
+const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// How often idle rate-limiter entries are forgotten.
+const RATE_LIMIT_HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+/// A relay serving in this process (used by `main` and by tests).
+///
+/// Dropping it without [`shutdown`](Self::shutdown) also stops the server gracefully (the
+/// shutdown signal's sender goes away), but does not wait for it nor close the database.
+pub struct RunningRelay {
+    /// The address it listens on (the real port when bound to port 0).
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+    store: Arc<dyn Store>,
+}
+
+impl RunningRelay {
+    /// `http://ADDR`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes in-flight requests, wakes long polls, closes the database.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        // `send_replace` stores the value even when no receiver is left.
+        self.shutdown.send_replace(true);
+        let served = self.server.await;
+        for task in self.background {
+            // They stop on the same signal; a task that panicked has nothing left to clean up.
+            let _ = task.await;
+        }
+        self.store.close().await;
+        tracing::info!("relay stopped");
+        match served {
+            Ok(result) => result.context("the HTTP server failed"),
+            Err(e) => Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
+        }
+    }
+}
+
+/// Opens the database (running migrations), binds, and serves in a background task.
+pub async fn start(config: Config) -> anyhow::Result<RunningRelay> {
+    config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let notifier = Notifier::new();
+    let store = store::open(&config, notifier.clone())
+        .await
+        .with_context(|| format!("cannot open the database {}", crate::config::redact_url(&config.database_url)))?;
+    let listener = match TcpListener::bind(config.bind).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            store.close().await;
+            return Err(e).with_context(|| format!("cannot listen on {} (is another process using it?)", config.bind));
+        }
+    };
+    let addr = listener.local_addr().context("cannot read the bound address")?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let prune_interval = Duration::from_secs(config.prune_interval_secs);
+    let retention = config.retention();
+    let ctx = Arc::new(Ctx::new(config, Arc::clone(&store), notifier, shutdown_rx.clone()));
+    let app = http::router(Arc::clone(&ctx));
+
+    let mut graceful = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                // Also resolves when the sender is dropped: a dropped handle stops the relay.
+                let _ = graceful.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
+    let mut background = Vec::new();
+    if prune_interval.is_zero() {
+        tracing::warn!("pruning is off (--prune-interval-secs 0): old messages and welcomes are kept");
+    } else {
+        background.push(tokio::spawn(prune_loop(Arc::clone(&store), retention, prune_interval, shutdown_rx.clone())));
+    }
+    background.push(tokio::spawn(rate_limit_housekeeping(Arc::clone(&ctx), shutdown_rx)));
+
+    tracing::info!(%addr, backend = store.backend(), "relay listening");
+    Ok(RunningRelay { addr, shutdown: shutdown_tx, server, background, store })
+}
+
+/// Waits until the shutdown signal is set (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Deletes messages and welcomes older than the retention, and idempotency keys older than a
+/// day, now and then every `interval`.
+async fn prune_loop(store: Arc<dyn Store>, retention: Duration, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopped(&mut shutdown) => return,
+            _ = ticks.tick() => {}
+        }
+        let now = now_millis();
+        let before = now.saturating_sub(millis(retention));
+        let idempotency_before = now.saturating_sub(millis(IDEMPOTENCY_RETENTION));
+        match store.prune(before, idempotency_before).await {
+            Ok(stats) => tracing::info!(
+                messages = stats.messages,
+                welcomes = stats.welcomes,
+                idempotency_keys = stats.idempotency_keys,
+                "pruned"
+            ),
+            Err(e) => tracing::warn!(error = %e, "pruning failed; will retry next interval"),
+        }
+    }
+}
+
+fn millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
+async fn rate_limit_housekeeping(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(RATE_LIMIT_HOUSEKEEPING);
+    loop {
+        tokio::select! {
+            () = stopped(&mut shutdown) => return,
+            _ = ticks.tick() => ctx.rate_limits.forget_idle(),
+        }
+    }
+}

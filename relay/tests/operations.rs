@@ -1,0 +1,126 @@
+//! `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// Every route of API.md, as (method, OpenAPI path).
+const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/clients"),
+    ("get", "/v1/clients/me"),
+    ("delete", "/v1/clients/me"),
+    ("post", "/v1/key-packages"),
+    ("post", "/v1/key-packages/claim"),
+    ("post", "/v1/welcomes"),
+    ("get", "/v1/welcomes"),
+    ("delete", "/v1/welcomes"),
+    ("put", "/v1/groups/{owner}/{group_id}"),
+    ("get", "/v1/groups/{owner}/{group_id}"),
+    ("delete", "/v1/groups/{owner}/{group_id}"),
+    ("post", "/v1/groups/{owner}/{group_id}/messages"),
+    ("get", "/v1/groups/{owner}/{group_id}/messages"),
+    ("post", "/v1/sync"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/"),
+];
+
+backend_tests! {
+    async fn healthz_is_200_without_a_token(db: Db) {
+        let relay = db.relay().await;
+        assert_eq!(relay.get("/healthz").send().await.unwrap().status(), StatusCode::OK);
+    }
+
+    async fn readyz_is_200_when_the_database_answers(db: Db) {
+        let relay = db.relay().await;
+        assert_eq!(relay.get("/readyz").send().await.unwrap().status(), StatusCode::OK);
+    }
+
+    async fn metrics_expose_the_named_families(db: Db) {
+        let relay = db.relay().await;
+        let alice = relay.register("alice").await;
+        alice.create_group(&gid(1), &[]).await;
+        alice.post_message("alice", &gid(1), b"counted").await;
+        alice.me().await;
+        let resp = relay.get("/metrics").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        let text = resp.text().await.unwrap();
+        let types: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        let family = |what: &str, words: &[&str]| {
+            assert!(
+                types.iter().any(|(name, _)| words.iter().all(|w| name.contains(w))),
+                "no metric family for {what} (a name with {words:?}) in:\n{text}"
+            );
+        };
+        family("requests", &["request"]);
+        family("messages stored", &["message"]);
+        family("waiting long polls", &["poll"]);
+        family("database pool use", &["pool"]);
+        assert!(types.iter().any(|(_, kind)| *kind == "histogram"), "no latency histogram in:\n{text}");
+        // Requests are counted by route and status.
+        assert!(
+            text.lines().any(|l| l.contains("request") && l.contains("status=\"201\"") && l.contains("/messages")),
+            "no request count for the message route with status 201 in:\n{text}"
+        );
+    }
+
+    async fn openapi_json_is_openapi_3_1_and_describes_every_route(db: Db) {
+        let relay = db.relay().await;
+        let resp = relay.get("/openapi.json").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let doc: Value = resp.json().await.unwrap();
+        let version = doc["openapi"].as_str().unwrap();
+        assert!(version.starts_with("3.1"), "openapi {version}");
+        let paths = doc["paths"].as_object().expect("paths");
+        let missing: Vec<String> = ROUTES
+            .iter()
+            .filter(|(method, path)| paths.get(*path).and_then(|p| p.get(*method)).is_none())
+            .map(|(method, path)| format!("{method} {path}"))
+            .collect();
+        assert!(missing.is_empty(), "routes missing from /openapi.json: {missing:?}\npaths: {:?}", paths.keys().collect::<Vec<_>>());
+    }
+
+    async fn the_front_page_names_the_version_and_the_backend(db: Db) {
+        let relay = db.relay().await;
+        let resp = relay.get("/").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+        let backend = match db.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
+        assert!(text.to_lowercase().contains(backend), "{text}");
+    }
+
+    async fn an_unknown_route_is_a_404_problem(db: Db) {
+        let relay = db.relay().await;
+        let alice = relay.register("alice").await;
+        let resp = alice.get("/v1/nothing-here").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+
+    async fn a_relay_restarted_on_the_same_database_keeps_its_data(db: Db) {
+        let relay = db.relay().await;
+        let alice = relay.register("alice").await;
+        alice.create_group(&gid(1), &[]).await;
+        alice.post_message("alice", &gid(1), b"durable").await;
+        relay.stop().await;
+        let relay = db.relay().await;
+        let alice = relay.client("alice", &alice.token);
+        assert_eq!(alice.all_seqs("alice", &gid(1)).await, vec![1]);
+        assert_eq!(alice.post_message("alice", &gid(1), b"next").await, 2);
+    }
+}
