@@ -45,7 +45,7 @@ pub fn is_valid_client_id(s: &str) -> bool {
 /// Is `s` a valid group id: lowercase hex of 1 to 64 bytes?
 pub fn is_valid_group_id(s: &str) -> bool {
     (2..=128).contains(&s.len())
-        && s.len() % 2 == 0
+        && s.len().is_multiple_of(2)
         && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 

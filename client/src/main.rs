@@ -1,1 +1,39 @@
-fn main() {}
+//! `dmls`: the command-line client of Distributed MLS. See `dmls --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use dmls_client::cli::{Cli, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logs go to stderr, quiet unless RUST_LOG asks; they never contain tokens or keys.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -187,7 +187,12 @@ impl RelayClient {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| RelayError::InvalidInput(format!("cannot build an HTTP client: {e}")))?;
-        Ok(RelayClient { http, base, token: None, retry: RetryPolicy::default() })
+        Ok(RelayClient {
+            http,
+            base,
+            token: None,
+            retry: RetryPolicy::default(),
+        })
     }
 
     /// The same client, authenticated with `token`.
@@ -216,18 +221,30 @@ impl RelayClient {
                 "client id {client_id:?}: use 1 to 64 characters of a-z 0-9 . _ -"
             )));
         }
-        let body = json(&RegisterRequest { client_id: client_id.to_string() })?;
-        self.call(Method::POST, "/v1/clients", Body::Json(body), None, false, None).await
+        let body = json(&RegisterRequest {
+            client_id: client_id.to_string(),
+        })?;
+        self.call(
+            Method::POST,
+            "/v1/clients",
+            Body::Json(body),
+            None,
+            false,
+            None,
+        )
+        .await
     }
 
     /// `GET /v1/clients/me`.
     pub async fn me(&self) -> Result<ClientInfo, RelayError> {
-        self.call(Method::GET, "/v1/clients/me", Body::None, None, true, None).await
+        self.call(Method::GET, "/v1/clients/me", Body::None, None, true, None)
+            .await
     }
 
     /// `DELETE /v1/clients/me`: deletes the account, its key packages, inbox and groups.
     pub async fn delete_me(&self) -> Result<(), RelayError> {
-        self.call_empty(Method::DELETE, "/v1/clients/me", Body::None, None).await
+        self.call_empty(Method::DELETE, "/v1/clients/me", Body::None, None)
+            .await
     }
 
     // ------------------------------------------------------------ key packages
@@ -243,8 +260,16 @@ impl RelayClient {
             key_packages: key_packages.into_iter().map(Bytes).collect(),
             last_resort: last_resort.map(Bytes),
         })?;
-        let r: UploadKeyPackagesResponse =
-            self.call(Method::POST, "/v1/key-packages", Body::Json(body), None, true, None).await?;
+        let r: UploadKeyPackagesResponse = self
+            .call(
+                Method::POST,
+                "/v1/key-packages",
+                Body::Json(body),
+                None,
+                true,
+                None,
+            )
+            .await?;
         Ok(r.available)
     }
 
@@ -259,8 +284,18 @@ impl RelayClient {
                 dmls_api::limits::MAX_CLAIM_IDS
             )));
         }
-        let body = json(&ClaimKeyPackagesRequest { client_ids: client_ids.to_vec() })?;
-        self.call(Method::POST, "/v1/key-packages/claim", Body::Json(body), None, true, None).await
+        let body = json(&ClaimKeyPackagesRequest {
+            client_ids: client_ids.to_vec(),
+        })?;
+        self.call(
+            Method::POST,
+            "/v1/key-packages/claim",
+            Body::Json(body),
+            None,
+            true,
+            None,
+        )
+        .await
     }
 
     // ------------------------------------------------------------ welcomes
@@ -279,24 +314,41 @@ impl RelayClient {
         let body = json(&PostWelcomesRequest {
             welcomes: welcomes
                 .into_iter()
-                .map(|(to, data)| OutgoingWelcome { to, data: Bytes(data) })
+                .map(|(to, data)| OutgoingWelcome {
+                    to,
+                    data: Bytes(data),
+                })
                 .collect(),
         })?;
-        let r: PostWelcomesResponse =
-            self.call(Method::POST, "/v1/welcomes", Body::Json(body), None, true, None).await?;
+        let r: PostWelcomesResponse = self
+            .call(
+                Method::POST,
+                "/v1/welcomes",
+                Body::Json(body),
+                None,
+                true,
+                None,
+            )
+            .await?;
         Ok(r.ids)
     }
 
     /// `GET /v1/welcomes?after=ID&limit=N`: the own inbox.
     pub async fn list_welcomes(&self, after: u64, limit: u32) -> Result<WelcomesPage, RelayError> {
         let path = format!("/v1/welcomes?after={after}&limit={limit}");
-        self.call(Method::GET, &path, Body::None, None, true, None).await
+        self.call(Method::GET, &path, Body::None, None, true, None)
+            .await
     }
 
     /// `DELETE /v1/welcomes?upto=ID`: drops own welcomes with id ≤ `upto`.
     pub async fn delete_welcomes(&self, upto: u64) -> Result<(), RelayError> {
-        self.call_empty(Method::DELETE, &format!("/v1/welcomes?upto={upto}"), Body::None, None)
-            .await
+        self.call_empty(
+            Method::DELETE,
+            &format!("/v1/welcomes?upto={upto}"),
+            Body::None,
+            None,
+        )
+        .await
     }
 
     // ------------------------------------------------------------ groups
@@ -309,20 +361,25 @@ impl RelayClient {
         members: &[String],
     ) -> Result<(), RelayError> {
         let path = group_path(owner, group_id)?;
-        let body = json(&PutGroupRequest { members: members.to_vec() })?;
-        self.call_empty(Method::PUT, &path, Body::Json(body), None).await
+        let body = json(&PutGroupRequest {
+            members: members.to_vec(),
+        })?;
+        self.call_empty(Method::PUT, &path, Body::Json(body), None)
+            .await
     }
 
     /// `GET /v1/groups/{owner}/{group_id}`.
     pub async fn get_group(&self, owner: &str, group_id: &str) -> Result<GroupInfo, RelayError> {
         let path = group_path(owner, group_id)?;
-        self.call(Method::GET, &path, Body::None, None, true, None).await
+        self.call(Method::GET, &path, Body::None, None, true, None)
+            .await
     }
 
     /// `DELETE /v1/groups/{owner}/{group_id}` (owner only).
     pub async fn delete_group(&self, owner: &str, group_id: &str) -> Result<(), RelayError> {
         let path = group_path(owner, group_id)?;
-        self.call_empty(Method::DELETE, &path, Body::None, None).await
+        self.call_empty(Method::DELETE, &path, Body::None, None)
+            .await
     }
 
     /// `POST /v1/groups/{owner}/{group_id}/messages`: stores `data`, returns its `seq`.
@@ -344,8 +401,16 @@ impl RelayClient {
             )));
         }
         let path = format!("{}/messages", group_path(owner, group_id)?);
-        let r: PostMessageResponse =
-            self.call(Method::POST, &path, Body::Raw(data), idempotency_key, true, None).await?;
+        let r: PostMessageResponse = self
+            .call(
+                Method::POST,
+                &path,
+                Body::Raw(data),
+                idempotency_key,
+                true,
+                None,
+            )
+            .await?;
         Ok(r.seq)
     }
 
@@ -357,8 +422,12 @@ impl RelayClient {
         after: u64,
         limit: u32,
     ) -> Result<MessagesPage, RelayError> {
-        let path = format!("{}/messages?after={after}&limit={limit}", group_path(owner, group_id)?);
-        self.call(Method::GET, &path, Body::None, None, true, None).await
+        let path = format!(
+            "{}/messages?after={after}&limit={limit}",
+            group_path(owner, group_id)?
+        );
+        self.call(Method::GET, &path, Body::None, None, true, None)
+            .await
     }
 
     // ------------------------------------------------------------ sync
@@ -373,10 +442,21 @@ impl RelayClient {
                 dmls_api::limits::MAX_SYNC_GROUPS
             )));
         }
-        let wait = request.wait_ms.unwrap_or(0).min(dmls_api::limits::WAIT_MS_MAX);
+        let wait = request
+            .wait_ms
+            .unwrap_or(0)
+            .min(dmls_api::limits::WAIT_MS_MAX);
         let timeout = REQUEST_TIMEOUT.max(Duration::from_millis(wait) + LONG_POLL_SLACK);
         let body = json(request)?;
-        self.call(Method::POST, "/v1/sync", Body::Json(body), None, true, Some(timeout)).await
+        self.call(
+            Method::POST,
+            "/v1/sync",
+            Body::Json(body),
+            None,
+            true,
+            Some(timeout),
+        )
+        .await
     }
 
     // ------------------------------------------------------------ plumbing
@@ -388,7 +468,9 @@ impl RelayClient {
         body: Body<'_>,
         idempotency_key: Option<&str>,
     ) -> Result<(), RelayError> {
-        self.send(method, path, body, idempotency_key, true, None).await.map(|_| ())
+        self.send(method, path, body, idempotency_key, true, None)
+            .await
+            .map(|_| ())
     }
 
     async fn call<T: DeserializeOwned>(
@@ -401,9 +483,13 @@ impl RelayClient {
         timeout: Option<Duration>,
     ) -> Result<T, RelayError> {
         let route = route_of(&method, path);
-        let bytes = self.send(method, path, body, idempotency_key, auth, timeout).await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| RelayError::BadAnswer { route, detail: format!("invalid JSON: {e}") })
+        let bytes = self
+            .send(method, path, body, idempotency_key, auth, timeout)
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| RelayError::BadAnswer {
+            route,
+            detail: format!("invalid JSON: {e}"),
+        })
     }
 
     /// Sends with retries; returns the body of a 2xx answer.
@@ -437,15 +523,19 @@ impl RelayClient {
             req = match &body {
                 Body::None => req,
                 Body::Json(v) => req.json(v),
-                Body::Raw(b) => {
-                    req.header(header::CONTENT_TYPE, "application/octet-stream").body(b.to_vec())
-                }
+                Body::Raw(b) => req
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .body(b.to_vec()),
             };
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(source) => {
                     if last {
-                        return Err(RelayError::Network { url: self.base.clone(), route, source });
+                        return Err(RelayError::Network {
+                            url: self.base.clone(),
+                            route,
+                            source,
+                        });
                     }
                     tracing::debug!(%route, attempt, error = %source, "relay unreachable, retrying");
                     tokio::time::sleep(self.retry.backoff(attempt - 1)).await;
@@ -469,8 +559,7 @@ impl RelayClient {
                     }
                 }
             }
-            let retryable =
-                status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
             if retryable && !last {
                 let delay = retry_after(&resp)
                     .unwrap_or_else(|| self.retry.backoff(attempt - 1))
@@ -487,7 +576,9 @@ impl RelayClient {
 /// `/v1/groups/{owner}/{group_id}` after checking both parts, so nothing odd reaches the URL.
 fn group_path(owner: &str, group_id: &str) -> Result<String, RelayError> {
     if !dmls_api::is_valid_client_id(owner) {
-        return Err(RelayError::InvalidInput(format!("owner {owner:?} is not a valid client id")));
+        return Err(RelayError::InvalidInput(format!(
+            "owner {owner:?} is not a valid client id"
+        )));
     }
     if !dmls_api::is_valid_group_id(group_id) {
         return Err(RelayError::InvalidInput(format!(
@@ -520,11 +611,21 @@ async fn problem_of(route: String, resp: reqwest::Response) -> RelayError {
     let reason = status.canonical_reason().unwrap_or("error").to_string();
     let body = resp.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<Problem>(&body) {
-        Ok(p) => RelayError::Problem { route, status: status.as_u16(), title: p.title, detail: p.detail },
+        Ok(p) => RelayError::Problem {
+            route,
+            status: status.as_u16(),
+            title: p.title,
+            detail: p.detail,
+        },
         Err(_) => {
             let text = String::from_utf8_lossy(&body);
             let detail: String = text.chars().take(300).collect();
-            RelayError::Problem { route, status: status.as_u16(), title: reason, detail }
+            RelayError::Problem {
+                route,
+                status: status.as_u16(),
+                title: reason,
+                detail,
+            }
         }
     }
 }
@@ -536,7 +637,9 @@ mod tests {
 
     #[test]
     fn token_is_redacted_in_debug() {
-        let c = RelayClient::new("http://127.0.0.1:1").unwrap().with_token(Token::new("s3cr3t"));
+        let c = RelayClient::new("http://127.0.0.1:1")
+            .unwrap()
+            .with_token(Token::new("s3cr3t"));
         assert!(!format!("{c:?}").contains("s3cr3t"));
         assert!(!format!("{:?}", Token::new("s3cr3t")).contains("s3cr3t"));
     }

@@ -1,1 +1,489 @@
-fn main() {}
+//! Load benchmark of a running relay over loopback.
+//!
+//! `cargo bench -p dmls-relay --bench relay_load -- --url http://127.0.0.1:8080` drives a relay
+//! started with `--rate-limit-per-second 0 --registrations-per-minute 0`; `--spawn sqlite` or
+//! `--spawn postgres://...` starts one in this process instead. Three phases, each bounded in count
+//! and time: appends of 1 KiB messages, `sync` over 1,000 followed groups with nothing new, and
+//! long-poll wake-ups. Only 127.0.0.1 / localhost is accepted as a target.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail, ensure};
+use clap::Parser;
+use dmls_api::{PostMessageResponse, RegisterResponse, SyncResponse};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "relay_load",
+    about = "Load benchmark of a DMLS relay on 127.0.0.1"
+)]
+struct Args {
+    /// URL of a running relay (127.0.0.1 or localhost only).
+    #[arg(long, conflicts_with = "spawn", required_unless_present = "spawn")]
+    url: Option<String>,
+    /// Start a relay in this process instead: `sqlite` (temporary file) or a `postgres://` URL.
+    #[arg(long)]
+    spawn: Option<String>,
+    /// Concurrent appending clients (each posts into its own group).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Appends in the append phase.
+    #[arg(long, default_value_t = 20_000)]
+    appends: u64,
+    /// Size of each appended message.
+    #[arg(long, default_value_t = 1024)]
+    message_bytes: usize,
+    /// Groups each syncing client follows.
+    #[arg(long, default_value_t = 1000)]
+    sync_groups: usize,
+    /// Concurrent syncing clients.
+    #[arg(long, default_value_t = 8)]
+    sync_clients: usize,
+    /// `sync` requests in the sync phase.
+    #[arg(long, default_value_t = 2000)]
+    syncs: u64,
+    /// Concurrent waiter/poster pairs in the wake-up phase.
+    #[arg(long, default_value_t = 8)]
+    wake_pairs: usize,
+    /// Wake-ups measured in the wake-up phase.
+    #[arg(long, default_value_t = 400)]
+    wakeups: u64,
+    /// Time a waiter gets to reach the relay before its poster posts, in milliseconds.
+    #[arg(long, default_value_t = 25)]
+    settle_ms: u64,
+    /// Longest time of each phase, in seconds (a phase stops early when it is reached).
+    #[arg(long, default_value_t = 60)]
+    max_phase_secs: u64,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _temp_dir;
+    let mut spawned = None;
+    let url = match (&args.url, &args.spawn) {
+        (Some(url), _) => {
+            check_loopback(url)?;
+            url.trim_end_matches('/').to_string()
+        }
+        (None, Some(spawn)) => {
+            let database_url = if spawn == "sqlite" {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("relay_load.db").display());
+                _temp_dir = dir;
+                url
+            } else {
+                spawn.clone()
+            };
+            let config = dmls_relay::Config::parse_from([
+                "dmls-relay",
+                "--bind",
+                "127.0.0.1:0",
+                "--database-url",
+                &database_url,
+                "--rate-limit-per-second",
+                "0",
+                "--registrations-per-minute",
+                "0",
+            ]);
+            let relay = dmls_relay::start(config)
+                .await
+                .context("starting the relay")?;
+            let url = relay.url();
+            spawned = Some(relay);
+            println!(
+                "spawned relay at {url} on {}",
+                dmls_relay::config::redact_url(&database_url)
+            );
+            url
+        }
+        (None, None) => bail!("give --url or --spawn"),
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let bench = Bench {
+        http,
+        url,
+        tag: run_tag(),
+        max_phase: Duration::from_secs(args.max_phase_secs),
+    };
+    println!(
+        "cores: {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+
+    bench.append_phase(&args).await?;
+    bench.sync_phase(&args).await?;
+    bench.wake_phase(&args).await?;
+
+    if let Some(relay) = spawned {
+        relay.shutdown().await?;
+    }
+    Ok(())
+}
+
+fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("--url must be http://127.0.0.1:PORT")?;
+    let host = rest.split(['/', ':']).next().unwrap_or_default();
+    ensure!(
+        host == "127.0.0.1" || host == "localhost",
+        "only 127.0.0.1 or localhost may be benchmarked, not {host}"
+    );
+    Ok(())
+}
+
+/// A short tag making this run's client ids and group ids unique on a relay used before.
+fn run_tag() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}", nanos % (1 << 40))
+}
+
+#[derive(Clone)]
+struct Client {
+    id: String,
+    token: String,
+}
+
+struct Bench {
+    http: reqwest::Client,
+    url: String,
+    tag: String,
+    max_phase: Duration,
+}
+
+impl Bench {
+    async fn register(&self, name: &str) -> anyhow::Result<Client> {
+        let id = format!("load-{}-{name}", self.tag);
+        let resp = self
+            .http
+            .post(format!("{}/v1/clients", self.url))
+            .json(&json!({ "client_id": id }))
+            .send()
+            .await?;
+        ensure!(
+            resp.status().as_u16() == 201,
+            "registering {id}: {} (start the relay with --registrations-per-minute 0 --rate-limit-per-second 0)",
+            resp.status()
+        );
+        let body: RegisterResponse = resp.json().await?;
+        Ok(Client {
+            id,
+            token: body.token,
+        })
+    }
+
+    async fn register_many(&self, prefix: &str, n: usize) -> anyhow::Result<Vec<Client>> {
+        let clients: Vec<anyhow::Result<Client>> = futures::stream::iter(0..n)
+            .map(|i| async move { self.register(&format!("{prefix}{i}")).await })
+            .buffered(16)
+            .collect()
+            .await;
+        clients.into_iter().collect()
+    }
+
+    async fn put_group(
+        &self,
+        owner: &Client,
+        group_id: &str,
+        members: &[String],
+    ) -> anyhow::Result<()> {
+        let resp = self
+            .http
+            .put(format!("{}/v1/groups/{}/{group_id}", self.url, owner.id))
+            .bearer_auth(&owner.token)
+            .json(&json!({ "members": members }))
+            .send()
+            .await?;
+        ensure!(
+            resp.status().is_success(),
+            "creating group {group_id}: {}",
+            resp.status()
+        );
+        Ok(())
+    }
+
+    async fn post(
+        &self,
+        sender: &Client,
+        owner: &str,
+        group_id: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<u64> {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/v1/groups/{owner}/{group_id}/messages",
+                self.url
+            ))
+            .bearer_auth(&sender.token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await?;
+        ensure!(resp.status().as_u16() == 201, "posting: {}", resp.status());
+        Ok(resp.json::<PostMessageResponse>().await?.seq)
+    }
+
+    async fn sync(&self, client: &Client, request: &Value) -> anyhow::Result<SyncResponse> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/sync", self.url))
+            .bearer_auth(&client.token)
+            .json(request)
+            .send()
+            .await?;
+        ensure!(resp.status().as_u16() == 200, "sync: {}", resp.status());
+        Ok(resp.json().await?)
+    }
+
+    fn group_id(&self, kind: u8, i: usize) -> String {
+        format!(
+            "{kind:02x}{:016x}{i:08x}",
+            u64::from_str_radix(&self.tag, 16).unwrap_or(0)
+        )
+    }
+
+    /// Each client appends 1 KiB messages into its own group as fast as answers come back.
+    async fn append_phase(&self, args: &Args) -> anyhow::Result<()> {
+        let clients = self.register_many("a", args.clients).await?;
+        for (i, c) in clients.iter().enumerate() {
+            self.put_group(c, &self.group_id(1, i), &[]).await?;
+        }
+        let issued = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + self.max_phase;
+        let started = Instant::now();
+        let workers = clients.iter().enumerate().map(|(i, c)| {
+            let issued = issued.clone();
+            let group_id = self.group_id(1, i);
+            let body = vec![0xa5u8; args.message_bytes];
+            async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while issued.fetch_add(1, Ordering::Relaxed) < args.appends
+                    && Instant::now() < deadline
+                {
+                    let t0 = Instant::now();
+                    match self.post(c, &c.id, &group_id, body.clone()).await {
+                        Ok(_) => latencies.push(t0.elapsed()),
+                        Err(e) => {
+                            if errors == 0 {
+                                eprintln!("append error: {e:#}");
+                            }
+                            errors += 1;
+                        }
+                    }
+                }
+                (latencies, errors)
+            }
+        });
+        let results = futures::future::join_all(workers).await;
+        let elapsed = started.elapsed();
+        let errors: u64 = results.iter().map(|r| r.1).sum();
+        let mut latencies: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
+        report(
+            &format!(
+                "append {} B, {} concurrent clients",
+                args.message_bytes, args.clients
+            ),
+            &mut latencies,
+            elapsed,
+            errors,
+        );
+        Ok(())
+    }
+
+    /// Clients follow many groups, each with one old message, and sync with nothing new.
+    async fn sync_phase(&self, args: &Args) -> anyhow::Result<()> {
+        let followers = self.register_many("s", args.sync_clients).await?;
+        let owners = self.register_many("o", 16).await?;
+        let member_ids: Vec<String> = followers.iter().map(|c| c.id.clone()).collect();
+        let setup = Instant::now();
+        let created: Vec<anyhow::Result<u64>> = futures::stream::iter(0..args.sync_groups)
+            .map(|i| {
+                let owner = &owners[i % owners.len()];
+                let member_ids = &member_ids;
+                async move {
+                    let group_id = self.group_id(2, i);
+                    self.put_group(owner, &group_id, member_ids).await?;
+                    self.post(owner, &owner.id, &group_id, b"old".to_vec())
+                        .await
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        created.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        println!(
+            "  (set up {} followed groups in {:.1?})",
+            args.sync_groups,
+            setup.elapsed()
+        );
+        let cursors: Vec<Value> = (0..args.sync_groups)
+            .map(|i| json!({ "owner": owners[i % owners.len()].id, "group_id": self.group_id(2, i), "after": 1 }))
+            .collect();
+        let request = json!({ "groups": cursors, "welcomes_after": 0 });
+
+        let issued = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + self.max_phase;
+        let started = Instant::now();
+        let workers = followers.iter().map(|c| {
+            let issued = issued.clone();
+            let request = &request;
+            async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while issued.fetch_add(1, Ordering::Relaxed) < args.syncs
+                    && Instant::now() < deadline
+                {
+                    let t0 = Instant::now();
+                    match self.sync(c, request).await {
+                        Ok(answer) if answer.groups.is_empty() => latencies.push(t0.elapsed()),
+                        Ok(answer) => {
+                            eprintln!(
+                                "sync found news where none was expected: {} groups",
+                                answer.groups.len()
+                            );
+                            errors += 1;
+                        }
+                        Err(e) => {
+                            if errors == 0 {
+                                eprintln!("sync error: {e:#}");
+                            }
+                            errors += 1;
+                        }
+                    }
+                }
+                (latencies, errors)
+            }
+        });
+        let results = futures::future::join_all(workers).await;
+        let elapsed = started.elapsed();
+        let errors: u64 = results.iter().map(|r| r.1).sum();
+        let mut latencies: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
+        report(
+            &format!(
+                "sync {} groups, nothing new, {} concurrent clients",
+                args.sync_groups, args.sync_clients
+            ),
+            &mut latencies,
+            elapsed,
+            errors,
+        );
+        Ok(())
+    }
+
+    /// Pairs of a waiter in a long poll and a poster: how soon after a post does the waiter answer?
+    async fn wake_phase(&self, args: &Args) -> anyhow::Result<()> {
+        let posters = self.register_many("p", args.wake_pairs).await?;
+        let waiters = self.register_many("w", args.wake_pairs).await?;
+        for (i, (p, w)) in posters.iter().zip(&waiters).enumerate() {
+            self.put_group(p, &self.group_id(3, i), std::slice::from_ref(&w.id))
+                .await?;
+        }
+        let issued = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + self.max_phase;
+        let pairs = posters.iter().zip(&waiters).enumerate().map(|(i, (poster, waiter))| {
+            let issued = issued.clone();
+            let group_id = self.group_id(3, i);
+            async move {
+                let mut from_start = Vec::new();
+                let mut from_ack = Vec::new();
+                let mut after = 0;
+                let mut errors = 0u64;
+                while issued.fetch_add(1, Ordering::Relaxed) < args.wakeups && Instant::now() < deadline {
+                    let request = json!({
+                        "groups": [{ "owner": poster.id, "group_id": group_id, "after": after }],
+                        "wait_ms": 10_000,
+                    });
+                    let wait = async {
+                        let answer = self.sync(waiter, &request).await;
+                        (answer, Instant::now())
+                    };
+                    let post = async {
+                        tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
+                        let t0 = Instant::now();
+                        let seq = self.post(poster, &poster.id, &group_id, vec![1u8; 64]).await;
+                        (seq, t0, Instant::now())
+                    };
+                    let ((answer, answered), (seq, post_start, acked)) = tokio::join!(wait, post);
+                    match (answer, seq) {
+                        (Ok(answer), Ok(seq)) if answer.groups.first().is_some_and(|g| !g.messages.is_empty()) => {
+                            from_start.push(answered.saturating_duration_since(post_start));
+                            from_ack.push(answered.saturating_duration_since(acked));
+                            after = seq;
+                        }
+                        (answer, seq) => {
+                            if errors == 0 {
+                                eprintln!("wake-up failed: answer {:?}, post {:?}", answer.map(|a| a.groups.len()), seq);
+                            }
+                            errors += 1;
+                            if let Ok(seq) = seq {
+                                after = seq;
+                            }
+                        }
+                    }
+                }
+                (from_start, from_ack, errors)
+            }
+        });
+        let started = Instant::now();
+        let results = futures::future::join_all(pairs).await;
+        let elapsed = started.elapsed();
+        let errors: u64 = results.iter().map(|r| r.2).sum();
+        let mut from_start: Vec<Duration> = results.iter().flat_map(|r| r.0.clone()).collect();
+        let mut from_ack: Vec<Duration> = results.into_iter().flat_map(|r| r.1).collect();
+        let what = format!("long-poll wake-up, {} pairs", args.wake_pairs);
+        report(
+            &format!("{what}, post start -> waiter answer"),
+            &mut from_start,
+            elapsed,
+            errors,
+        );
+        report(
+            &format!("{what}, post ack -> waiter answer (0 if before the ack)"),
+            &mut from_ack,
+            elapsed,
+            errors,
+        );
+        Ok(())
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn report(what: &str, latencies: &mut [Duration], elapsed: Duration, errors: u64) {
+    latencies.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{what}: n={} errors={errors} elapsed={:.2}s throughput={:.0}/s p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        latencies.len(),
+        elapsed.as_secs_f64(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        ms(percentile(latencies, 50.0)),
+        ms(percentile(latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or_default()),
+    );
+}

@@ -77,7 +77,7 @@ pub struct Config {
     #[arg(long, env = "DMLS_RELAY_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u64,
 
-    /// How often the pruner runs, in seconds.
+    /// How often the pruner runs, in seconds (0 turns pruning off).
     #[arg(long, env = "DMLS_RELAY_PRUNE_INTERVAL_SECS", default_value_t = 3600)]
     pub prune_interval_secs: u64,
 
@@ -90,7 +90,11 @@ pub struct Config {
     pub rate_limit_burst: u32,
 
     /// Registrations per minute per IP address (0 turns the limit off).
-    #[arg(long, env = "DMLS_RELAY_REGISTRATIONS_PER_MINUTE", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "DMLS_RELAY_REGISTRATIONS_PER_MINUTE",
+        default_value_t = 10
+    )]
     pub registrations_per_minute: u32,
 
     /// Time limit of a request in seconds (a long poll may wait 30 s of it).
@@ -121,6 +125,22 @@ impl Config {
         if self.request_timeout_secs <= dmls_api::limits::WAIT_MS_MAX / 1000 {
             return Err("--request-timeout-secs must exceed the longest long poll (30 s)".into());
         }
+        if self.db_max_connections == 0 {
+            return Err("--db-max-connections must be at least 1".into());
+        }
+        if self.append_batch_max == 0 {
+            return Err("--append-batch-max must be at least 1".into());
+        }
+        for (flag, value) in [
+            ("--max-message-bytes", self.max_message_bytes),
+            ("--max-key-package-bytes", self.max_key_package_bytes),
+            ("--max-welcome-bytes", self.max_welcome_bytes),
+            ("--max-body-bytes", self.max_body_bytes),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
         Ok(())
     }
 }
@@ -132,12 +152,25 @@ impl std::fmt::Debug for Config {
             .field("bind", &self.bind)
             .field("database_url", &redact_url(&self.database_url))
             .field("registration", &self.registration)
-            .field("registration_token", &self.registration_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "registration_token",
+                &self.registration_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("db_max_connections", &self.db_max_connections)
+            .field("append_batch_max", &self.append_batch_max)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_key_package_bytes", &self.max_key_package_bytes)
+            .field("max_welcome_bytes", &self.max_welcome_bytes)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_key_packages", &self.max_key_packages)
             .field("retention_days", &self.retention_days)
+            .field("prune_interval_secs", &self.prune_interval_secs)
             .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("registrations_per_minute", &self.registrations_per_minute)
+            .field("request_timeout_secs", &self.request_timeout_secs)
             .field("log_format", &self.log_format)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
@@ -147,7 +180,12 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!("{}{}:<redacted>{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:<redacted>{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }
@@ -161,14 +199,23 @@ mod tests {
 
     #[test]
     fn redacts_database_passwords() {
-        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:<redacted>@h/db");
+        assert_eq!(
+            redact_url("postgres://u:pw@h/db"),
+            "postgres://u:<redacted>@h/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }
 
     #[test]
     fn debug_hides_the_registration_token() {
-        let c = Config::parse_from(["dmls-relay", "--registration", "token", "--registration-token", "hunter2"]);
+        let c = Config::parse_from([
+            "dmls-relay",
+            "--registration",
+            "token",
+            "--registration-token",
+            "hunter2",
+        ]);
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(c.validate().is_ok());
     }

@@ -12,6 +12,8 @@ pub mod http;
 pub mod notify;
 pub mod server;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 
 pub use config::Config;
 pub use server::{RunningRelay, start};

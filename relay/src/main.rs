@@ -50,7 +50,10 @@ fn init_tracing(format: LogFormat) {
 /// and waits for the other.
 async fn shutdown_signal() -> &'static str {
     let ctrl_c = async {
-        match tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C") {
+        match tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")
+        {
             Ok(()) => "Ctrl-C",
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"));

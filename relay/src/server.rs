@@ -64,46 +64,79 @@ impl RunningRelay {
 
 /// Opens the database (running migrations), binds, and serves in a background task.
 pub async fn start(config: Config) -> anyhow::Result<RunningRelay> {
-    config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let notifier = Notifier::new();
     let store = store::open(&config, notifier.clone())
         .await
-        .with_context(|| format!("cannot open the database {}", crate::config::redact_url(&config.database_url)))?;
+        .context("cannot open the database")?;
     let listener = match TcpListener::bind(config.bind).await {
         Ok(listener) => listener,
         Err(e) => {
             store.close().await;
-            return Err(e).with_context(|| format!("cannot listen on {} (is another process using it?)", config.bind));
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot listen on {} (is another process using it?)",
+                    config.bind
+                )
+            });
         }
     };
-    let addr = listener.local_addr().context("cannot read the bound address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let prune_interval = Duration::from_secs(config.prune_interval_secs);
     let retention = config.retention();
-    let ctx = Arc::new(Ctx::new(config, Arc::clone(&store), notifier, shutdown_rx.clone()));
+    let ctx = Arc::new(Ctx::new(
+        config,
+        Arc::clone(&store),
+        notifier,
+        shutdown_rx.clone(),
+    ));
     let app = http::router(Arc::clone(&ctx));
 
     let mut graceful = shutdown_rx.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                // Also resolves when the sender is dropped: a dropped handle stops the relay.
-                let _ = graceful.wait_for(|stop| *stop).await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            // Also resolves when the sender is dropped: a dropped handle stops the relay.
+            let _ = graceful.wait_for(|stop| *stop).await;
+        })
+        .await
     });
 
     let mut background = Vec::new();
     if prune_interval.is_zero() {
-        tracing::warn!("pruning is off (--prune-interval-secs 0): old messages and welcomes are kept");
+        tracing::warn!(
+            "pruning is off (--prune-interval-secs 0): old messages and welcomes are kept"
+        );
     } else {
-        background.push(tokio::spawn(prune_loop(Arc::clone(&store), retention, prune_interval, shutdown_rx.clone())));
+        background.push(tokio::spawn(prune_loop(
+            Arc::clone(&store),
+            retention,
+            prune_interval,
+            shutdown_rx.clone(),
+        )));
     }
-    background.push(tokio::spawn(rate_limit_housekeeping(Arc::clone(&ctx), shutdown_rx)));
+    background.push(tokio::spawn(rate_limit_housekeeping(
+        Arc::clone(&ctx),
+        shutdown_rx,
+    )));
 
     tracing::info!(%addr, backend = store.backend(), "relay listening");
-    Ok(RunningRelay { addr, shutdown: shutdown_tx, server, background, store })
+    Ok(RunningRelay {
+        addr,
+        shutdown: shutdown_tx,
+        server,
+        background,
+        store,
+    })
 }
 
 /// Waits until the shutdown signal is set (or its sender is gone).
@@ -113,7 +146,12 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// Deletes messages and welcomes older than the retention, and idempotency keys older than a
 /// day, now and then every `interval`.
-async fn prune_loop(store: Arc<dyn Store>, retention: Duration, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+async fn prune_loop(
+    store: Arc<dyn Store>,
+    retention: Duration,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

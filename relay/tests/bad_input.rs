@@ -205,6 +205,15 @@ backend_tests! {
         assert_unchanged(&alice, &bob).await;
     }
 
+    async fn a_page_limit_above_the_maximum_is_400(db: Db) {
+        let (_relay, alice, bob) = populated(&db).await;
+        expect_problem(alice.try_messages("alice", &gid(1), 0, Some(1001)).await, StatusCode::BAD_REQUEST).await;
+        expect_problem(bob.get("/v1/welcomes?after=0&limit=1001").send().await.unwrap(), StatusCode::BAD_REQUEST).await;
+        let sync = json!({ "groups": [{ "owner": "alice", "group_id": gid(1), "after": 0 }], "limit": 5001 });
+        expect_problem(bob.try_sync(&sync).await, StatusCode::BAD_REQUEST).await;
+        assert_unchanged(&alice, &bob).await;
+    }
+
     async fn a_body_above_the_request_limit_is_413(db: Db) {
         let relay = db.start(&["--max-body-bytes", "4096", "--max-message-bytes", "100000"]).await;
         let alice = relay.register("alice").await;

@@ -53,25 +53,25 @@ backend_tests! {
         let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
         assert!(content_type.starts_with("text/plain"), "{content_type}");
         let text = resp.text().await.unwrap();
-        let types: Vec<(&str, &str)> = text
+        let families: Vec<(&str, &str)> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split_once(' '))
             .collect();
-        let family = |what: &str, words: &[&str]| {
-            assert!(
-                types.iter().any(|(name, _)| words.iter().all(|w| name.contains(w))),
-                "no metric family for {what} (a name with {words:?}) in:\n{text}"
-            );
-        };
-        family("requests", &["request"]);
-        family("messages stored", &["message"]);
-        family("waiting long polls", &["poll"]);
-        family("database pool use", &["pool"]);
-        assert!(types.iter().any(|(_, kind)| *kind == "histogram"), "no latency histogram in:\n{text}");
-        // Requests are counted by route and status.
+        for (name, kind) in [
+            ("dmls_relay_http_requests_total", "counter"),
+            ("dmls_relay_http_request_duration_seconds", "histogram"),
+            ("dmls_relay_messages_stored_total", "counter"),
+            ("dmls_relay_long_polls_waiting", "gauge"),
+            ("dmls_relay_db_pool_connections", "gauge"),
+        ] {
+            assert!(families.contains(&(name, kind)), "no {kind} {name} in:\n{text}");
+        }
+        // Requests are counted by route (its template) and status.
         assert!(
-            text.lines().any(|l| l.contains("request") && l.contains("status=\"201\"") && l.contains("/messages")),
+            text.lines().any(|l| l.starts_with("dmls_relay_http_requests_total{")
+                && l.contains("status=\"201\"")
+                && l.contains("/v1/groups/{owner}/{group_id}/messages")),
             "no request count for the message route with status 201 in:\n{text}"
         );
     }
@@ -123,4 +123,61 @@ backend_tests! {
         assert_eq!(alice.all_seqs("alice", &gid(1)).await, vec![1]);
         assert_eq!(alice.post_message("alice", &gid(1), b"next").await, 2);
     }
+}
+
+/// When the database goes away, `/readyz` and every route that needs it answer 503 (a problem,
+/// never a hang or a 500), while `/healthz` stays 200. Dropping a database under a running relay
+/// is only possible on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_makes_readyz_and_routes_answer_503_on_postgres() {
+    use sqlx::{Connection as _, Executor as _};
+    let Some(db) =
+        Db::postgres("operations::a_lost_database_makes_readyz_and_routes_answer_503_on_postgres")
+            .await
+    else {
+        return;
+    };
+    let relay = db.relay().await;
+    let alice = relay.register("alice").await;
+    let name = db
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let base = std::env::var("DMLS_TEST_DATABASE_URL").unwrap();
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .await
+        .unwrap();
+    assert_eq!(
+        relay.get("/healthz").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    // A readiness probe or a client must not hang on a dead database.
+    let quick = std::time::Duration::from_secs(5);
+    let readyz = relay.get("/readyz").timeout(quick).send().await.unwrap();
+    expect_problem(readyz, StatusCode::SERVICE_UNAVAILABLE).await;
+    let me = alice
+        .get("/v1/clients/me")
+        .timeout(quick)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(me, StatusCode::SERVICE_UNAVAILABLE).await;
+    let register = relay
+        .post("/v1/clients")
+        .timeout(quick)
+        .json(&serde_json::json!({ "client_id": "bob" }));
+    expect_problem(
+        register.send().await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
 }

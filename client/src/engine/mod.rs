@@ -9,10 +9,18 @@
 //! parameters, randomness through the openmls provider, storage through the
 //! [`rusqlite::Connection`] the caller opens.
 
+mod codec;
 mod config;
 mod envelope;
 mod error;
 mod ids;
+mod ctx;
+mod identity;
+mod provider;
+mod queries;
+mod receive;
+mod send_group;
+mod state;
 
 pub use config::{DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
 pub use envelope::{DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN};
@@ -37,8 +45,10 @@ pub struct ReceivedMessage {
     pub body: Vec<u8>,
     /// Epoch of the sender's Send Group the message was encrypted in.
     pub epoch: u64,
-    /// Generation (secret-tree ratchet position) of the message within that epoch.
-    pub generation: u32,
+    /// Generation (secret-tree ratchet position) of the message within that epoch, when
+    /// known: openmls 0.9 does not expose it for received messages, so it is `None` there
+    /// and `Some` for our own messages. Order a sender's messages by `(epoch, sent_at_ms)`.
+    pub generation: Option<u32>,
 }
 
 /// Something the user interface should show, produced by [`Engine::handle`].
@@ -144,7 +154,7 @@ pub enum Input {
 }
 
 /// Something the shell must do against the relay, in outbox order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Effect {
     /// `POST /v1/key-packages/claim`; answer with [`Input::ClaimedKeyPackages`].
     ClaimKeyPackages {
@@ -229,6 +239,9 @@ pub enum WaitReason {
     Psk(PskId),
     /// We have not joined its Send Group yet (its Welcome has not been processed).
     Welcome,
+    /// A commit that references a proposal (a member's leaf-refresh Update) of this epoch we
+    /// have not received yet; retried when a proposal of that epoch is stored.
+    Proposal(u64),
 }
 
 /// A received message that could not be processed yet.
@@ -339,6 +352,57 @@ impl Engine {
         Self::open_with_rand(conn, provider::DmlsRand::from_seed(seed))
     }
 
+    /// Runs `f` in one transaction (a savepoint, so it also nests in a caller's
+    /// transaction): on error everything it wrote, openmls's writes included, is rolled back.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&mut ctx::Ctx<'_>) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let conn = &self.conn;
+        let mut c = ctx::Ctx {
+            conn,
+            provider: provider::Provider::new(conn, &self.crypto, &self.rand),
+            rand: &self.rand,
+            counters: &mut self.counters,
+            policy: self.policy,
+            triggers: Vec::new(),
+        };
+        state::in_savepoint(conn, "dmls_op", || f(&mut c))
+    }
+
+    /// Runs a read-only query.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&ctx::Ctx<'_>) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let conn = &self.conn;
+        let mut counters = self.counters;
+        let c = ctx::Ctx {
+            conn,
+            provider: provider::Provider::new(conn, &self.crypto, &self.rand),
+            rand: &self.rand,
+            counters: &mut counters,
+            policy: self.policy,
+            triggers: Vec::new(),
+        };
+        f(&c)
+    }
+
+    fn open_with_rand(
+        mut conn: rusqlite::Connection,
+        rand: provider::DmlsRand,
+    ) -> Result<Engine, EngineError> {
+        provider::migrate(&mut conn)?;
+        state::migrate(&conn)?;
+        Ok(Engine {
+            conn,
+            rand,
+            crypto: openmls_rust_crypto::RustCrypto::default(),
+            policy: UpdatePolicy::default(),
+            counters: Counters::default(),
+        })
+    }
+
     /// Sets the update policy used by [`Engine::send`] (not persisted).
     pub fn set_update_policy(&mut self, policy: UpdatePolicy) {
         self.policy = policy;
@@ -352,5 +416,159 @@ impl Engine {
     /// Processing counters since this engine was opened.
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// Creates our identity: an Ed25519 signature key (persisted) and a BasicCredential whose
+    /// identity is `client_id` as UTF-8. Fails if an identity exists already.
+    pub fn create_identity(&mut self, client_id: &str) -> Result<(), EngineError> {
+        self.write(|c| c.create_identity(client_id))
+    }
+
+    /// Our client id, if the identity was created.
+    pub fn client_id(&self) -> Result<Option<String>, EngineError> {
+        self.read(|c| match state::meta_get(c.conn, "client_id")? {
+            None => Ok(None),
+            Some(_) => c.me().map(Some),
+        })
+    }
+
+    /// Generates `n` key packages (MLSMessage-framed, advertising extension type 0xFF00),
+    /// stored for later joins. Upload them with `POST /v1/key-packages`.
+    pub fn generate_key_packages(&mut self, n: usize) -> Result<Vec<Vec<u8>>, EngineError> {
+        self.write(|c| (0..n).map(|_| c.key_package(false)).collect())
+    }
+
+    /// Generates one key package with the last_resort extension (reusable for several joins).
+    pub fn generate_last_resort_key_package(&mut self) -> Result<Vec<u8>, EngineError> {
+        self.write(|c| c.key_package(true))
+    }
+
+    /// Creates a DGroup with us (first) and `other_members`, and our Send Group in it
+    /// (PROTOCOL.md "INIT" step 1). Queues `PutRelayGroup` and `ClaimKeyPackages`; the
+    /// claim's answer ([`Input::ClaimedKeyPackages`]) adds the members and queues the Welcomes.
+    pub fn create_dgroup(
+        &mut self,
+        name: &str,
+        other_members: &[String],
+        now_ms: u64,
+    ) -> Result<DGroupId, EngineError> {
+        self.write(|c| c.create_dgroup(name, other_members, now_ms))
+    }
+
+    /// Processes one input in one transaction: on error nothing changed (not even the
+    /// relay cursor, see [`Engine::set_group_cursor`] to skip a bad message).
+    pub fn handle(&mut self, input: Input, now_ms: u64) -> Result<Vec<Event>, EngineError> {
+        self.write(|c| match input {
+            Input::GroupMessage {
+                owner,
+                group_id,
+                seq,
+                data,
+            } => c.group_message(&owner, &group_id, seq, &data),
+            Input::Welcome {
+                inbox_id,
+                from,
+                data,
+            } => c.welcome(inbox_id, &from, &data, now_ms),
+            Input::ClaimedKeyPackages {
+                outbox_id,
+                key_packages,
+                missing,
+            } => c.claimed_key_packages(outbox_id, key_packages, missing, now_ms),
+        })
+    }
+
+    /// Everything still to be sent, oldest first. Perform them in order and call
+    /// [`Engine::outbox_done`] after each (or answer a claim with [`Input::ClaimedKeyPackages`]).
+    pub fn outbox(&self) -> Result<Vec<OutboxItem>, EngineError> {
+        self.read(|c| c.outbox())
+    }
+
+    /// Marks outbox item `id` as performed (idempotent).
+    pub fn outbox_done(&mut self, id: u64) -> Result<(), EngineError> {
+        self.write(|c| c.outbox_done(id))
+    }
+
+    /// Sends an application message in our Send Group of `dgroup`, committing first when
+    /// the [`UpdatePolicy`] asks for it. Returns the envelope's message id.
+    pub fn send(
+        &mut self,
+        dgroup: &DGroupId,
+        content_type: &str,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<MessageId, EngineError> {
+        self.write(|c| c.send(dgroup, content_type, body, now_ms))
+    }
+
+    /// Explicit DMLS Update: commits with a path and all pending imports, removals and
+    /// received Update proposals, and queues an Update proposal for our leaf into every
+    /// other Send Group of `dgroup` we are a member of (PROTOCOL.md "Leaf refresh").
+    pub fn update(&mut self, dgroup: &DGroupId, now_ms: u64) -> Result<(), EngineError> {
+        self.write(|c| c.dmls_commit(dgroup, now_ms, true))
+    }
+
+    /// Removes `member` from the DGroup: commits its removal from our Send Group now and
+    /// drops it from the relay group's member list (PROTOCOL.md "Removal").
+    pub fn remove(
+        &mut self,
+        dgroup: &DGroupId,
+        member: &str,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        self.write(|c| c.remove(dgroup, member, now_ms))
+    }
+
+    /// Commits in every DGroup where removals learned from other Send Groups are still to
+    /// be applied to our own Send Group. Returns those DGroups.
+    pub fn commit_pending_removals(&mut self, now_ms: u64) -> Result<Vec<DGroupId>, EngineError> {
+        self.write(|c| c.commit_pending_removals(now_ms))
+    }
+
+    /// All DGroups we know.
+    pub fn dgroups(&self) -> Result<Vec<DGroupSummary>, EngineError> {
+        self.read(|c| c.dgroups())
+    }
+
+    /// Detailed status of one DGroup.
+    pub fn status(&self, dgroup: &DGroupId) -> Result<DGroupStatus, EngineError> {
+        self.read(|c| c.status(dgroup))
+    }
+
+    /// The last `limit` application messages of `dgroup` (ours and others'), oldest first.
+    pub fn history(
+        &self,
+        dgroup: &DGroupId,
+        limit: usize,
+    ) -> Result<Vec<ReceivedMessage>, EngineError> {
+        self.read(|c| c.history(dgroup, limit))
+    }
+
+    /// Every Send Group of every DGroup, joined or not (their ids are computable from the
+    /// config), with the relay cursor to read after. Our own Send Group is included: other
+    /// members post their leaf-refresh Update proposals there.
+    pub fn followed_groups(&self) -> Result<Vec<FollowedGroup>, EngineError> {
+        self.read(|c| c.followed_groups())
+    }
+
+    /// The welcome inbox cursor: read welcomes with `id > cursor` (0 when none was read).
+    pub fn welcome_cursor(&self) -> Result<u64, EngineError> {
+        self.read(|c| c.welcome_cursor())
+    }
+
+    /// Advances the relay cursor of a followed group without processing anything, e.g.
+    /// after [`Engine::handle`] rejected the message at `seq` (so it is not fetched again).
+    pub fn set_group_cursor(
+        &mut self,
+        owner: &str,
+        group_id: &str,
+        seq: u64,
+    ) -> Result<(), EngineError> {
+        self.write(|c| c.set_group_cursor(owner, group_id, seq))
+    }
+
+    /// Advances the welcome cursor without processing anything (after a rejected Welcome).
+    pub fn set_welcome_cursor(&mut self, inbox_id: u64) -> Result<(), EngineError> {
+        self.write(|c| c.set_welcome_cursor(inbox_id))
     }
 }

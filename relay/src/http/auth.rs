@@ -36,7 +36,10 @@ pub fn new_token() -> NewToken {
     let mut raw = [0u8; TOKEN_BYTES];
     // ThreadRng is a CSPRNG seeded from the operating system.
     rand::rng().fill(&mut raw);
-    NewToken { token: URL_SAFE_NO_PAD.encode(raw), hash: sha256(&raw) }
+    NewToken {
+        token: URL_SAFE_NO_PAD.encode(raw),
+        hash: sha256(&raw),
+    }
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -54,12 +57,18 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Error> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
-    let value = value.to_str().map_err(|_| Error::Unauthorized("malformed Authorization header"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Error::Unauthorized("malformed Authorization header"))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(Some(token.trim()))
         }
-        _ => Err(Error::Unauthorized("the Authorization header must be `Bearer <token>`")),
+        _ => Err(Error::Unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        )),
     }
 }
 
@@ -79,15 +88,25 @@ pub struct Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(&parts.headers)?.ok_or(Error::Unauthorized("missing bearer token"))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token =
+            bearer_token(&parts.headers)?.ok_or(Error::Unauthorized("missing bearer token"))?;
         let hash = client_token_hash(token).ok_or(Error::Unauthorized("invalid token"))?;
-        let record = state.store.client_by_token_hash(hash).await?.ok_or(Error::Unauthorized("invalid token"))?;
+        let record = state
+            .store
+            .client_by_token_hash(hash)
+            .await?
+            .ok_or(Error::Unauthorized("invalid token"))?;
         if !hashes_equal(&record.token_hash, &hash) {
             return Err(Error::Unauthorized("invalid token"));
         }
         state.rate_limits.check_client(&record.client_id)?;
-        Ok(Caller { client_id: record.client_id })
+        Ok(Caller {
+            client_id: record.client_id,
+        })
     }
 }
 

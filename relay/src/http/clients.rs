@@ -1,7 +1,8 @@
 //! `POST /v1/clients`, `GET /v1/clients/me`, `DELETE /v1/clients/me`.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use dmls_api::{ClientInfo, Problem, RegisterRequest, RegisterResponse};
 
 use super::auth::{self, Caller};
@@ -16,6 +17,7 @@ use super::{AppState, now_millis};
 #[utoipa::path(
     post,
     path = "/v1/clients",
+    operation_id = "register_client",
     tag = "clients",
     request_body = RegisterRequest,
     security((), ("bearer" = [])),
@@ -31,33 +33,68 @@ use super::{AppState, now_millis};
 )]
 pub async fn register(
     State(state): State<AppState>,
-    PeerIp(ip): PeerIp,
-    headers: HeaderMap,
+    _allowed: RegistrationAllowed,
     Json(request): Json<RegisterRequest>,
 ) -> Result<(StatusCode, axum::Json<RegisterResponse>), Error> {
-    if let Some(expected) = &state.registration_token_hash {
-        let presented = auth::bearer_token(&headers)?.ok_or(Error::Unauthorized("registration needs the operator's registration token as bearer"))?;
-        if !auth::hashes_equal(expected, &auth::sha256(presented.as_bytes())) {
-            return Err(Error::Forbidden("wrong registration token".into()));
-        }
-    }
-    state.rate_limits.check_registration(ip)?;
     if !dmls_api::is_valid_client_id(&request.client_id) {
-        return Err(Error::bad_request("invalid client_id: 1 to 64 characters of a-z 0-9 . _ -"));
+        return Err(Error::bad_request(
+            "invalid client_id: 1 to 64 characters of a-z 0-9 . _ -",
+        ));
     }
     let token = auth::new_token();
-    state.store.create_client(&request.client_id, token.hash, now_millis()).await.map_err(|e| match e {
-        crate::store::StoreError::Conflict => Error::Conflict(format!("client id {:?} is taken", request.client_id)),
-        other => other.into(),
-    })?;
+    state
+        .store
+        .create_client(&request.client_id, token.hash, now_millis())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict => {
+                Error::Conflict(format!("client id {:?} is taken", request.client_id))
+            }
+            other => other.into(),
+        })?;
     tracing::info!(client_id = %request.client_id, "client registered");
-    Ok((StatusCode::CREATED, axum::Json(RegisterResponse { client_id: request.client_id, token: token.token })))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(RegisterResponse {
+            client_id: request.client_id,
+            token: token.token,
+        }),
+    ))
+}
+
+/// Proof that a registration may go ahead: in `token` mode the bearer is the operator's
+/// registration token (compared as SHA-256 hashes in constant time, so neither its content nor
+/// its length leaks through timing), and the caller's address is under its registration rate.
+/// An extractor, so it runs before the body is read: an unauthorised caller learns nothing about
+/// its body.
+pub struct RegistrationAllowed;
+
+impl FromRequestParts<AppState> for RegistrationAllowed {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(expected) = &state.registration_token_hash {
+            let presented = auth::bearer_token(&parts.headers)?.ok_or(Error::Unauthorized(
+                "registration needs the operator's registration token as bearer",
+            ))?;
+            if !auth::hashes_equal(expected, &auth::sha256(presented.as_bytes())) {
+                return Err(Error::Forbidden("wrong registration token".into()));
+            }
+        }
+        let PeerIp(ip) = PeerIp::from_request_parts(parts, state).await?;
+        state.rate_limits.check_registration(ip)?;
+        Ok(RegistrationAllowed)
+    }
 }
 
 /// The caller's account and key package stock.
 #[utoipa::path(
     get,
     path = "/v1/clients/me",
+    operation_id = "get_me",
     tag = "clients",
     security(("bearer" = [])),
     responses(
@@ -67,9 +104,16 @@ pub async fn register(
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<axum::Json<ClientInfo>, Error> {
+pub async fn me(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<ClientInfo>, Error> {
     // Gone between authentication and this read: the account was just deleted.
-    let stats = state.store.client_stats(&caller.client_id).await?.ok_or(Error::Unauthorized("invalid token"))?;
+    let stats = state
+        .store
+        .client_stats(&caller.client_id)
+        .await?
+        .ok_or(Error::Unauthorized("invalid token"))?;
     Ok(axum::Json(ClientInfo {
         client_id: stats.client_id,
         created_at: stats.created_at,
@@ -82,6 +126,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<axum::J
 #[utoipa::path(
     delete,
     path = "/v1/clients/me",
+    operation_id = "delete_me",
     tag = "clients",
     security(("bearer" = [])),
     responses(

@@ -75,10 +75,12 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => Error::Conflict("already exists".into()),
-            StoreError::UnknownClients(ids) => Error::NotFound(format!("unknown client ids: {}", ids.join(", "))),
-            StoreError::TooManyKeyPackages { limit } => {
-                Error::Conflict(format!("a client may keep at most {limit} key packages; claimers have not used enough of them yet"))
+            StoreError::UnknownClients(ids) => {
+                Error::NotFound(format!("unknown client ids: {}", ids.join(", ")))
             }
+            StoreError::TooManyKeyPackages { limit } => Error::Conflict(format!(
+                "a client may keep at most {limit} key packages; claimers have not used enough of them yet"
+            )),
             StoreError::Database(e) => {
                 tracing::error!(error = %e, "database error");
                 Error::Unavailable
@@ -102,7 +104,12 @@ pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
     };
     // Serialising four plain fields cannot fail; an empty object is still valid problem+json.
     let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], json).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+        json,
+    )
+        .into_response()
 }
 
 impl IntoResponse for Error {
@@ -110,7 +117,10 @@ impl IntoResponse for Error {
         let status = self.status();
         let mut response = problem(status, self.to_string());
         if let Error::RateLimited { retry_after_secs } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
         }
         response
     }
@@ -121,7 +131,9 @@ impl IntoResponse for Error {
 /// carry a content type are left alone.
 pub async fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || response.headers().contains_key(header::CONTENT_TYPE) {
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
         return response;
     }
     let detail = match status {
@@ -141,7 +153,9 @@ mod tests {
     use super::*;
 
     async fn body_json(response: Response) -> serde_json::Value {
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
         serde_json::from_slice(&bytes).unwrap()
     }
 
@@ -159,7 +173,8 @@ mod tests {
 
     #[tokio::test]
     async fn database_errors_are_503_and_never_shown() {
-        let e: Error = StoreError::Database(sqlx::Error::Protocol("secret table layout".into())).into();
+        let e: Error =
+            StoreError::Database(sqlx::Error::Protocol("secret table layout".into())).into();
         let response = e.into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         let json = body_json(response).await;
@@ -168,17 +183,32 @@ mod tests {
 
     #[test]
     fn rate_limited_carries_retry_after_of_at_least_one_second() {
-        let response = Error::RateLimited { retry_after_secs: 0 }.into_response();
+        let response = Error::RateLimited {
+            retry_after_secs: 0,
+        }
+        .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]
     fn rejections_map_to_400_or_413_only() {
-        assert_eq!(Error::from_rejection(StatusCode::PAYLOAD_TOO_LARGE, String::new()).status(), 413);
-        assert_eq!(Error::from_rejection(StatusCode::UNSUPPORTED_MEDIA_TYPE, String::new()).status(), 400);
-        assert_eq!(Error::from_rejection(StatusCode::UNPROCESSABLE_ENTITY, String::new()).status(), 400);
-        assert_eq!(Error::from_rejection(StatusCode::INTERNAL_SERVER_ERROR, String::new()).status(), 400);
+        assert_eq!(
+            Error::from_rejection(StatusCode::PAYLOAD_TOO_LARGE, String::new()).status(),
+            413
+        );
+        assert_eq!(
+            Error::from_rejection(StatusCode::UNSUPPORTED_MEDIA_TYPE, String::new()).status(),
+            400
+        );
+        assert_eq!(
+            Error::from_rejection(StatusCode::UNPROCESSABLE_ENTITY, String::new()).status(),
+            400
+        );
+        assert_eq!(
+            Error::from_rejection(StatusCode::INTERNAL_SERVER_ERROR, String::new()).status(),
+            400
+        );
     }
 
     #[tokio::test]

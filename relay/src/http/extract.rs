@@ -25,7 +25,10 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(Error::from_rejection(rejection.status(), rejection.body_text())),
+            Err(rejection) => Err(Error::from_rejection(
+                rejection.status(),
+                rejection.body_text(),
+            )),
         }
     }
 }
@@ -43,7 +46,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Query(value)),
-            Err(rejection) => Err(Error::from_rejection(rejection.status(), rejection.body_text())),
+            Err(rejection) => Err(Error::from_rejection(
+                rejection.status(),
+                rejection.body_text(),
+            )),
         }
     }
 }
@@ -61,7 +67,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Path(value)),
-            Err(rejection) => Err(Error::from_rejection(rejection.status(), rejection.body_text())),
+            Err(rejection) => Err(Error::from_rejection(
+                rejection.status(),
+                rejection.body_text(),
+            )),
         }
     }
 }
@@ -78,7 +87,10 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::body::Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(Body(bytes)),
-            Err(rejection) => Err(Error::from_rejection(rejection.status(), rejection.body_text())),
+            Err(rejection) => Err(Error::from_rejection(
+                rejection.status(),
+                rejection.body_text(),
+            )),
         }
     }
 }
@@ -94,6 +106,11 @@ where
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(PeerIp(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip())))
+        Ok(PeerIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
+        ))
     }
 }

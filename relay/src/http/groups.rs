@@ -9,9 +9,11 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use dmls_api::limits::MAX_GROUP_MEMBERS;
-use dmls_api::{GroupInfo, MessagesPage, PostMessageRequest, PostMessageResponse, Problem, PutGroupRequest};
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use dmls_api::{
+    GroupInfo, MessagesPage, PostMessageRequest, PostMessageResponse, Problem, PutGroupRequest,
+};
 use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use super::auth::{Caller, sha256};
 use super::error::Error;
@@ -52,6 +54,7 @@ fn not_a_member(owner: &str, group_id: &str) -> Error {
 #[utoipa::path(
     put,
     path = "/v1/groups/{owner}/{group_id}",
+    operation_id = "put_group",
     tag = "groups",
     params(
         ("owner" = String, Path, description = "The owner's client id"),
@@ -78,15 +81,26 @@ pub async fn put(
 ) -> Result<(StatusCode, axum::Json<GroupInfo>), Error> {
     check_group_name(&owner, &group_id)?;
     if caller.client_id != owner {
-        return Err(Error::Forbidden("only the owner named in the path may create or change its groups".into()));
+        return Err(Error::Forbidden(
+            "only the owner named in the path may create or change its groups".into(),
+        ));
     }
     if request.members.len() > MAX_GROUP_MEMBERS {
-        return Err(Error::bad_request(format!("at most {MAX_GROUP_MEMBERS} members")));
+        return Err(Error::bad_request(format!(
+            "at most {MAX_GROUP_MEMBERS} members"
+        )));
     }
     check_client_ids(&request.members, "members")?;
-    let created = state.store.put_group(&owner, &group_id, &request.members, now_millis()).await?;
+    let created = state
+        .store
+        .put_group(&owner, &group_id, &request.members, now_millis())
+        .await?;
     let group = find_group(&state, &owner, &group_id).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, axum::Json(group_info(group))))
 }
 
@@ -104,6 +118,7 @@ fn group_info(group: GroupRecord) -> GroupInfo {
 #[utoipa::path(
     get,
     path = "/v1/groups/{owner}/{group_id}",
+    operation_id = "get_group",
     tag = "groups",
     params(
         ("owner" = String, Path, description = "The owner's client id"),
@@ -137,6 +152,7 @@ pub async fn get(
 #[utoipa::path(
     delete,
     path = "/v1/groups/{owner}/{group_id}",
+    operation_id = "delete_group",
     tag = "groups",
     params(
         ("owner" = String, Path, description = "The owner's client id"),
@@ -173,8 +189,14 @@ fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Appends a message. Owner and current members only.
@@ -185,6 +207,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 #[utoipa::path(
     post,
     path = "/v1/groups/{owner}/{group_id}/messages",
+    operation_id = "post_message",
     tag = "groups",
     params(
         ("owner" = String, Path, description = "The owner's client id"),
@@ -218,8 +241,8 @@ pub async fn post_message(
 ) -> Result<(StatusCode, axum::Json<PostMessageResponse>), Error> {
     check_group_name(&owner, &group_id)?;
     let data = if is_json(&headers) {
-        let request: PostMessageRequest =
-            serde_json::from_slice(&body).map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))?;
+        let request: PostMessageRequest = serde_json::from_slice(&body)
+            .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))?;
         request.data.into_inner()
     } else {
         body.to_vec()
@@ -229,14 +252,21 @@ pub async fn post_message(
     }
     let max = state.config.max_message_bytes;
     if data.len() > max {
-        return Err(Error::PayloadTooLarge(format!("the message has {} bytes; the limit is {max}", data.len())));
+        return Err(Error::PayloadTooLarge(format!(
+            "the message has {} bytes; the limit is {max}",
+            data.len()
+        )));
     }
     let idempotency = match headers.get(dmls_api::IDEMPOTENCY_KEY_HEADER) {
         None => None,
         Some(value) => {
-            let key = value.to_str().ok().filter(|k| dmls_api::is_valid_idempotency_key(k)).ok_or_else(|| {
-                Error::bad_request("Idempotency-Key must be 1 to 64 visible ASCII characters")
-            })?;
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|k| dmls_api::is_valid_idempotency_key(k))
+                .ok_or_else(|| {
+                    Error::bad_request("Idempotency-Key must be 1 to 64 visible ASCII characters")
+                })?;
             Some((key.to_owned(), sha256(&data)))
         }
     };
@@ -253,12 +283,16 @@ pub async fn post_message(
             ::metrics::counter!(super::metrics::MESSAGES_STORED).increment(1);
             Ok((StatusCode::CREATED, axum::Json(PostMessageResponse { seq })))
         }
-        AppendOutcome::Duplicate(seq) => Ok((StatusCode::OK, axum::Json(PostMessageResponse { seq }))),
-        AppendOutcome::IdempotencyConflict => {
-            Err(Error::Conflict("this Idempotency-Key was used before with a different message".into()))
+        AppendOutcome::Duplicate(seq) => {
+            Ok((StatusCode::OK, axum::Json(PostMessageResponse { seq })))
         }
+        AppendOutcome::IdempotencyConflict => Err(Error::Conflict(
+            "this Idempotency-Key was used before with a different message".into(),
+        )),
         AppendOutcome::NoGroup => Err(Error::NotFound(format!("no group {owner}/{group_id}"))),
-        AppendOutcome::Forbidden => Err(Error::Forbidden(format!("only the owner and current members may post to {owner}/{group_id}"))),
+        AppendOutcome::Forbidden => Err(Error::Forbidden(format!(
+            "only the owner and current members may post to {owner}/{group_id}"
+        ))),
     }
 }
 
@@ -266,6 +300,7 @@ pub async fn post_message(
 #[utoipa::path(
     get,
     path = "/v1/groups/{owner}/{group_id}/messages",
+    operation_id = "list_messages",
     tag = "groups",
     params(
         ("owner" = String, Path, description = "The owner's client id"),
@@ -297,9 +332,16 @@ pub async fn list_messages(
         Access::ReadUpTo(upto) => Some(upto),
         Access::None => return Err(not_a_member(&owner, &group_id)),
     };
-    let page = state.store.read_messages(&owner, &group_id, after, upto, limit).await?;
+    let page = state
+        .store
+        .read_messages(&owner, &group_id, after, upto, limit)
+        .await?;
     let next_after = page.items.last().map_or(after, |m| m.seq);
-    Ok(axum::Json(MessagesPage { messages: page.items, next_after, more: page.more }))
+    Ok(axum::Json(MessagesPage {
+        messages: page.items,
+        next_after,
+        more: page.more,
+    }))
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use dmls_api::limits::MAX_CLAIM_IDS;
 use dmls_api::{
-    ClaimKeyPackagesRequest, ClaimKeyPackagesResponse, Problem, UploadKeyPackagesRequest, UploadKeyPackagesResponse,
+    ClaimKeyPackagesRequest, ClaimKeyPackagesResponse, Problem, UploadKeyPackagesRequest,
+    UploadKeyPackagesResponse,
 };
 
 use super::auth::Caller;
@@ -16,6 +17,7 @@ use super::{AppState, check_client_ids, now_millis};
 #[utoipa::path(
     post,
     path = "/v1/key-packages",
+    operation_id = "upload_key_packages",
     tag = "key-packages",
     request_body = UploadKeyPackagesRequest,
     security(("bearer" = [])),
@@ -35,7 +37,11 @@ pub async fn upload(
     Json(request): Json<UploadKeyPackagesRequest>,
 ) -> Result<(StatusCode, axum::Json<UploadKeyPackagesResponse>), Error> {
     let max = state.config.max_key_package_bytes;
-    for package in request.key_packages.iter().chain(request.last_resort.iter()) {
+    for package in request
+        .key_packages
+        .iter()
+        .chain(request.last_resort.iter())
+    {
         if package.0.is_empty() {
             return Err(Error::bad_request("a key package is empty"));
         }
@@ -50,13 +56,30 @@ pub async fn upload(
     // database round trip.
     let limit = state.config.max_key_packages;
     if u64::try_from(request.key_packages.len()).unwrap_or(u64::MAX) > limit {
-        return Err(Error::Conflict(format!("a client may keep at most {limit} key packages")));
+        return Err(Error::Conflict(format!(
+            "a client may keep at most {limit} key packages"
+        )));
     }
-    let packages = request.key_packages.into_iter().map(|b| b.into_inner()).collect();
+    let packages = request
+        .key_packages
+        .into_iter()
+        .map(|b| b.into_inner())
+        .collect();
     let last_resort = request.last_resort.map(|b| b.into_inner());
-    let available =
-        state.store.add_key_packages(&caller.client_id, packages, last_resort, limit, now_millis()).await?;
-    Ok((StatusCode::CREATED, axum::Json(UploadKeyPackagesResponse { available })))
+    let available = state
+        .store
+        .add_key_packages(
+            &caller.client_id,
+            packages,
+            last_resort,
+            limit,
+            now_millis(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(UploadKeyPackagesResponse { available }),
+    ))
 }
 
 /// Takes one key package of each named client. Either every id is known and each is claimed
@@ -64,6 +87,7 @@ pub async fn upload(
 #[utoipa::path(
     post,
     path = "/v1/key-packages/claim",
+    operation_id = "claim_key_packages",
     tag = "key-packages",
     request_body = ClaimKeyPackagesRequest,
     security(("bearer" = [])),
@@ -82,12 +106,20 @@ pub async fn claim(
     Json(request): Json<ClaimKeyPackagesRequest>,
 ) -> Result<axum::Json<ClaimKeyPackagesResponse>, Error> {
     if request.client_ids.len() > MAX_CLAIM_IDS {
-        return Err(Error::bad_request(format!("at most {MAX_CLAIM_IDS} client ids per claim")));
+        return Err(Error::bad_request(format!(
+            "at most {MAX_CLAIM_IDS} client ids per claim"
+        )));
     }
     check_client_ids(&request.client_ids, "client_ids")?;
     if request.client_ids.is_empty() {
-        return Ok(axum::Json(ClaimKeyPackagesResponse { key_packages: Vec::new(), missing: Vec::new() }));
+        return Ok(axum::Json(ClaimKeyPackagesResponse {
+            key_packages: Vec::new(),
+            missing: Vec::new(),
+        }));
     }
     let outcome = state.store.claim_key_packages(&request.client_ids).await?;
-    Ok(axum::Json(ClaimKeyPackagesResponse { key_packages: outcome.key_packages, missing: outcome.missing }))
+    Ok(axum::Json(ClaimKeyPackagesResponse {
+        key_packages: outcome.key_packages,
+        missing: outcome.missing,
+    }))
 }

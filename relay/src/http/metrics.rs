@@ -16,10 +16,12 @@ pub const REQUEST_DURATION: &str = "dmls_relay_http_request_duration_seconds";
 pub const MESSAGES_STORED: &str = "dmls_relay_messages_stored_total";
 pub const WELCOMES_STORED: &str = "dmls_relay_welcomes_stored_total";
 pub const LONG_POLLS_WAITING: &str = "dmls_relay_long_polls_waiting";
-pub const DB_CONNECTIONS: &str = "dmls_relay_db_connections";
+pub const DB_CONNECTIONS: &str = "dmls_relay_db_pool_connections";
 
 /// Latency buckets in seconds, up to the longest long poll.
-const DURATION_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 45.0];
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 45.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -53,6 +55,7 @@ pub async fn track(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!(REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!(REQUEST_DURATION, "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(REQUEST_DURATION, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
     response
 }

@@ -4,9 +4,8 @@
 //! serves is in `/openapi.json` by construction. The shared state is one small [`Ctx`].
 //!
 //! Layers, outermost first: secrets are marked sensitive, a request id is set (or kept) and
-//! echoed, requests are traced, CORS is permissive (clients authenticate with bearer tokens, not
-//! cookies, so any web page may call the relay on behalf of a user who holds a token), bare
-//! error responses get a problem+json body, and requests time out.
+//! echoed, requests are traced, CORS lets any origin call (see `cors`), bare error responses
+//! get a problem+json body, and requests time out.
 
 pub mod auth;
 pub mod clients;
@@ -30,7 +29,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware;
 use tokio::sync::watch;
 use tower::ServiceBuilder;
-use tower_http::cors::CorsLayer;
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer, ExposeHeaders};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -61,9 +60,17 @@ pub struct Ctx {
 pub type AppState = Arc<Ctx>;
 
 impl Ctx {
-    pub fn new(config: Config, store: Arc<dyn Store>, notifier: Notifier, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        notifier: Notifier,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         let registration_token_hash = match config.registration {
-            RegistrationMode::Token => config.registration_token.as_deref().map(|t| auth::sha256(t.as_bytes())),
+            RegistrationMode::Token => config
+                .registration_token
+                .as_deref()
+                .map(|t| auth::sha256(t.as_bytes())),
             RegistrationMode::Open => None,
         };
         Ctx {
@@ -173,19 +180,47 @@ pub fn router(ctx: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(TraceLayer::new_for_http())
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(CorsLayer::permissive())
+                .layer(cors())
                 .layer(middleware::map_response(error::problem_for_bare_errors))
-                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    timeout,
+                )),
         )
         .with_state(ctx)
+}
+
+/// Any origin may call the relay: clients authenticate with bearer tokens, never cookies, so a
+/// page can only act with a token its user gave it. Allowed request headers mirror the preflight
+/// because a `*` there does not cover `Authorization` (Fetch standard).
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods(AllowMethods::any())
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(ExposeHeaders::any())
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
+/// The span of one request: method, path (never the query or headers) and request id, so log
+/// lines of one request can be found by the id the client saw in `x-request-id`.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
 }
 
 /// Checks that a path names a group: a valid owner client id and a valid group id.
 pub fn check_group_name(owner: &str, group_id: &str) -> Result<(), error::Error> {
     if !dmls_api::is_valid_client_id(owner) {
-        return Err(error::Error::bad_request(format!("invalid owner {owner:?}: 1 to 64 characters of a-z 0-9 . _ -")));
+        return Err(error::Error::bad_request(format!(
+            "invalid owner {owner:?}: 1 to 64 characters of a-z 0-9 . _ -"
+        )));
     }
     if !dmls_api::is_valid_group_id(group_id) {
         return Err(error::Error::bad_request(format!(
@@ -205,8 +240,58 @@ pub fn check_client_ids(ids: &[String], what: &str) -> Result<(), error::Error> 
             )));
         }
         if !seen.insert(id.as_str()) {
-            return Err(error::Error::bad_request(format!("client id {id:?} appears twice in {what}")));
+            return Err(error::Error::bad_request(format!(
+                "client id {id:?} appears twice in {what}"
+            )));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn openapi_is_3_1_with_unique_operation_ids_and_the_bearer_scheme() {
+        let doc = openapi();
+        let json = serde_json::to_value(&doc).unwrap_or_default();
+        assert!(
+            json["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1"))
+        );
+        assert_eq!(
+            json["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let mut ids = HashSet::new();
+        let mut operations = 0;
+        for (path, item) in doc.paths.paths.iter() {
+            for op in [&item.get, &item.put, &item.post, &item.delete]
+                .into_iter()
+                .flatten()
+            {
+                operations += 1;
+                let id = op.operation_id.clone().unwrap_or_default();
+                assert!(
+                    ids.insert(id.clone()),
+                    "operation id {id:?} of {path} is used twice"
+                );
+            }
+        }
+        assert_eq!(
+            operations, 19,
+            "every route of API.md and the operations routes"
+        );
+    }
+
+    #[test]
+    fn client_id_lists_refuse_invalid_and_repeated_ids() {
+        assert!(check_client_ids(&["bob".into(), "carol".into()], "members").is_ok());
+        assert!(check_client_ids(&["Bob".into()], "members").is_err());
+        assert!(check_client_ids(&["bob".into(), "bob".into()], "members").is_err());
+    }
 }

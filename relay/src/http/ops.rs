@@ -21,6 +21,7 @@ pub struct OpenApiDocument(pub Arc<str>);
 #[utoipa::path(
     get,
     path = "/",
+    operation_id = "index",
     tag = "operations",
     responses((status = 200, description = "Version, storage backend, uptime and counts", content_type = "text/html", body = String))
 )]
@@ -55,7 +56,7 @@ pub async fn index(State(state): State<AppState>) -> Html<String> {
 }
 
 /// Liveness: 200 while the process serves requests.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -64,6 +65,7 @@ pub async fn healthz() -> &'static str {
 #[utoipa::path(
     get,
     path = "/readyz",
+    operation_id = "readyz",
     tag = "operations",
     responses(
         (status = 200, description = "The database answers", content_type = "text/plain", body = String),
@@ -79,6 +81,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, Error
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "metrics",
     tag = "operations",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String))
 )]
@@ -91,7 +94,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let handle = m::handle();
     handle.run_upkeep();
     let mut response = handle.render().into_response();
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     response
 }
 
@@ -99,12 +105,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    operation_id = "openapi",
     tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json", body = Object))
 )]
-pub async fn openapi_json(Extension(OpenApiDocument(document)): Extension<OpenApiDocument>) -> Response {
+pub async fn openapi_json(
+    Extension(OpenApiDocument(document)): Extension<OpenApiDocument>,
+) -> Response {
     let mut response = document.to_string().into_response();
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -115,5 +126,8 @@ pub async fn not_found() -> Response {
 
 /// Known route, other method.
 pub async fn method_not_allowed() -> Response {
-    problem(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method; see /openapi.json")
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method; see /openapi.json",
+    )
 }

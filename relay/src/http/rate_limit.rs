@@ -26,30 +26,44 @@ impl RateLimits {
             let burst = NonZeroU32::new(config.rate_limit_burst).map_or(rate, |b| b.max(rate));
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
-        let registrations =
-            NonZeroU32::new(config.registrations_per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)));
-        RateLimits { clients, registrations, clock: DefaultClock::default() }
+        let registrations = NonZeroU32::new(config.registrations_per_minute)
+            .map(|n| RateLimiter::keyed(Quota::per_minute(n)));
+        RateLimits {
+            clients,
+            registrations,
+            clock: DefaultClock::default(),
+        }
     }
 
     /// 429 if `client_id` is over its request rate.
     pub fn check_client(&self, client_id: &str) -> Result<(), Error> {
-        let Some(limiter) = &self.clients else { return Ok(()) };
+        let Some(limiter) = &self.clients else {
+            return Ok(());
+        };
         // `check_key` takes the key by reference; the `String` is only stored on a client's
         // first request.
-        limiter.check_key(&client_id.to_owned()).map_err(|not_until| self.limited(not_until.wait_time_from(self.clock.now())))
+        limiter
+            .check_key(&client_id.to_owned())
+            .map_err(|not_until| self.limited(not_until.wait_time_from(self.clock.now())))
     }
 
     /// 429 if this address registered too often. Requests without a known address (a router
     /// driven without connect info) are not limited.
     pub fn check_registration(&self, ip: Option<IpAddr>) -> Result<(), Error> {
-        let (Some(limiter), Some(ip)) = (&self.registrations, ip) else { return Ok(()) };
-        limiter.check_key(&ip).map_err(|not_until| self.limited(not_until.wait_time_from(self.clock.now())))
+        let (Some(limiter), Some(ip)) = (&self.registrations, ip) else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&ip)
+            .map_err(|not_until| self.limited(not_until.wait_time_from(self.clock.now())))
     }
 
     fn limited(&self, wait: Duration) -> Error {
         // Retry-After is in whole seconds; round up so a client that obeys it is let through.
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        Error::RateLimited { retry_after_secs: secs.max(1) }
+        Error::RateLimited {
+            retry_after_secs: secs.max(1),
+        }
     }
 
     /// Forgets keys whose limits have fully recovered, so memory tracks active clients only.
@@ -79,11 +93,21 @@ mod tests {
 
     #[test]
     fn clients_get_their_burst_then_429() {
-        let limits = RateLimits::new(&config(&["--rate-limit-per-second", "1", "--rate-limit-burst", "3"]));
+        let limits = RateLimits::new(&config(&[
+            "--rate-limit-per-second",
+            "1",
+            "--rate-limit-burst",
+            "3",
+        ]));
         for _ in 0..3 {
             assert!(limits.check_client("alice").is_ok());
         }
-        assert!(matches!(limits.check_client("alice"), Err(Error::RateLimited { retry_after_secs: 1 })));
+        assert!(matches!(
+            limits.check_client("alice"),
+            Err(Error::RateLimited {
+                retry_after_secs: 1
+            })
+        ));
         assert!(limits.check_client("bob").is_ok(), "limits are per client");
     }
 
@@ -94,17 +118,28 @@ mod tests {
         assert!(limits.check_registration(Some(ip)).is_ok());
         assert!(limits.check_registration(Some(ip)).is_ok());
         match limits.check_registration(Some(ip)) {
-            Err(Error::RateLimited { retry_after_secs }) => assert!((1..=30).contains(&retry_after_secs)),
+            Err(Error::RateLimited { retry_after_secs }) => {
+                assert!((1..=30).contains(&retry_after_secs))
+            }
             other => panic!("expected 429, got {other:?}"),
         }
     }
 
     #[test]
     fn zero_turns_limits_off() {
-        let limits = RateLimits::new(&config(&["--rate-limit-per-second", "0", "--registrations-per-minute", "0"]));
+        let limits = RateLimits::new(&config(&[
+            "--rate-limit-per-second",
+            "0",
+            "--registrations-per-minute",
+            "0",
+        ]));
         for _ in 0..1000 {
             assert!(limits.check_client("alice").is_ok());
-            assert!(limits.check_registration(Some([10, 0, 0, 1].into())).is_ok());
+            assert!(
+                limits
+                    .check_registration(Some([10, 0, 0, 1].into()))
+                    .is_ok()
+            );
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::store::{StoreEvent, SyncCursor, SyncGroupResult, SyncRead};
 #[utoipa::path(
     post,
     path = "/v1/sync",
+    operation_id = "sync",
     tag = "sync",
     request_body = SyncRequest,
     security(("bearer" = [])),
@@ -43,15 +44,21 @@ pub async fn sync(
     Json(request): Json<SyncRequest>,
 ) -> Result<axum::Json<SyncResponse>, Error> {
     if request.groups.len() > MAX_SYNC_GROUPS {
-        return Err(Error::bad_request(format!("at most {MAX_SYNC_GROUPS} groups per sync")));
+        return Err(Error::bad_request(format!(
+            "at most {MAX_SYNC_GROUPS} groups per sync"
+        )));
     }
     let limit = request.limit.unwrap_or(SYNC_LIMIT_DEFAULT);
     if !(1..=SYNC_LIMIT_MAX).contains(&limit) {
-        return Err(Error::bad_request(format!("limit must be 1 to {SYNC_LIMIT_MAX}")));
+        return Err(Error::bad_request(format!(
+            "limit must be 1 to {SYNC_LIMIT_MAX}"
+        )));
     }
     let wait_ms = request.wait_ms.unwrap_or(0);
     if wait_ms > WAIT_MS_MAX {
-        return Err(Error::bad_request(format!("wait_ms must be 0 to {WAIT_MS_MAX}")));
+        return Err(Error::bad_request(format!(
+            "wait_ms must be 0 to {WAIT_MS_MAX}"
+        )));
     }
     for g in &request.groups {
         super::check_group_name(&g.owner, &g.group_id)?;
@@ -59,12 +66,19 @@ pub async fn sync(
     let cursors: Vec<SyncCursor> = request
         .groups
         .into_iter()
-        .map(|g| SyncCursor { owner: g.owner, group_id: g.group_id, after: g.after })
+        .map(|g| SyncCursor {
+            owner: g.owner,
+            group_id: g.group_id,
+            after: g.after,
+        })
         .collect();
     let welcomes_after = request.welcomes_after;
 
     if wait_ms == 0 {
-        let found = state.store.sync_read(&caller.client_id, &cursors, welcomes_after, limit).await?;
+        let found = state
+            .store
+            .sync_read(&caller.client_id, &cursors, welcomes_after, limit)
+            .await?;
         return Ok(axum::Json(answer(&cursors, welcomes_after, found)));
     }
 
@@ -72,13 +86,23 @@ pub async fn sync(
     let mut events = state.notifier.subscribe();
     let mut shutdown = state.shutdown.clone();
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
-    let watched: HashSet<(&str, &str)> = cursors.iter().map(|c| (c.owner.as_str(), c.group_id.as_str())).collect();
+    let watched: HashSet<(&str, &str)> = cursors
+        .iter()
+        .map(|c| (c.owner.as_str(), c.group_id.as_str()))
+        .collect();
     let wants = |event: &StoreEvent| match event {
-        StoreEvent::Group { owner, group_id } => watched.contains(&(owner.as_str(), group_id.as_str())),
-        StoreEvent::Inbox { client_id } => welcomes_after.is_some() && *client_id == caller.client_id,
+        StoreEvent::Group { owner, group_id } => {
+            watched.contains(&(owner.as_str(), group_id.as_str()))
+        }
+        StoreEvent::Inbox { client_id } => {
+            welcomes_after.is_some() && *client_id == caller.client_id
+        }
     };
 
-    let mut found = state.store.sync_read(&caller.client_id, &cursors, welcomes_after, limit).await?;
+    let mut found = state
+        .store
+        .sync_read(&caller.client_id, &cursors, welcomes_after, limit)
+        .await?;
     while !has_news(&found) {
         if *shutdown.borrow_and_update() {
             break;
@@ -94,7 +118,12 @@ pub async fn sync(
             wake = next_relevant(&mut events, &wants) => wake,
         };
         match woke {
-            Wake::Reread => found = state.store.sync_read(&caller.client_id, &cursors, welcomes_after, limit).await?,
+            Wake::Reread => {
+                found = state
+                    .store
+                    .sync_read(&caller.client_id, &cursors, welcomes_after, limit)
+                    .await?
+            }
             Wake::Stop => break,
         }
     }
@@ -128,8 +157,13 @@ async fn next_relevant(
 /// Is there anything to hand out? Forbidden groups alone are not news: the caller learns of them
 /// in the answer when the wait ends, without turning its long poll into a busy loop.
 fn has_news(read: &SyncRead) -> bool {
-    read.groups.iter().any(|g| matches!(g, SyncGroupResult::Messages { messages, .. } if !messages.is_empty()))
-        || read.welcomes.as_ref().is_some_and(|page| !page.items.is_empty())
+    read.groups
+        .iter()
+        .any(|g| matches!(g, SyncGroupResult::Messages { messages, .. } if !messages.is_empty()))
+        || read
+            .welcomes
+            .as_ref()
+            .is_some_and(|page| !page.items.is_empty())
 }
 
 /// Turns the store's read into the wire answer, naming groups by the caller's cursors.
@@ -138,9 +172,16 @@ fn answer(cursors: &[SyncCursor], welcomes_after: Option<u64>, read: SyncRead) -
     let mut forbidden = Vec::new();
     for result in read.groups {
         match result {
-            SyncGroupResult::Messages { cursor_index, messages, more } => {
+            SyncGroupResult::Messages {
+                cursor_index,
+                messages,
+                more,
+            } => {
                 let Some(cursor) = cursors.get(cursor_index) else {
-                    tracing::error!(cursor_index, "store returned a sync result for an unknown cursor");
+                    tracing::error!(
+                        cursor_index,
+                        "store returned a sync result for an unknown cursor"
+                    );
                     continue;
                 };
                 if messages.is_empty() {
@@ -157,7 +198,10 @@ fn answer(cursors: &[SyncCursor], welcomes_after: Option<u64>, read: SyncRead) -
             }
             SyncGroupResult::Forbidden { cursor_index } => {
                 if let Some(cursor) = cursors.get(cursor_index) {
-                    forbidden.push(GroupRef { owner: cursor.owner.clone(), group_id: cursor.group_id.clone() });
+                    forbidden.push(GroupRef {
+                        owner: cursor.owner.clone(),
+                        group_id: cursor.group_id.clone(),
+                    });
                 }
             }
         }
@@ -173,7 +217,12 @@ fn answer(cursors: &[SyncCursor], welcomes_after: Option<u64>, read: SyncRead) -
         }
         (None, after) => (Vec::new(), after),
     };
-    SyncResponse { groups, welcomes, welcomes_next_after, forbidden }
+    SyncResponse {
+        groups,
+        welcomes,
+        welcomes_next_after,
+        forbidden,
+    }
 }
 
 #[cfg(test)]
@@ -184,11 +233,20 @@ mod tests {
     use crate::store::Page;
 
     fn cursor(owner: &str, after: u64) -> SyncCursor {
-        SyncCursor { owner: owner.into(), group_id: "ab".into(), after }
+        SyncCursor {
+            owner: owner.into(),
+            group_id: "ab".into(),
+            after,
+        }
     }
 
     fn message(seq: u64) -> Message {
-        Message { seq, sender: "bob".into(), data: Bytes(vec![1]), received_at: 0 }
+        Message {
+            seq,
+            sender: "bob".into(),
+            data: Bytes(vec![1]),
+            received_at: 0,
+        }
     }
 
     #[test]
@@ -196,10 +254,17 @@ mod tests {
         let cursors = [cursor("alice", 3), cursor("carol", 0)];
         let read = SyncRead {
             groups: vec![
-                SyncGroupResult::Messages { cursor_index: 0, messages: vec![message(4), message(5)], more: true },
+                SyncGroupResult::Messages {
+                    cursor_index: 0,
+                    messages: vec![message(4), message(5)],
+                    more: true,
+                },
                 SyncGroupResult::Forbidden { cursor_index: 1 },
             ],
-            welcomes: Some(Page { items: vec![], more: false }),
+            welcomes: Some(Page {
+                items: vec![],
+                more: false,
+            }),
         };
         assert!(has_news(&read));
         let a = answer(&cursors, Some(7), read);
@@ -207,24 +272,58 @@ mod tests {
         assert_eq!(a.groups[0].owner, "alice");
         assert_eq!(a.groups[0].next_after, 5);
         assert!(a.groups[0].more);
-        assert_eq!(a.forbidden, vec![GroupRef { owner: "carol".into(), group_id: "ab".into() }]);
+        assert_eq!(
+            a.forbidden,
+            vec![GroupRef {
+                owner: "carol".into(),
+                group_id: "ab".into()
+            }]
+        );
         assert!(a.welcomes.is_empty());
-        assert_eq!(a.welcomes_next_after, Some(7), "an empty inbox keeps the cursor");
+        assert_eq!(
+            a.welcomes_next_after,
+            Some(7),
+            "an empty inbox keeps the cursor"
+        );
     }
 
     #[test]
     fn forbidden_alone_is_not_news_but_a_welcome_is() {
-        let forbidden_only = SyncRead { groups: vec![SyncGroupResult::Forbidden { cursor_index: 0 }], welcomes: None };
+        let forbidden_only = SyncRead {
+            groups: vec![SyncGroupResult::Forbidden { cursor_index: 0 }],
+            welcomes: None,
+        };
         assert!(!has_news(&forbidden_only));
-        let welcome = Welcome { id: 9, from: "bob".into(), data: Bytes(vec![1]), received_at: 0 };
-        let with_welcome = SyncRead { groups: vec![], welcomes: Some(Page { items: vec![welcome], more: false }) };
+        let welcome = Welcome {
+            id: 9,
+            from: "bob".into(),
+            data: Bytes(vec![1]),
+            received_at: 0,
+        };
+        let with_welcome = SyncRead {
+            groups: vec![],
+            welcomes: Some(Page {
+                items: vec![welcome],
+                more: false,
+            }),
+        };
         assert!(has_news(&with_welcome));
-        assert_eq!(answer(&[], Some(2), with_welcome).welcomes_next_after, Some(9));
+        assert_eq!(
+            answer(&[], Some(2), with_welcome).welcomes_next_after,
+            Some(9)
+        );
     }
 
     #[test]
     fn an_unread_inbox_has_no_cursor() {
-        let a = answer(&[], None, SyncRead { groups: vec![], welcomes: None });
+        let a = answer(
+            &[],
+            None,
+            SyncRead {
+                groups: vec![],
+                welcomes: None,
+            },
+        );
         assert_eq!(a.welcomes_next_after, None);
     }
 }

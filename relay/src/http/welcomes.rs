@@ -27,7 +27,9 @@ impl PageQuery {
     pub fn resolve(&self) -> Result<(u64, u32), Error> {
         let limit = self.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
         if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
-            return Err(Error::bad_request(format!("limit must be 1 to {PAGE_LIMIT_MAX}")));
+            return Err(Error::bad_request(format!(
+                "limit must be 1 to {PAGE_LIMIT_MAX}"
+            )));
         }
         Ok((self.after.unwrap_or(0), limit))
     }
@@ -44,6 +46,7 @@ pub struct DeleteQuery {
 #[utoipa::path(
     post,
     path = "/v1/welcomes",
+    operation_id = "post_welcomes",
     tag = "welcomes",
     request_body = PostWelcomesRequest,
     security(("bearer" = [])),
@@ -63,15 +66,23 @@ pub async fn post(
     Json(request): Json<PostWelcomesRequest>,
 ) -> Result<(StatusCode, axum::Json<PostWelcomesResponse>), Error> {
     if request.welcomes.len() > MAX_WELCOMES_PER_POST {
-        return Err(Error::bad_request(format!("at most {MAX_WELCOMES_PER_POST} welcomes per request")));
+        return Err(Error::bad_request(format!(
+            "at most {MAX_WELCOMES_PER_POST} welcomes per request"
+        )));
     }
     let max = state.config.max_welcome_bytes;
     for welcome in &request.welcomes {
         if !dmls_api::is_valid_client_id(&welcome.to) {
-            return Err(Error::bad_request(format!("invalid recipient {:?}", welcome.to)));
+            return Err(Error::bad_request(format!(
+                "invalid recipient {:?}",
+                welcome.to
+            )));
         }
         if welcome.data.0.is_empty() {
-            return Err(Error::bad_request(format!("the welcome to {:?} is empty", welcome.to)));
+            return Err(Error::bad_request(format!(
+                "the welcome to {:?} is empty",
+                welcome.to
+            )));
         }
         if welcome.data.0.len() > max {
             return Err(Error::PayloadTooLarge(format!(
@@ -82,19 +93,34 @@ pub async fn post(
         }
     }
     if request.welcomes.is_empty() {
-        return Ok((StatusCode::CREATED, axum::Json(PostWelcomesResponse { ids: Vec::new() })));
+        return Ok((
+            StatusCode::CREATED,
+            axum::Json(PostWelcomesResponse { ids: Vec::new() }),
+        ));
     }
     let count = request.welcomes.len();
-    let welcomes = request.welcomes.into_iter().map(|w| (w.to, w.data.into_inner())).collect();
-    let ids = state.store.post_welcomes(&caller.client_id, welcomes, now_millis()).await?;
-    ::metrics::counter!(super::metrics::WELCOMES_STORED).increment(u64::try_from(count).unwrap_or(0));
-    Ok((StatusCode::CREATED, axum::Json(PostWelcomesResponse { ids })))
+    let welcomes = request
+        .welcomes
+        .into_iter()
+        .map(|w| (w.to, w.data.into_inner()))
+        .collect();
+    let ids = state
+        .store
+        .post_welcomes(&caller.client_id, welcomes, now_millis())
+        .await?;
+    ::metrics::counter!(super::metrics::WELCOMES_STORED)
+        .increment(u64::try_from(count).unwrap_or(0));
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(PostWelcomesResponse { ids }),
+    ))
 }
 
 /// Reads the caller's own inbox, ids increasing.
 #[utoipa::path(
     get,
     path = "/v1/welcomes",
+    operation_id = "list_welcomes",
     tag = "welcomes",
     params(PageQuery),
     security(("bearer" = [])),
@@ -112,15 +138,23 @@ pub async fn list(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<WelcomesPage>, Error> {
     let (after, limit) = query.resolve()?;
-    let page = state.store.list_welcomes(&caller.client_id, after, limit).await?;
+    let page = state
+        .store
+        .list_welcomes(&caller.client_id, after, limit)
+        .await?;
     let next_after = page.items.last().map_or(after, |w| w.id);
-    Ok(axum::Json(WelcomesPage { welcomes: page.items, next_after, more: page.more }))
+    Ok(axum::Json(WelcomesPage {
+        welcomes: page.items,
+        next_after,
+        more: page.more,
+    }))
 }
 
 /// Drops the caller's welcomes up to an id, once it has processed them.
 #[utoipa::path(
     delete,
     path = "/v1/welcomes",
+    operation_id = "delete_welcomes",
     tag = "welcomes",
     params(DeleteQuery),
     security(("bearer" = [])),
@@ -137,6 +171,9 @@ pub async fn delete(
     caller: Caller,
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, Error> {
-    state.store.delete_welcomes(&caller.client_id, query.upto).await?;
+    state
+        .store
+        .delete_welcomes(&caller.client_id, query.upto)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

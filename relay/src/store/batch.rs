@@ -52,7 +52,10 @@ impl BatchWriter {
         // request bodies in memory.
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4));
         let task = tokio::spawn(run(applier, rx, max_batch, notifier));
-        BatchWriter { queue: Mutex::new(Some(tx)), task: tokio::sync::Mutex::new(Some(task)) }
+        BatchWriter {
+            queue: Mutex::new(Some(tx)),
+            task: tokio::sync::Mutex::new(Some(task)),
+        }
     }
 
     /// Queues one append and waits until its batch committed (or failed).
@@ -69,7 +72,9 @@ impl BatchWriter {
             .send(Job { request, reply })
             .await
             .map_err(|_| StoreError::Unavailable("the append writer has stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Unavailable("the append writer has stopped".into()))?
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the append writer has stopped".into()))?
     }
 
     /// Refuses new appends, lets the writer finish everything already queued, and waits for it.
@@ -86,12 +91,18 @@ impl BatchWriter {
     }
 }
 
-async fn run<A: ApplyBatch>(applier: A, mut rx: mpsc::Receiver<Job>, max_batch: usize, notifier: Notifier) {
+async fn run<A: ApplyBatch>(
+    applier: A,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    notifier: Notifier,
+) {
     let mut jobs = Vec::with_capacity(max_batch);
     // `recv_many` waits for the first job, then takes whatever else is queued: no timer, so a
     // lone append is written at once and batches form exactly when the disk is the bottleneck.
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
-        let (requests, replies): (Vec<AppendRequest>, Vec<_>) = jobs.drain(..).map(|j| (j.request, j.reply)).unzip();
+        let (requests, replies): (Vec<AppendRequest>, Vec<_>) =
+            jobs.drain(..).map(|j| (j.request, j.reply)).unzip();
         match applier.apply_batch(&requests).await {
             Ok(outcomes) if outcomes.len() == requests.len() => {
                 let mut woken = HashSet::new();
@@ -148,13 +159,20 @@ mod tests {
     }
 
     impl ApplyBatch for Flaky {
-        async fn apply_batch<'a>(&'a self, batch: &'a [AppendRequest]) -> Result<Vec<AppendOutcome>, sqlx::Error> {
+        async fn apply_batch<'a>(
+            &'a self,
+            batch: &'a [AppendRequest],
+        ) -> Result<Vec<AppendOutcome>, sqlx::Error> {
             self.sizes.lock().unwrap().push(batch.len());
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
                 return Err(sqlx::Error::PoolTimedOut);
             }
-            Ok(batch.iter().enumerate().map(|(i, _)| AppendOutcome::Stored(i as u64 + 1)).collect())
+            Ok(batch
+                .iter()
+                .enumerate()
+                .map(|(i, _)| AppendOutcome::Stored(i as u64 + 1))
+                .collect())
         }
     }
 
@@ -173,7 +191,10 @@ mod tests {
     async fn a_failed_batch_fails_its_waiters_and_the_writer_goes_on() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let writer = Arc::new(BatchWriter::spawn(
-            Flaky { calls: Arc::new(AtomicUsize::new(0)), sizes: sizes.clone() },
+            Flaky {
+                calls: Arc::new(AtomicUsize::new(0)),
+                sizes: sizes.clone(),
+            },
             64,
             Notifier::new(),
         ));
@@ -190,6 +211,9 @@ mod tests {
         }
         assert!(sizes.lock().unwrap().len() < 32);
         writer.close().await;
-        assert!(matches!(writer.append(request()).await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            writer.append(request()).await,
+            Err(StoreError::Unavailable(_))
+        ));
     }
 }

@@ -154,7 +154,11 @@ pub struct SyncCursor {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SyncGroupResult {
     /// Readable and has messages after the cursor (at most the limit given to `sync_read`).
-    Messages { cursor_index: usize, messages: Vec<Message>, more: bool },
+    Messages {
+        cursor_index: usize,
+        messages: Vec<Message>,
+        more: bool,
+    },
     /// Exists but the reader may not read it.
     Forbidden { cursor_index: usize },
 }
@@ -193,10 +197,16 @@ pub trait Store: Send + Sync + 'static {
     // ------------------------------------------------------------ clients
 
     /// Registers a client. `Conflict` if the id is taken.
-    async fn create_client(&self, client_id: &str, token_hash: [u8; 32], now: Millis) -> StoreResult<()>;
+    async fn create_client(
+        &self,
+        client_id: &str,
+        token_hash: [u8; 32],
+        now: Millis,
+    ) -> StoreResult<()>;
 
     /// The client whose token hashes to `token_hash`, if any.
-    async fn client_by_token_hash(&self, token_hash: [u8; 32]) -> StoreResult<Option<ClientRecord>>;
+    async fn client_by_token_hash(&self, token_hash: [u8; 32])
+    -> StoreResult<Option<ClientRecord>>;
 
     async fn client_stats(&self, client_id: &str) -> StoreResult<Option<ClientStats>>;
 
@@ -225,9 +235,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores all welcomes or none; returns their ids in order. `UnknownClients` names unknown
     /// recipients.
-    async fn post_welcomes(&self, from: &str, welcomes: Vec<(String, Vec<u8>)>, now: Millis) -> StoreResult<Vec<u64>>;
+    async fn post_welcomes(
+        &self,
+        from: &str,
+        welcomes: Vec<(String, Vec<u8>)>,
+        now: Millis,
+    ) -> StoreResult<Vec<u64>>;
 
-    async fn list_welcomes(&self, client_id: &str, after: u64, limit: u32) -> StoreResult<Page<Welcome>>;
+    async fn list_welcomes(
+        &self,
+        client_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Page<Welcome>>;
 
     /// Drops the client's welcomes with id <= `upto`.
     async fn delete_welcomes(&self, client_id: &str, upto: u64) -> StoreResult<()>;
@@ -237,7 +257,13 @@ pub trait Store: Send + Sync + 'static {
     /// Creates the group (returns true) or replaces its member list (false). Members dropped by
     /// the replacement keep read access up to the current `last_seq`; re-added ones regain full
     /// access. `UnknownClients` if a member is not registered. The caller checks ownership.
-    async fn put_group(&self, owner: &str, group_id: &str, members: &[String], now: Millis) -> StoreResult<bool>;
+    async fn put_group(
+        &self,
+        owner: &str,
+        group_id: &str,
+        members: &[String],
+        now: Millis,
+    ) -> StoreResult<bool>;
 
     async fn get_group(&self, owner: &str, group_id: &str) -> StoreResult<Option<GroupRecord>>;
 
@@ -291,9 +317,13 @@ pub enum StoreEvent {
 pub async fn open(config: &Config, notifier: Notifier) -> anyhow::Result<Arc<dyn Store>> {
     let url = config.database_url.trim();
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url, config, notifier).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(url, config, notifier).await?,
+        ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PostgresStore::open(url, config, notifier).await?))
+        Ok(Arc::new(
+            postgres::PostgresStore::open(url, config, notifier).await?,
+        ))
     } else {
         anyhow::bail!(
             "unsupported database URL {:?}: use sqlite://PATH or postgres://USER@HOST/DB (--database-url or DATABASE_URL)",
@@ -318,7 +348,10 @@ pub(crate) fn from_db(v: i64) -> u64 {
 /// The ids in their first-seen order, each once.
 pub(crate) fn dedup(ids: &[String]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    ids.iter().filter(|id| seen.insert(id.as_str())).cloned().collect()
+    ids.iter()
+        .filter(|id| seen.insert(id.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// `limit + 1` rows were asked for: trims to `limit` and tells whether there were more.
@@ -366,12 +399,16 @@ pub(crate) fn plan_sync(
     let mut forbidden = Vec::new();
     let mut ranges = Vec::new();
     for c in candidates {
-        let Some(cursor) = reader_cursors.get(c.cursor_index) else { continue };
+        let Some(cursor) = reader_cursors.get(c.cursor_index) else {
+            continue;
+        };
         let readable_upto = match c.access {
             Access::Full => c.last_seq,
             Access::ReadUpTo(upto) => c.last_seq.min(upto),
             Access::None => {
-                forbidden.push(SyncGroupResult::Forbidden { cursor_index: c.cursor_index });
+                forbidden.push(SyncGroupResult::Forbidden {
+                    cursor_index: c.cursor_index,
+                });
                 continue;
             }
         };
@@ -434,10 +471,13 @@ pub(crate) fn encode_event(event: &StoreEvent) -> String {
 pub(crate) fn decode_event(payload: &str) -> Option<StoreEvent> {
     let parts: Vec<String> = serde_json::from_str(payload).ok()?;
     match parts.as_slice() {
-        [kind, owner, group_id] if kind == "g" => {
-            Some(StoreEvent::Group { owner: owner.clone(), group_id: group_id.clone() })
-        }
-        [kind, client_id] if kind == "i" => Some(StoreEvent::Inbox { client_id: client_id.clone() }),
+        [kind, owner, group_id] if kind == "g" => Some(StoreEvent::Group {
+            owner: owner.clone(),
+            group_id: group_id.clone(),
+        }),
+        [kind, client_id] if kind == "i" => Some(StoreEvent::Inbox {
+            client_id: client_id.clone(),
+        }),
         _ => None,
     }
 }
@@ -449,8 +489,13 @@ mod tests {
     #[test]
     fn events_survive_the_notify_payload() {
         for e in [
-            StoreEvent::Group { owner: "alice".into(), group_id: "ab".into() },
-            StoreEvent::Inbox { client_id: "bob".into() },
+            StoreEvent::Group {
+                owner: "alice".into(),
+                group_id: "ab".into(),
+            },
+            StoreEvent::Inbox {
+                client_id: "bob".into(),
+            },
         ] {
             assert_eq!(decode_event(&encode_event(&e)), Some(e));
         }
@@ -460,17 +505,42 @@ mod tests {
     #[test]
     fn sync_limit_is_shared_in_cursor_order() {
         let cursors: Vec<SyncCursor> = (0..3)
-            .map(|i| SyncCursor { owner: "o".into(), group_id: format!("{i:02x}"), after: 5 })
+            .map(|i| SyncCursor {
+                owner: "o".into(),
+                group_id: format!("{i:02x}"),
+                after: 5,
+            })
             .collect();
         let candidates = vec![
-            SyncCandidate { cursor_index: 2, group_ref: 3, last_seq: 50, access: Access::Full },
-            SyncCandidate { cursor_index: 0, group_ref: 1, last_seq: 8, access: Access::Full },
-            SyncCandidate { cursor_index: 1, group_ref: 2, last_seq: 9, access: Access::None },
+            SyncCandidate {
+                cursor_index: 2,
+                group_ref: 3,
+                last_seq: 50,
+                access: Access::Full,
+            },
+            SyncCandidate {
+                cursor_index: 0,
+                group_ref: 1,
+                last_seq: 8,
+                access: Access::Full,
+            },
+            SyncCandidate {
+                cursor_index: 1,
+                group_ref: 2,
+                last_seq: 9,
+                access: Access::None,
+            },
         ];
         let (forbidden, ranges) = plan_sync(&cursors, candidates, 10);
-        assert_eq!(forbidden, vec![SyncGroupResult::Forbidden { cursor_index: 1 }]);
+        assert_eq!(
+            forbidden,
+            vec![SyncGroupResult::Forbidden { cursor_index: 1 }]
+        );
         assert_eq!(ranges.len(), 2);
         assert_eq!((ranges[0].after, ranges[0].upto), (5, 8));
-        assert_eq!((ranges[1].after, ranges[1].upto, ranges[1].readable_upto), (5, 12, 50));
+        assert_eq!(
+            (ranges[1].after, ranges[1].upto, ranges[1].readable_upto),
+            (5, 12, 50)
+        );
     }
 }

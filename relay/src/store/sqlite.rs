@@ -11,6 +11,7 @@
 //! - Reads go through their own pool, so they run concurrently with each other and the writer.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,14 +19,17 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use dmls_api::{ClaimedKeyPackage, Message, Welcome};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{SqlSafeStr as _, Sqlite, Transaction};
 
 use super::batch::{ApplyBatch, BatchWriter};
 use super::{
-    Access, AppendOutcome, AppendRequest, ClaimOutcome, ClientRecord, ClientStats, GroupRecord, Millis, Page,
-    PruneStats, Store, StoreError, StoreEvent, StoreResult, SyncCandidate, SyncCursor, SyncRead, SyncRange,
-    assemble_sync, dedup, from_db, page, plan_sync, to_db, SYNC_WELCOMES_LIMIT,
+    Access, AppendOutcome, AppendRequest, ClaimOutcome, ClientRecord, ClientStats, GroupRecord,
+    Millis, Page, PruneStats, SYNC_WELCOMES_LIMIT, Store, StoreError, StoreEvent, StoreResult,
+    SyncCandidate, SyncCursor, SyncRange, SyncRead, assemble_sync, dedup, from_db, page, plan_sync,
+    to_db,
 };
 use crate::config::{Config, redact_url};
 use crate::notify::Notifier;
@@ -49,7 +53,8 @@ fn migrator() -> Migrator {
 
 /// A JSON array for `json_each(?)`: SQLite's way of binding a list.
 fn json_list<T: serde::Serialize>(items: &T) -> StoreResult<String> {
-    serde_json::to_string(items).map_err(|e| StoreError::Unavailable(format!("cannot encode a query list: {e}")))
+    serde_json::to_string(items)
+        .map_err(|e| StoreError::Unavailable(format!("cannot encode a query list: {e}")))
 }
 
 pub struct SqliteStore {
@@ -64,6 +69,13 @@ impl SqliteStore {
     /// Opens (creating if missing) the database file, runs the migrations, starts the writer.
     pub async fn open(url: &str, config: &Config, notifier: Notifier) -> anyhow::Result<Self> {
         let shown = redact_url(url);
+        // Every connection of an in-memory database is a database of its own, and nothing
+        // acknowledged would survive a restart.
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            anyhow::bail!(
+                "in-memory SQLite ({shown:?}) is not supported: use sqlite://PATH to a file"
+            );
+        }
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("invalid SQLite database URL {shown:?}: use sqlite://PATH"))?
             .create_if_missing(true)
@@ -93,10 +105,22 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await
-            .with_context(|| format!("cannot open read connections to the SQLite database {shown:?}"))?;
-        let batch =
-            BatchWriter::spawn(SqliteBatch { pool: writer.clone() }, config.append_batch_max, notifier.clone());
-        Ok(SqliteStore { writer, readers, batch, notifier })
+            .with_context(|| {
+                format!("cannot open read connections to the SQLite database {shown:?}")
+            })?;
+        let batch = BatchWriter::spawn(
+            SqliteBatch {
+                pool: writer.clone(),
+            },
+            config.append_batch_max,
+            notifier.clone(),
+        );
+        Ok(SqliteStore {
+            writer,
+            readers,
+            batch,
+            notifier,
+        })
     }
 
     async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
@@ -104,7 +128,10 @@ impl SqliteStore {
     }
 
     /// Which of `ids` are not registered (in `ids` order).
-    async fn unknown_clients(tx: &mut Transaction<'static, Sqlite>, ids: &[String]) -> StoreResult<Vec<String>> {
+    async fn unknown_clients(
+        tx: &mut Transaction<'static, Sqlite>,
+        ids: &[String],
+    ) -> StoreResult<Vec<String>> {
         let unknown: Vec<(String,)> = sqlx::query_as(
             "SELECT j.value FROM json_each(?) j \
              WHERE NOT EXISTS (SELECT 1 FROM clients c WHERE c.client_id = j.value) ORDER BY j.key",
@@ -115,7 +142,12 @@ impl SqliteStore {
         Ok(unknown.into_iter().map(|(id,)| id).collect())
     }
 
-    async fn read_range(&self, group_ref: i64, after: u64, limit: u64) -> StoreResult<Vec<Message>> {
+    async fn read_range(
+        &self,
+        group_ref: i64,
+        after: u64,
+        limit: u64,
+    ) -> StoreResult<Vec<Message>> {
         let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT seq, sender, data, received_at FROM messages \
              WHERE group_ref = ? AND seq > ? ORDER BY seq LIMIT ?",
@@ -130,11 +162,21 @@ impl SqliteStore {
 }
 
 fn message((seq, sender, data, received_at): (i64, String, Vec<u8>, i64)) -> Message {
-    Message { seq: from_db(seq), sender, data: data.into(), received_at }
+    Message {
+        seq: from_db(seq),
+        sender,
+        data: data.into(),
+        received_at,
+    }
 }
 
 fn welcome((id, from, data, received_at): (i64, String, Vec<u8>, i64)) -> Welcome {
-    Welcome { id: from_db(id), from, data: data.into(), received_at }
+    Welcome {
+        id: from_db(id),
+        from,
+        data: data.into(),
+        received_at,
+    }
 }
 
 /// The group-commit half of the store: owns a handle to the writer connection.
@@ -149,7 +191,10 @@ struct BatchGroup {
 }
 
 impl ApplyBatch for SqliteBatch {
-    async fn apply_batch<'a>(&'a self, batch: &'a [AppendRequest]) -> Result<Vec<AppendOutcome>, sqlx::Error> {
+    async fn apply_batch<'a>(
+        &'a self,
+        batch: &'a [AppendRequest],
+    ) -> Result<Vec<AppendOutcome>, sqlx::Error> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         // The write lock is held from BEGIN IMMEDIATE to COMMIT, so `last_seq` read here cannot
         // change under us: seqs are computed in memory and written back once per group.
@@ -158,14 +203,19 @@ impl ApplyBatch for SqliteBatch {
         let mut outcomes = Vec::with_capacity(batch.len());
         for req in batch {
             let name = (req.owner.as_str(), req.group_id.as_str());
-            if !groups.contains_key(&name) {
-                let row: Option<(i64, i64)> =
-                    sqlx::query_as("SELECT id, last_seq FROM relay_groups WHERE owner = ? AND group_id = ?")
-                        .bind(&req.owner)
-                        .bind(&req.group_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                groups.insert(name, row.map(|(id, last_seq)| BatchGroup { id, last_seq, dirty: false }));
+            if let Entry::Vacant(slot) = groups.entry(name) {
+                let row: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT id, last_seq FROM relay_groups WHERE owner = ? AND group_id = ?",
+                )
+                .bind(&req.owner)
+                .bind(&req.group_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                slot.insert(row.map(|(id, last_seq)| BatchGroup {
+                    id,
+                    last_seq,
+                    dirty: false,
+                }));
             }
             let Some(Some(group)) = groups.get_mut(&name) else {
                 outcomes.push(AppendOutcome::NoGroup);
@@ -258,7 +308,8 @@ impl Store for SqliteStore {
     }
 
     fn pool_stats(&self) -> (u32, u32) {
-        let idle = u32::try_from(self.readers.num_idle() + self.writer.num_idle()).unwrap_or(u32::MAX);
+        let idle =
+            u32::try_from(self.readers.num_idle() + self.writer.num_idle()).unwrap_or(u32::MAX);
         let size = self.readers.size() + self.writer.size();
         (size.saturating_sub(idle), idle)
     }
@@ -269,7 +320,12 @@ impl Store for SqliteStore {
         self.writer.close().await;
     }
 
-    async fn create_client(&self, client_id: &str, token_hash: [u8; 32], now: Millis) -> StoreResult<()> {
+    async fn create_client(
+        &self,
+        client_id: &str,
+        token_hash: [u8; 32],
+        now: Millis,
+    ) -> StoreResult<()> {
         let done = sqlx::query(
             "INSERT INTO clients (client_id, token_hash, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         )
@@ -278,17 +334,27 @@ impl Store for SqliteStore {
         .bind(now)
         .execute(&self.writer)
         .await?;
-        if done.rows_affected() == 0 { Err(StoreError::Conflict) } else { Ok(()) }
+        if done.rows_affected() == 0 {
+            Err(StoreError::Conflict)
+        } else {
+            Ok(())
+        }
     }
 
-    async fn client_by_token_hash(&self, token_hash: [u8; 32]) -> StoreResult<Option<ClientRecord>> {
+    async fn client_by_token_hash(
+        &self,
+        token_hash: [u8; 32],
+    ) -> StoreResult<Option<ClientRecord>> {
         let row: Option<(String, Vec<u8>)> =
             sqlx::query_as("SELECT client_id, token_hash FROM clients WHERE token_hash = ?")
                 .bind(&token_hash[..])
                 .fetch_optional(&self.readers)
                 .await?;
         Ok(row.and_then(|(client_id, hash)| {
-            Some(ClientRecord { client_id, token_hash: <[u8; 32]>::try_from(hash.as_slice()).ok()? })
+            Some(ClientRecord {
+                client_id,
+                token_hash: <[u8; 32]>::try_from(hash.as_slice()).ok()?,
+            })
         }))
     }
 
@@ -300,19 +366,24 @@ impl Store for SqliteStore {
         .bind(client_id)
         .fetch_optional(&self.readers)
         .await?;
-        Ok(row.map(|(created_at, available, has_last_resort)| ClientStats {
-            client_id: client_id.to_string(),
-            created_at,
-            key_packages_available: from_db(available),
-            has_last_resort: has_last_resort != 0,
-        }))
+        Ok(
+            row.map(|(created_at, available, has_last_resort)| ClientStats {
+                client_id: client_id.to_string(),
+                created_at,
+                key_packages_available: from_db(available),
+                has_last_resort: has_last_resort != 0,
+            }),
+        )
     }
 
     async fn delete_client(&self, client_id: &str) -> StoreResult<()> {
         // Foreign keys cascade to key packages, welcomes, owned groups (with their messages,
         // members and idempotency keys), memberships and the client's idempotency keys.
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM clients WHERE client_id = ?").bind(client_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM clients WHERE client_id = ?")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -336,7 +407,8 @@ impl Store for SqliteStore {
             return Err(StoreError::UnknownClients(vec![client_id.to_string()]));
         };
         let total = from_db(stock).saturating_add(key_packages.len() as u64);
-        if total > max_stock {
+        // Only a growing stock can exceed the limit (it may have been lowered since).
+        if !key_packages.is_empty() && total > max_stock {
             return Err(StoreError::TooManyKeyPackages { limit: max_stock });
         }
         for kp in key_packages {
@@ -361,7 +433,10 @@ impl Store for SqliteStore {
     async fn claim_key_packages(&self, client_ids: &[String]) -> StoreResult<ClaimOutcome> {
         let ids = dedup(client_ids);
         if ids.is_empty() {
-            return Ok(ClaimOutcome { key_packages: Vec::new(), missing: Vec::new() });
+            return Ok(ClaimOutcome {
+                key_packages: Vec::new(),
+                missing: Vec::new(),
+            });
         }
         // BEGIN IMMEDIATE: no other claim runs between choosing a package and deleting it.
         let mut tx = self.write_tx().await?;
@@ -369,7 +444,10 @@ impl Store for SqliteStore {
         if !unknown.is_empty() {
             return Err(StoreError::UnknownClients(unknown));
         }
-        let mut outcome = ClaimOutcome { key_packages: Vec::new(), missing: Vec::new() };
+        let mut outcome = ClaimOutcome {
+            key_packages: Vec::new(),
+            missing: Vec::new(),
+        };
         for id in ids {
             let taken: Option<(Vec<u8>,)> = sqlx::query_as(
                 "DELETE FROM key_packages WHERE id = \
@@ -379,7 +457,11 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((data,)) = taken {
-                outcome.key_packages.push(ClaimedKeyPackage { client_id: id, key_package: data.into(), last_resort: false });
+                outcome.key_packages.push(ClaimedKeyPackage {
+                    client_id: id,
+                    key_package: data.into(),
+                    last_resort: false,
+                });
                 continue;
             }
             let last_resort: Option<(Option<Vec<u8>>,)> =
@@ -400,11 +482,21 @@ impl Store for SqliteStore {
         Ok(outcome)
     }
 
-    async fn post_welcomes(&self, from: &str, welcomes: Vec<(String, Vec<u8>)>, now: Millis) -> StoreResult<Vec<u64>> {
+    async fn post_welcomes(
+        &self,
+        from: &str,
+        welcomes: Vec<(String, Vec<u8>)>,
+        now: Millis,
+    ) -> StoreResult<Vec<u64>> {
         if welcomes.is_empty() {
             return Ok(Vec::new());
         }
-        let recipients = dedup(&welcomes.iter().map(|(to, _)| to.clone()).collect::<Vec<_>>());
+        let recipients = dedup(
+            &welcomes
+                .iter()
+                .map(|(to, _)| to.clone())
+                .collect::<Vec<_>>(),
+        );
         let mut tx = self.write_tx().await?;
         let unknown = Self::unknown_clients(&mut tx, &recipients).await?;
         if !unknown.is_empty() {
@@ -430,7 +522,12 @@ impl Store for SqliteStore {
         Ok(ids)
     }
 
-    async fn list_welcomes(&self, client_id: &str, after: u64, limit: u32) -> StoreResult<Page<Welcome>> {
+    async fn list_welcomes(
+        &self,
+        client_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Page<Welcome>> {
         let rows: Vec<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT id, sender, data, received_at FROM welcomes WHERE recipient = ? AND id > ? ORDER BY id LIMIT ?",
         )
@@ -451,7 +548,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn put_group(&self, owner: &str, group_id: &str, members: &[String], now: Millis) -> StoreResult<bool> {
+    async fn put_group(
+        &self,
+        owner: &str,
+        group_id: &str,
+        members: &[String],
+        now: Millis,
+    ) -> StoreResult<bool> {
         let members = dedup(members);
         let mut everyone = members.clone();
         everyone.push(owner.to_string());
@@ -472,12 +575,13 @@ impl Store for SqliteStore {
         .await?
         .rows_affected()
             == 1;
-        let (group_ref, last_seq): (i64, i64) =
-            sqlx::query_as("SELECT id, last_seq FROM relay_groups WHERE owner = ? AND group_id = ?")
-                .bind(owner)
-                .bind(group_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let (group_ref, last_seq): (i64, i64) = sqlx::query_as(
+            "SELECT id, last_seq FROM relay_groups WHERE owner = ? AND group_id = ?",
+        )
+        .bind(owner)
+        .bind(group_id)
+        .fetch_one(&mut *tx)
+        .await?;
         // Dropped members keep what was stored before they were dropped (the commit that
         // removed them included); someone dropped earlier keeps the older bound.
         sqlx::query(
@@ -503,13 +607,16 @@ impl Store for SqliteStore {
     }
 
     async fn get_group(&self, owner: &str, group_id: &str) -> StoreResult<Option<GroupRecord>> {
-        let group: Option<(i64, i64, i64)> =
-            sqlx::query_as("SELECT id, last_seq, created_at FROM relay_groups WHERE owner = ? AND group_id = ?")
-                .bind(owner)
-                .bind(group_id)
-                .fetch_optional(&self.readers)
-                .await?;
-        let Some((group_ref, last_seq, created_at)) = group else { return Ok(None) };
+        let group: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, last_seq, created_at FROM relay_groups WHERE owner = ? AND group_id = ?",
+        )
+        .bind(owner)
+        .bind(group_id)
+        .fetch_optional(&self.readers)
+        .await?;
+        let Some((group_ref, last_seq, created_at)) = group else {
+            return Ok(None);
+        };
         let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
             "SELECT client_id, read_upto FROM group_members WHERE group_ref = ? \
              ORDER BY ordinal IS NULL, ordinal, client_id",
@@ -584,8 +691,10 @@ impl Store for SqliteStore {
         if !cursors.is_empty() {
             // One query finds, among the followed groups that exist, those with news and those
             // the reader may not read; groups with nothing new cost one index lookup each.
-            let list: Vec<(&str, &str, i64)> =
-                cursors.iter().map(|c| (c.owner.as_str(), c.group_id.as_str(), to_db(c.after))).collect();
+            let list: Vec<(&str, &str, i64)> = cursors
+                .iter()
+                .map(|c| (c.owner.as_str(), c.group_id.as_str(), to_db(c.after)))
+                .collect();
             let rows: Vec<(i64, i64, i64, String, Option<i64>, i64)> = sqlx::query_as(
                 "SELECT c.key, g.id, g.last_seq, g.owner, m.read_upto, m.client_id IS NOT NULL \
                  FROM json_each(?1) c \
@@ -599,18 +708,20 @@ impl Store for SqliteStore {
             .await?;
             let candidates = rows
                 .into_iter()
-                .map(|(index, group_ref, last_seq, owner, read_upto, listed)| SyncCandidate {
-                    cursor_index: usize::try_from(index).unwrap_or(usize::MAX),
-                    group_ref,
-                    last_seq: from_db(last_seq),
-                    access: if owner == reader || (listed != 0 && read_upto.is_none()) {
-                        Access::Full
-                    } else if let Some(upto) = read_upto {
-                        Access::ReadUpTo(from_db(upto))
-                    } else {
-                        Access::None
+                .map(
+                    |(index, group_ref, last_seq, owner, read_upto, listed)| SyncCandidate {
+                        cursor_index: usize::try_from(index).unwrap_or(usize::MAX),
+                        group_ref,
+                        last_seq: from_db(last_seq),
+                        access: if owner == reader || (listed != 0 && read_upto.is_none()) {
+                            Access::Full
+                        } else if let Some(upto) = read_upto {
+                            Access::ReadUpTo(from_db(upto))
+                        } else {
+                            Access::None
+                        },
                     },
-                })
+                )
                 .collect();
             let (forbidden, ranges) = plan_sync(cursors, candidates, limit);
             let messages = self.read_ranges(&ranges).await?;
@@ -618,10 +729,16 @@ impl Store for SqliteStore {
             // Ranges whose messages were all pruned: read on past the gap, one by one (rare).
             for i in pruned {
                 let Some(range) = ranges.get(i) else { continue };
-                let messages = self.read_range(range.group_ref, range.after, range.upto - range.after).await?;
+                let messages = self
+                    .read_range(range.group_ref, range.after, range.upto - range.after)
+                    .await?;
                 if let Some(last) = messages.last() {
                     let more = last.seq < range.readable_upto;
-                    found.push(super::SyncGroupResult::Messages { cursor_index: range.cursor_index, messages, more });
+                    found.push(super::SyncGroupResult::Messages {
+                        cursor_index: range.cursor_index,
+                        messages,
+                        more,
+                    });
                 }
             }
             groups = found;
@@ -632,7 +749,10 @@ impl Store for SqliteStore {
             });
         }
         let welcomes = match welcomes_after {
-            Some(after) => Some(self.list_welcomes(reader, after, SYNC_WELCOMES_LIMIT).await?),
+            Some(after) => Some(
+                self.list_welcomes(reader, after, SYNC_WELCOMES_LIMIT)
+                    .await?,
+            ),
             None => None,
         };
         Ok(SyncRead { groups, welcomes })
@@ -662,7 +782,11 @@ impl Store for SqliteStore {
             // Small transactions: appends wait for the write lock at most one chunk long.
             loop {
                 let mut tx = self.write_tx().await?;
-                let done = sqlx::query(sql).bind(cutoff).bind(PRUNE_CHUNK).execute(&mut *tx).await?;
+                let done = sqlx::query(sql)
+                    .bind(cutoff)
+                    .bind(PRUNE_CHUNK)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 *count += done.rows_affected();
                 if done.rows_affected() < PRUNE_CHUNK as u64 {
@@ -697,7 +821,10 @@ impl SqliteStore {
         Ok(rows
             .into_iter()
             .map(|(i, seq, sender, data, received_at)| {
-                (usize::try_from(i).unwrap_or(usize::MAX), message((seq, sender, data, received_at)))
+                (
+                    usize::try_from(i).unwrap_or(usize::MAX),
+                    message((seq, sender, data, received_at)),
+                )
             })
             .collect())
     }

@@ -1,0 +1,348 @@
+//! DMLS benchmark: set-up cost, the cost of one full commit round, and backlog sync speed.
+//!
+//! ```text
+//! cargo bench -p dmls-client --bench dmls_round
+//! DMLS_BENCH_SIZES=8,32 DMLS_BENCH_BACKLOG=2000 cargo bench -p dmls-client --bench dmls_round
+//! ```
+//! 1. For N members (default 8, 32, 64): time and bytes to set up a DGroup (every member's
+//!    Send Group created, every Welcome processed), with the engines talking through an
+//!    in-memory store-and-forward that behaves like the relay.
+//! 2. One round in which every member commits (DMLS Update importing N-1 PSKs, plus its
+//!    leaf-refresh Update proposals) and then processes everyone else's commit and proposals.
+//!    Per-member time, single-threaded, with durable file-backed SQLite state (WAL,
+//!    synchronous=FULL), fsyncs included.
+//! 3. Backlog: 10,000 application messages through a real relay in this process (SQLite),
+//!    then a member's `sync_once` over all of them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use clap::Parser as _;
+use dmls_client::client::{Client, KeyPackagePolicy, open_state_db};
+use dmls_client::engine::{DGroupId, Effect, Engine, Input};
+
+const NOW: u64 = 1_700_000_000_000;
+
+struct Member {
+    id: String,
+    engine: Engine,
+}
+
+/// An in-memory stand-in for the relay: key-package stock, welcome inboxes, group logs.
+#[derive(Default)]
+struct Net {
+    stock: HashMap<String, VecDeque<Vec<u8>>>,
+    last_resort: HashMap<String, Vec<u8>>,
+    inbox: HashMap<String, Vec<(u64, String, Vec<u8>)>>,
+    next_welcome: u64,
+    groups: HashMap<(String, String), Vec<Vec<u8>>>,
+    /// Bytes that crossed the network: claimed key packages, welcomes, group messages.
+    bytes: u64,
+    messages: u64,
+}
+
+impl Net {
+    /// Carries out `m`'s outbox until it is empty.
+    fn drain(&mut self, m: &mut Member) -> Result<()> {
+        loop {
+            let items = m.engine.outbox()?;
+            let Some(item) = items.into_iter().next() else {
+                return Ok(());
+            };
+            match item.effect {
+                Effect::ClaimKeyPackages { client_ids, .. } => {
+                    let mut kps = Vec::new();
+                    let mut missing = Vec::new();
+                    for c in client_ids {
+                        let kp = self.stock.get_mut(&c).and_then(|s| s.pop_front());
+                        match kp.or_else(|| self.last_resort.get(&c).cloned()) {
+                            Some(kp) => {
+                                self.bytes += kp.len() as u64;
+                                kps.push((c, kp));
+                            }
+                            None => missing.push(c),
+                        }
+                    }
+                    let input = Input::ClaimedKeyPackages {
+                        outbox_id: item.id,
+                        key_packages: kps,
+                        missing,
+                    };
+                    m.engine.handle(input, NOW)?;
+                }
+                Effect::PutRelayGroup { .. } => m.engine.outbox_done(item.id)?,
+                Effect::PostWelcomes(ws) => {
+                    for (to, data) in ws {
+                        self.next_welcome += 1;
+                        self.bytes += data.len() as u64;
+                        self.inbox.entry(to).or_default().push((
+                            self.next_welcome,
+                            m.id.clone(),
+                            data,
+                        ));
+                    }
+                    m.engine.outbox_done(item.id)?;
+                }
+                Effect::PostMessage {
+                    owner,
+                    group_id,
+                    data,
+                } => {
+                    self.bytes += data.len() as u64;
+                    self.messages += 1;
+                    self.groups.entry((owner, group_id)).or_default().push(data);
+                    m.engine.outbox_done(item.id)?;
+                }
+            }
+        }
+    }
+
+    /// Feeds `m` everything new for it, in store order. Returns how many inputs it got.
+    fn deliver(&mut self, m: &mut Member) -> Result<usize> {
+        let mut n = 0;
+        let cursor = m.engine.welcome_cursor()?;
+        let welcomes: Vec<(u64, String, Vec<u8>)> = self
+            .inbox
+            .get(&m.id)
+            .map(|ws| ws.iter().filter(|w| w.0 > cursor).cloned().collect())
+            .unwrap_or_default();
+        for (id, from, data) in welcomes {
+            m.engine.handle(
+                Input::Welcome {
+                    inbox_id: Some(id),
+                    from,
+                    data,
+                },
+                NOW,
+            )?;
+            n += 1;
+        }
+        for g in m.engine.followed_groups()? {
+            let key = (g.owner.clone(), g.group_id.clone());
+            let Some(log) = self.groups.get(&key) else {
+                continue;
+            };
+            let new: Vec<(u64, Vec<u8>)> = log
+                .iter()
+                .enumerate()
+                .skip(g.after_seq as usize)
+                .map(|(i, d)| (i as u64 + 1, d.clone()))
+                .collect();
+            for (seq, data) in new {
+                let input = Input::GroupMessage {
+                    owner: g.owner.clone(),
+                    group_id: g.group_id.clone(),
+                    seq: Some(seq),
+                    data,
+                };
+                if let Err(e) = m.engine.handle(input, NOW) {
+                    eprintln!("{}: message {seq} of {}: {e}", m.id, g.owner);
+                    m.engine.set_group_cursor(&g.owner, &g.group_id, seq)?;
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+struct RoundFigures {
+    n: usize,
+    keygen: Duration,
+    setup: Duration,
+    setup_bytes: u64,
+    setup_messages: u64,
+    round_total: Duration,
+    round_mean: Duration,
+    round_max: Duration,
+    commit_mean: Duration,
+    round_bytes: u64,
+    round_inputs_per_member: usize,
+}
+
+fn bench_round(n: usize, dir: &Path) -> Result<RoundFigures> {
+    let mut net = Net::default();
+    let mut members = Vec::with_capacity(n);
+    let t = Instant::now();
+    for i in 0..n {
+        let id = format!("m{i:03}");
+        let mut engine = open_state_db(&dir.join(format!("{id}.db")))?;
+        engine.create_identity(&id)?;
+        let kps = engine.generate_key_packages(n)?;
+        net.stock.insert(id.clone(), kps.into());
+        net.last_resort
+            .insert(id.clone(), engine.generate_last_resort_key_package()?);
+        members.push(Member { id, engine });
+    }
+    let keygen = t.elapsed();
+
+    // Set-up: member 0 creates, everyone joins and creates its own Send Group.
+    let t = Instant::now();
+    let others: Vec<String> = members[1..].iter().map(|m| m.id.clone()).collect();
+    let dgroup: DGroupId = members[0].engine.create_dgroup("bench", &others, NOW)?;
+    net.drain(&mut members[0])?;
+    loop {
+        let mut moved = 0;
+        for m in members.iter_mut() {
+            moved += net.deliver(m)?;
+            net.drain(m)?;
+        }
+        if moved == 0 {
+            break;
+        }
+    }
+    let setup = t.elapsed();
+    let (setup_bytes, setup_messages) = (net.bytes, net.messages);
+    for m in &members {
+        let s = m.engine.status(&dgroup)?;
+        let joined = s.send_groups.iter().filter(|g| g.joined).count();
+        anyhow::ensure!(joined == n, "{} joined {joined} of {n} Send Groups", m.id);
+    }
+
+    // One round: everyone commits, then everyone processes the others' commits.
+    let bytes_before = net.bytes;
+    let mut per_member = vec![Duration::ZERO; n];
+    let mut commit_total = Duration::ZERO;
+    for (i, m) in members.iter_mut().enumerate() {
+        let t = Instant::now();
+        m.engine.update(&dgroup, NOW + 1)?;
+        net.drain(m)?;
+        let d = t.elapsed();
+        commit_total += d;
+        per_member[i] += d;
+    }
+    let mut inputs = 0;
+    for (i, m) in members.iter_mut().enumerate() {
+        let t = Instant::now();
+        inputs += net.deliver(m)?;
+        net.drain(m)?;
+        per_member[i] += t.elapsed();
+    }
+    for m in &members {
+        let s = m.engine.status(&dgroup)?;
+        for g in &s.send_groups {
+            anyhow::ensure!(
+                !g.waiting.iter().any(|w| w.is_commit),
+                "{} has commits of {} waiting: {:?}",
+                m.id,
+                g.owner,
+                g.waiting
+            );
+        }
+    }
+    let round_total: Duration = per_member.iter().sum();
+    Ok(RoundFigures {
+        n,
+        keygen,
+        setup,
+        setup_bytes,
+        setup_messages,
+        round_total,
+        round_mean: round_total / n as u32,
+        round_max: per_member.iter().copied().max().unwrap_or_default(),
+        commit_mean: commit_total / n as u32,
+        round_bytes: net.bytes - bytes_before,
+        round_inputs_per_member: inputs / n,
+    })
+}
+
+async fn bench_backlog(count: usize, dir: &Path) -> Result<(Duration, Duration)> {
+    let db = format!("sqlite://{}", dir.join("relay.db").display());
+    let config = dmls_relay::Config::parse_from([
+        "dmls-relay",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        &db,
+        "--rate-limit-per-second",
+        "0",
+        "--registrations-per-minute",
+        "0",
+    ]);
+    let relay = dmls_relay::start(config).await.context("relay")?;
+    let url = relay.url();
+    let mut a = Client::init(&dir.join("a"), &url, "sender").await?;
+    let mut b = Client::init(&dir.join("b"), &url, "reader").await?;
+    a.create_group("backlog", &["reader".to_string()]).await?;
+    for _ in 0..3 {
+        a.sync_once().await?;
+        b.sync_once().await?;
+    }
+    let t = Instant::now();
+    for i in 0..count {
+        a.send_text(
+            "backlog",
+            &format!("backlog message number {i:06} with a little padding"),
+        )
+        .await?;
+    }
+    let send = t.elapsed();
+    b.set_sync_limit(dmls_api::limits::SYNC_LIMIT_MAX);
+    b.set_key_package_policy(KeyPackagePolicy::default());
+    let t = Instant::now();
+    let report = b.sync_once().await?;
+    let sync = t.elapsed();
+    let got = b.log("backlog", count + 10)?.len();
+    anyhow::ensure!(
+        got == count,
+        "reader has {got} of {count} messages ({} fetched)",
+        report.messages
+    );
+    relay.shutdown().await?;
+    Ok((send, sync))
+}
+
+fn main() -> Result<()> {
+    let sizes: Vec<usize> = std::env::var("DMLS_BENCH_SIZES")
+        .unwrap_or_else(|_| "8,32,64".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let backlog: usize = std::env::var("DMLS_BENCH_BACKLOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+
+    println!(
+        "| N | key packages (all members) | set-up time | set-up bytes | set-up messages | round: commit per member (mean) | round per member (mean) | round per member (max) | round total | inputs per member | round bytes |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for n in sizes {
+        let dir = tempfile::tempdir()?;
+        let f = bench_round(n, dir.path())?;
+        println!(
+            "| {} | {:.2} s | {:.2} s | {:.2} MB | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} s | {} | {:.2} MB |",
+            f.n,
+            f.keygen.as_secs_f64(),
+            f.setup.as_secs_f64(),
+            f.setup_bytes as f64 / 1e6,
+            f.setup_messages,
+            f.commit_mean.as_secs_f64() * 1e3,
+            f.round_mean.as_secs_f64() * 1e3,
+            f.round_max.as_secs_f64() * 1e3,
+            f.round_total.as_secs_f64(),
+            f.round_inputs_per_member,
+            f.round_bytes as f64 / 1e6,
+        );
+    }
+
+    if backlog > 0 {
+        let dir = tempfile::tempdir()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let (send, sync) = rt.block_on(bench_backlog(backlog, dir.path()))?;
+        println!(
+            "backlog: {backlog} messages sent in {:.2} s ({:.0}/s); synced and decrypted in {:.2} s ({:.0} messages/s)",
+            send.as_secs_f64(),
+            backlog as f64 / send.as_secs_f64(),
+            sync.as_secs_f64(),
+            backlog as f64 / sync.as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,720 @@
+//! The `dmls` command line: clap definitions and the commands, on top of [`crate::client`].
+//!
+//! Every command prints human text by default and exactly one JSON document with `--json`
+//! (`sync --follow --json` prints one JSON object per line instead). Errors carry context and
+//! say what to do next.
+
+use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::client::{Client, ClientError, Delivery, dgroup_hex};
+use crate::engine::{DGroupStatus, DGroupSummary, Event, ReceivedMessage, WaitReason};
+
+/// dmls: end-to-end encrypted group chat over Distributed MLS (draft-xue-distributed-mls).
+///
+/// Each identity lives in its own home directory (--home or DMLS_HOME). Start with
+/// `dmls init --relay URL --name NAME`, then `dmls group create`, `dmls send`, `dmls sync`.
+#[derive(Debug, Parser)]
+#[command(name = "dmls", version, about, long_about)]
+pub struct Cli {
+    /// Directory of this identity's state (state.db, config.json). Default: the platform's
+    /// data directory (e.g. ~/.local/share/dmls).
+    #[arg(long, env = "DMLS_HOME", global = true)]
+    pub home: Option<PathBuf>,
+
+    /// Print one JSON document per command (for scripts) instead of human text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of `dmls`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an identity: register NAME on the relay and upload key packages.
+    ///
+    /// The token the relay hands out is kept in HOME/config.json (mode 0600).
+    Init {
+        /// Base URL of the relay, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        relay: String,
+        /// Your client id on the relay: 1 to 64 characters of a-z 0-9 . _ -
+        #[arg(long)]
+        name: String,
+    },
+    /// Manage groups (DGroups).
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// List your groups.
+    Groups,
+    /// Fetch and process everything new from the relay (messages, welcomes, commits).
+    ///
+    /// Without --follow it returns when the relay has nothing more. With --follow it keeps a
+    /// long poll open and prints messages as they arrive (Ctrl-C to stop).
+    Sync(SyncArgs),
+    /// Send a text message to GROUP.
+    ///
+    /// Reads the text from standard input when TEXT is absent or `-`. Run `dmls sync` first so
+    /// that your commit imports what the others did.
+    Send {
+        /// Group name, or its id (hex; a unique prefix is enough).
+        group: String,
+        /// The message; absent or `-` reads standard input.
+        text: Option<String>,
+    },
+    /// Show the messages of GROUP, oldest first (yours included).
+    Log {
+        /// Group name, or its id (hex; a unique prefix is enough).
+        group: String,
+        /// Show at most this many of the latest messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Make a DMLS Update in GROUP: a fresh key for you and an import of everyone's news.
+    Update {
+        /// Group name, or its id (hex; a unique prefix is enough).
+        group: String,
+    },
+    /// Remove MEMBER from GROUP (every member then removes it from their Send Group).
+    Remove {
+        /// Group name, or its id (hex; a unique prefix is enough).
+        group: String,
+        /// Client id of the member to remove.
+        member: String,
+    },
+    /// Show GROUP in detail: members, every Send Group's epoch, waiting messages and what
+    /// they wait for.
+    Status {
+        /// Group name, or its id (hex; a unique prefix is enough).
+        group: String,
+    },
+}
+
+/// `dmls group ...`
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group NAME with the MEMBERs (client ids; you are added yourself).
+    ///
+    /// The members join when they next run `dmls sync`.
+    Create {
+        /// A name for the group (shown to every member).
+        name: String,
+        /// Client ids of the other members.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+}
+
+/// Options of `dmls sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Keep going: long-poll the relay and print messages as they come.
+    #[arg(long)]
+    pub follow: bool,
+    /// How long one long poll may wait for news, in milliseconds (at most 30000).
+    #[arg(long, default_value_t = 25_000)]
+    pub wait_ms: u64,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let home = match cli.home.clone() {
+        Some(h) => h,
+        None => default_home()?,
+    };
+    let json = cli.json;
+    match cli.command {
+        Command::Init { relay, name } => {
+            let client = Client::init(&home, &relay, &name)
+                .await
+                .with_context(|| format!("cannot create the identity {name:?} at {relay}"))?;
+            if json {
+                emit(&json!({
+                    "client_id": client.client_id(),
+                    "relay": client.relay_url(),
+                    "home": home.display().to_string(),
+                }));
+            } else {
+                println!(
+                    "Created identity {} on {} (state in {}).",
+                    client.client_id(),
+                    client.relay_url(),
+                    home.display()
+                );
+                println!(
+                    "Next: `dmls group create NAME MEMBER...` or wait to be invited and run `dmls sync`."
+                );
+            }
+        }
+        Command::Group(GroupCommand::Create { name, members }) => {
+            let mut client = open(&home)?;
+            let id = client
+                .create_group(&name, &members)
+                .await
+                .with_context(|| format!("cannot create the group {name:?}"))?;
+            let names = vec![(dgroup_hex(&id), name.clone())];
+            let events = client.take_events();
+            if json {
+                emit(&json!({
+                    "dgroup": dgroup_hex(&id),
+                    "name": name,
+                    "members": members,
+                    "events": events.iter().map(|e| event_json(e, &names)).collect::<Vec<_>>(),
+                }));
+            } else {
+                println!("Created group {name} ({}).", dgroup_hex(&id));
+                for e in &events {
+                    if let Some(line) = event_line(e, &names) {
+                        println!("{line}");
+                    }
+                }
+                println!(
+                    "Members join when they run `dmls sync`; run `dmls sync` yourself to see them join."
+                );
+            }
+        }
+        Command::Groups => {
+            let mut client = open(&home)?;
+            flush_quietly(&mut client).await?;
+            let groups = client.groups().context("cannot list groups")?;
+            if json {
+                emit(&Value::Array(groups.iter().map(summary_json).collect()));
+            } else if groups.is_empty() {
+                println!(
+                    "No groups yet. Create one with `dmls group create NAME MEMBER...`, or run `dmls sync` to receive invitations."
+                );
+            } else {
+                for g in &groups {
+                    let mut line = format!(
+                        "{}  {}  ({})",
+                        short_id(&g.id),
+                        g.name,
+                        g.members.join(", ")
+                    );
+                    if g.we_are_removed {
+                        line.push_str("  [you were removed]");
+                    } else if !g.removed.is_empty() {
+                        line.push_str(&format!("  [removed: {}]", g.removed.join(", ")));
+                    }
+                    println!("{line}");
+                }
+            }
+        }
+        Command::Sync(args) => {
+            let mut client = open(&home)?;
+            if args.follow {
+                follow(&mut client, args.wait_ms, json).await?;
+            } else {
+                sync_once(&mut client, json).await?;
+            }
+        }
+        Command::Send { group, text } => {
+            let text = match text.as_deref() {
+                None | Some("-") => {
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .context("cannot read the message from standard input")?;
+                    s.trim_end_matches('\n').to_string()
+                }
+                Some(t) => t.to_string(),
+            };
+            if text.is_empty() {
+                bail!("the message is empty: give TEXT or pipe it to standard input");
+            }
+            let mut client = open(&home)?;
+            let delivery = client.send_text(&group, &text).await.with_context(|| {
+                format!("cannot send to {group:?} (try `dmls sync` and `dmls status {group}`)")
+            })?;
+            report_delivery(json, &delivery, json!({"group": group, "bytes": text.len()}), "Sent.");
+        }
+        Command::Log { group, limit } => {
+            let mut client = open(&home)?;
+            flush_quietly(&mut client).await?;
+            let messages = client
+                .log(&group, limit)
+                .with_context(|| format!("cannot read {group:?}"))?;
+            if json {
+                emit(&Value::Array(
+                    messages.iter().map(|m| message_json(m, None)).collect(),
+                ));
+            } else if messages.is_empty() {
+                println!("No messages yet (run `dmls sync` to fetch new ones).");
+            } else {
+                for m in &messages {
+                    println!("{}", message_line(m, None));
+                }
+            }
+        }
+        Command::Update { group } => {
+            let mut client = open(&home)?;
+            let delivery = client
+                .update(&group)
+                .await
+                .with_context(|| format!("cannot update in {group:?}"))?;
+            report_delivery(
+                json,
+                &delivery,
+                json!({"updated": true, "group": group}),
+                &format!("Committed a DMLS Update in {group}."),
+            );
+        }
+        Command::Remove { group, member } => {
+            let mut client = open(&home)?;
+            let delivery = client
+                .remove(&group, &member)
+                .await
+                .with_context(|| format!("cannot remove {member:?} from {group:?}"))?;
+            report_delivery(
+                json,
+                &delivery,
+                json!({"removed": member, "group": group}),
+                &format!("Removed {member} from {group}; the others follow when they sync."),
+            );
+        }
+        Command::Status { group } => {
+            let mut client = open(&home)?;
+            flush_quietly(&mut client).await?;
+            let status = client
+                .status(&group)
+                .with_context(|| format!("cannot read {group:?}"))?;
+            if json {
+                emit(&status_json(&status));
+            } else {
+                print_status(&status);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends what is queued, but keeps going (with a warning) when the relay is unreachable, so
+/// that reading local state works offline.
+async fn flush_quietly(client: &mut Client) -> Result<()> {
+    let delivery = client
+        .try_flush_outbox()
+        .await
+        .context("cannot send what is queued for the relay")?;
+    if let Delivery::Queued { reason } = delivery {
+        eprintln!("warning: queued messages not sent yet ({reason})");
+    }
+    Ok(())
+}
+
+/// Prints the outcome of a command that produced something for the relay.
+fn report_delivery(json: bool, delivery: &Delivery, mut doc: Value, done: &str) {
+    if json {
+        doc["sent"] = json!(*delivery == Delivery::Sent);
+        if let Delivery::Queued { reason } = delivery {
+            doc["queued"] = json!(reason);
+        }
+        emit(&doc);
+    } else {
+        match delivery {
+            Delivery::Sent => println!("{done}"),
+            Delivery::Queued { reason } => println!(
+                "{done} Not on the relay yet ({reason}); it goes out with your next `dmls` command."
+            ),
+        }
+    }
+}
+
+/// The home directory when neither --home nor DMLS_HOME is given.
+fn default_home() -> Result<PathBuf> {
+    let dirs = directories::ProjectDirs::from("", "", "dmls")
+        .context("cannot find your data directory: pass --home DIR or set DMLS_HOME")?;
+    Ok(dirs.data_dir().to_path_buf())
+}
+
+fn open(home: &std::path::Path) -> Result<Client> {
+    match Client::open(home) {
+        Ok(c) => Ok(c),
+        Err(e @ ClientError::NoIdentity { .. }) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e))
+            .with_context(|| format!("cannot open the identity in {}", home.display())),
+    }
+}
+
+async fn sync_once(client: &mut Client, json: bool) -> Result<()> {
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message("syncing");
+        bar
+    });
+    let report = client
+        .sync_once_with(|r| {
+            if let Some(bar) = &bar {
+                bar.set_message(format!("{} messages, {} welcomes", r.messages, r.welcomes));
+                bar.tick();
+            }
+        })
+        .await
+        .context("sync failed (your state is safe; run `dmls sync` again)")?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let names = group_names(client);
+    if json {
+        emit(&json!({
+            "messages_fetched": report.messages,
+            "welcomes_fetched": report.welcomes,
+            "rounds": report.rounds,
+            "events": report.events.iter().map(|e| event_json(e, &names)).collect::<Vec<_>>(),
+        }));
+    } else {
+        for e in &report.events {
+            if let Some(line) = event_line(e, &names) {
+                println!("{line}");
+            }
+        }
+        println!(
+            "Synced: {} relay messages and {} welcomes processed.",
+            report.messages, report.welcomes
+        );
+    }
+    Ok(())
+}
+
+async fn follow(client: &mut Client, wait_ms: u64, json: bool) -> Result<()> {
+    if !json {
+        eprintln!("Following {} (Ctrl-C to stop)...", client.relay_url());
+    }
+    let mut names = group_names(client);
+    let fut = async {
+        let mut stdout = std::io::stdout();
+        client
+            .sync_follow(wait_ms, |e| {
+                if let Event::JoinedDGroup { dgroup, name, .. } = e {
+                    names.push((dgroup_hex(dgroup), name.clone()));
+                }
+                let out = if json {
+                    Some(event_json(e, &names).to_string())
+                } else {
+                    event_line(e, &names)
+                };
+                if let Some(line) = out {
+                    // A closed stdout (e.g. `| head`) ends following.
+                    if writeln!(stdout, "{line}")
+                        .and_then(|_| stdout.flush())
+                        .is_err()
+                    {
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            })
+            .await
+    };
+    tokio::select! {
+        r = fut => r.context("following the relay failed (your state is safe; run `dmls sync --follow` again)")?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+fn emit(v: &Value) {
+    println!("{v}");
+}
+
+/// `(dgroup hex, name)` of every DGroup, for labelling events.
+fn group_names(client: &Client) -> Vec<(String, String)> {
+    client
+        .groups()
+        .map(|gs| {
+            gs.into_iter()
+                .map(|g| (dgroup_hex(&g.id), g.name))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn name_of<'a>(names: &'a [(String, String)], id: &str) -> Option<&'a str> {
+    names.iter().find(|(i, _)| i == id).map(|(_, n)| n.as_str())
+}
+
+fn short_id(id: &crate::engine::DGroupId) -> String {
+    dgroup_hex(id).chars().take(8).collect()
+}
+
+fn label(names: &[(String, String)], id: &crate::engine::DGroupId) -> String {
+    let hex = dgroup_hex(id);
+    match name_of(names, &hex) {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => hex.chars().take(8).collect(),
+    }
+}
+
+fn body_text(m: &ReceivedMessage) -> Option<String> {
+    m.content_type
+        .starts_with("text/")
+        .then(|| String::from_utf8_lossy(&m.body).into_owned())
+}
+
+fn message_line(m: &ReceivedMessage, group: Option<&str>) -> String {
+    let body =
+        body_text(m).unwrap_or_else(|| format!("<{} bytes of {}>", m.body.len(), m.content_type));
+    let when = format_time(m.sent_at_ms);
+    match group {
+        Some(g) => format!("[{g}] {when} {}: {body}", m.sender),
+        None => format!("{when} {}: {body}", m.sender),
+    }
+}
+
+fn message_json(m: &ReceivedMessage, group_name: Option<&str>) -> Value {
+    use base64::Engine as _;
+    let mut v = json!({
+        "dgroup": dgroup_hex(&m.dgroup),
+        "sender": m.sender,
+        "sent_at_ms": m.sent_at_ms,
+        "message_id": m.message_id.to_string(),
+        "content_type": m.content_type,
+        "epoch": m.epoch,
+        "generation": m.generation,
+    });
+    if let Some(g) = group_name {
+        v["group"] = json!(g);
+    }
+    match body_text(m) {
+        Some(t) => v["text"] = json!(t),
+        None => v["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&m.body)),
+    }
+    v
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC.
+fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}")
+}
+
+fn event_line(e: &Event, names: &[(String, String)]) -> Option<String> {
+    Some(match e {
+        Event::Message(m) => message_line(m, Some(&label(names, &m.dgroup))),
+        Event::JoinedDGroup {
+            dgroup,
+            name,
+            members,
+        } => format!(
+            "Joined group {name} ({}) with {}.",
+            short_id(dgroup),
+            members.join(", ")
+        ),
+        Event::JoinedSendGroup {
+            dgroup,
+            owner,
+            epoch,
+        } => {
+            format!(
+                "[{}] now reading {owner}'s messages (epoch {epoch}).",
+                label(names, dgroup)
+            )
+        }
+        Event::SendGroupAdvanced { .. } => return None,
+        Event::MemberRemoved { dgroup, member, by } => {
+            format!("[{}] {member} was removed by {by}.", label(names, dgroup))
+        }
+        Event::WeWereRemoved { dgroup, by } => {
+            format!(
+                "[{}] you were removed from the group by {by}.",
+                label(names, dgroup)
+            )
+        }
+        Event::KeyPackagesMissing { dgroup, client_ids } => format!(
+            "[{}] warning: no key packages for {}; they cannot read your messages (make a new group once they are online).",
+            label(names, dgroup),
+            client_ids.join(", ")
+        ),
+        Event::Ignored { reason } => format!("note: {reason}"),
+    })
+}
+
+fn event_json(e: &Event, names: &[(String, String)]) -> Value {
+    let group = |d: &crate::engine::DGroupId| {
+        let hex = dgroup_hex(d);
+        let name = name_of(names, &hex).map(str::to_string);
+        (hex, name)
+    };
+    match e {
+        Event::Message(m) => {
+            let (_, name) = group(&m.dgroup);
+            let mut v = message_json(m, name.as_deref());
+            v["event"] = json!("message");
+            v
+        }
+        Event::JoinedDGroup {
+            dgroup,
+            name,
+            members,
+        } => json!({
+            "event": "joined_dgroup", "dgroup": dgroup_hex(dgroup), "name": name, "members": members,
+        }),
+        Event::JoinedSendGroup {
+            dgroup,
+            owner,
+            epoch,
+        } => {
+            let (hex, name) = group(dgroup);
+            json!({"event": "joined_send_group", "dgroup": hex, "group": name, "owner": owner, "epoch": epoch})
+        }
+        Event::SendGroupAdvanced {
+            dgroup,
+            owner,
+            epoch,
+        } => {
+            let (hex, name) = group(dgroup);
+            json!({"event": "send_group_advanced", "dgroup": hex, "group": name, "owner": owner, "epoch": epoch})
+        }
+        Event::MemberRemoved { dgroup, member, by } => {
+            let (hex, name) = group(dgroup);
+            json!({"event": "member_removed", "dgroup": hex, "group": name, "member": member, "by": by})
+        }
+        Event::WeWereRemoved { dgroup, by } => {
+            let (hex, name) = group(dgroup);
+            json!({"event": "we_were_removed", "dgroup": hex, "group": name, "by": by})
+        }
+        Event::KeyPackagesMissing { dgroup, client_ids } => {
+            let (hex, name) = group(dgroup);
+            json!({"event": "key_packages_missing", "dgroup": hex, "group": name, "client_ids": client_ids})
+        }
+        Event::Ignored { reason } => json!({"event": "ignored", "reason": reason}),
+    }
+}
+
+fn summary_json(g: &DGroupSummary) -> Value {
+    json!({
+        "dgroup": dgroup_hex(&g.id),
+        "name": g.name,
+        "members": g.members,
+        "removed": g.removed,
+        "we_are_removed": g.we_are_removed,
+    })
+}
+
+fn wait_reason(w: &WaitReason) -> (String, String) {
+    match w {
+        WaitReason::Epoch(e) => ("epoch".into(), format!("epoch {e} of its Send Group")),
+        WaitReason::Psk(p) => ("psk".into(), format!("PSK {p}")),
+        WaitReason::Welcome => ("welcome".into(), "the Welcome of its Send Group".into()),
+        WaitReason::Proposal(e) => (
+            "proposal".into(),
+            format!("an Update proposal of epoch {e} it commits"),
+        ),
+    }
+}
+
+fn status_json(s: &DGroupStatus) -> Value {
+    let mut v = summary_json(&s.summary);
+    v["send_groups"] = s
+        .send_groups
+        .iter()
+        .map(|g| {
+            json!({
+                "owner": g.owner,
+                "group_id": g.group_id,
+                "joined": g.joined,
+                "epoch": g.epoch,
+                "members": g.members,
+                "epoch_authenticator": g.epoch_authenticator,
+                "after_seq": g.after_seq,
+                "waiting": g.waiting.iter().map(|w| {
+                    let (kind, what) = wait_reason(&w.waits_for);
+                    json!({"epoch": w.epoch, "is_commit": w.is_commit, "waits_for": kind, "detail": what})
+                }).collect::<Vec<_>>(),
+                "psk_deletion_holders": g.psk_deletion_holders,
+            })
+        })
+        .collect();
+    v["pending_removals"] = json!(s.pending_removals);
+    v["unimported"] = s.unimported.iter().map(|p| json!(p.to_string())).collect();
+    v
+}
+
+fn print_status(s: &DGroupStatus) {
+    let g = &s.summary;
+    println!("Group {} ({})", g.name, dgroup_hex(&g.id));
+    println!("  members: {}", g.members.join(", "));
+    if g.we_are_removed {
+        println!("  you were removed from this group");
+    }
+    if !g.removed.is_empty() {
+        println!("  removed: {}", g.removed.join(", "));
+    }
+    println!("  Send Groups:");
+    for sg in &s.send_groups {
+        let epoch = match (sg.joined, sg.epoch) {
+            (true, Some(e)) => format!("epoch {e}"),
+            _ => "not joined yet (waiting for its Welcome)".into(),
+        };
+        println!(
+            "    {:<16} {epoch}, read up to seq {}",
+            sg.owner, sg.after_seq
+        );
+        if sg.joined && !sg.members.is_empty() {
+            println!("      members: {}", sg.members.join(", "));
+        }
+        for w in &sg.waiting {
+            let (_, what) = wait_reason(&w.waits_for);
+            let kind = if w.is_commit { "commit" } else { "message" };
+            println!("      waiting: {kind} of epoch {} needs {what}", w.epoch);
+        }
+        if !sg.psk_deletion_holders.is_empty() {
+            println!(
+                "      old keys kept for: {}",
+                sg.psk_deletion_holders.join(", ")
+            );
+        }
+    }
+    if !s.pending_removals.is_empty() {
+        println!(
+            "  to remove in your next commit: {}",
+            s.pending_removals.join(", ")
+        );
+    }
+    if !s.unimported.is_empty() {
+        println!(
+            "  updates of others to import in your next commit: {}",
+            s.unimported
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_700_000_000_000), "2023-11-14 22:13:20");
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,374 @@
+//! The per-operation context shared by the engine's modules, and helpers over our tables.
+
+use openmls::prelude::*;
+use openmls::schedule::PreSharedKeyId;
+use openmls_basic_credential::SignatureKeyPair;
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
+use super::ids::{DGroupId, PskId};
+use super::provider::{DmlsRand, Provider};
+use super::state::{meta_get};
+use super::{Counters, Effect, EngineError, UpdatePolicy};
+
+/// The ciphersuite of our own Send Groups (PROTOCOL.md "Ciphersuite and wire format").
+pub(crate) const CIPHERSUITE: Ciphersuite =
+    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// Past epochs whose secrets are kept (PROTOCOL.md "Receiving": at least 5).
+pub(crate) const MAX_PAST_EPOCHS: usize = 5;
+/// How far out of order application messages of one epoch may arrive.
+const OUT_OF_ORDER_TOLERANCE: u32 = 1000;
+/// How far ahead of the last one a generation may be.
+const MAXIMUM_FORWARD_DISTANCE: u32 = 10_000;
+
+/// Something that may release waiting messages (PROTOCOL.md "Receiving").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// Send Group reached this epoch.
+    Epoch([u8; 32], u64),
+    /// A PSK was stored.
+    Psk(PskId),
+    /// A proposal of this epoch was stored in this Send Group.
+    Proposal([u8; 32], u64),
+    /// We joined this Send Group.
+    Joined([u8; 32]),
+}
+
+/// One row of `dmls_send_group`.
+#[derive(Debug, Clone)]
+pub(crate) struct SendGroupRow {
+    pub(crate) group_id: [u8; 32],
+    pub(crate) dgroup_id: DGroupId,
+    pub(crate) owner: String,
+    pub(crate) is_own: bool,
+    pub(crate) joined: bool,
+    pub(crate) joined_epoch: Option<u64>,
+    pub(crate) after_seq: u64,
+    pub(crate) stop_epoch: Option<u64>,
+    pub(crate) own_state: Option<String>,
+    pub(crate) last_update_ms: u64,
+    pub(crate) msgs_since_update: u64,
+    pub(crate) sent_in_epoch: u64,
+}
+
+const SG_COLS: &str = "group_id, dgroup_id, owner, is_own, joined, joined_epoch, after_seq, \
+    stop_epoch, own_state, last_update_ms, msgs_since_update, sent_in_epoch";
+
+fn sg_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SendGroupRow> {
+    let gid: Vec<u8> = r.get(0)?;
+    let did: Vec<u8> = r.get(1)?;
+    let mut group_id = [0u8; 32];
+    let mut dgroup_id = [0u8; 16];
+    // Rows are written only by us with these lengths; anything else reads as zeros
+    // and fails later lookups rather than panicking.
+    if gid.len() == 32 {
+        group_id.copy_from_slice(&gid);
+    }
+    if did.len() == 16 {
+        dgroup_id.copy_from_slice(&did);
+    }
+    Ok(SendGroupRow {
+        group_id,
+        dgroup_id: DGroupId(dgroup_id),
+        owner: r.get(2)?,
+        is_own: r.get(3)?,
+        joined: r.get(4)?,
+        joined_epoch: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        after_seq: r.get::<_, i64>(6)? as u64,
+        stop_epoch: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        own_state: r.get(8)?,
+        last_update_ms: r.get::<_, i64>(9)? as u64,
+        msgs_since_update: r.get::<_, i64>(10)? as u64,
+        sent_in_epoch: r.get::<_, i64>(11)? as u64,
+    })
+}
+
+/// Everything one engine operation needs.
+pub(crate) struct Ctx<'a> {
+    pub(crate) conn: &'a Connection,
+    pub(crate) provider: Provider<'a>,
+    pub(crate) rand: &'a DmlsRand,
+    pub(crate) counters: &'a mut Counters,
+    pub(crate) policy: UpdatePolicy,
+    pub(crate) triggers: Vec<Trigger>,
+}
+
+/// SHA-256 of message bytes, the duplicate-detection key.
+pub(crate) fn message_hash(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Join config for every Send Group (ours and others').
+pub(crate) fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+            OUT_OF_ORDER_TOLERANCE,
+            MAXIMUM_FORWARD_DISTANCE,
+        ))
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .build()
+}
+
+/// Leaf capabilities: advertise the DGroup config extension (PROTOCOL.md "DGroup configuration").
+pub(crate) fn capabilities() -> Capabilities {
+    Capabilities::builder()
+        .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
+        .build()
+}
+
+/// The client id in a BasicCredential.
+pub(crate) fn credential_identity(c: &Credential) -> Result<String, EngineError> {
+    let basic = BasicCredential::try_from(c.clone())
+        .map_err(|e| EngineError::Rejected(format!("credential is not a BasicCredential: {e}")))?;
+    String::from_utf8(basic.identity().to_vec())
+        .map_err(|_| EngineError::Rejected("credential identity is not UTF-8".into()))
+}
+
+/// The psk_id bytes of an external PSK proposal (openmls keeps the accessor private, so
+/// read its TLS encoding: psktype(1 = external), opaque psk_id<V>, opaque psk_nonce<V>).
+pub(crate) fn external_psk_id(p: &PreSharedKeyProposal) -> Result<PskId, EngineError> {
+    use tls_codec::Serialize as _;
+    let bytes = p
+        .tls_serialize_detached()
+        .map_err(|e| EngineError::Internal(format!("cannot encode PSK proposal: {e}")))?;
+    let mut r = super::codec::Reader::new(&bytes, "PreSharedKeyID");
+    if r.u8("psktype")? != 1 {
+        return Err(EngineError::Rejected(
+            "commit imports a PSK that is not external".into(),
+        ));
+    }
+    PskId::from_bytes(r.opaque("psk_id")?)
+}
+
+impl<'a> Ctx<'a> {
+    /// Our client id.
+    pub(crate) fn me(&self) -> Result<String, EngineError> {
+        let v = meta_get(self.conn, "client_id")?.ok_or(EngineError::NoIdentity)?;
+        String::from_utf8(v).map_err(|_| EngineError::Internal("stored client id is not UTF-8".into()))
+    }
+
+    /// Our signature key pair.
+    pub(crate) fn signer(&self) -> Result<SignatureKeyPair, EngineError> {
+        let public = meta_get(self.conn, "signature_public")?.ok_or(EngineError::NoIdentity)?;
+        SignatureKeyPair::read(
+            &self.provider.storage,
+            &public,
+            CIPHERSUITE.signature_algorithm(),
+        )
+        .ok_or_else(|| EngineError::Internal("signature key missing from storage".into()))
+    }
+
+    /// Our credential with key.
+    pub(crate) fn credential(&self, signer: &SignatureKeyPair) -> Result<CredentialWithKey, EngineError> {
+        Ok(CredentialWithKey {
+            credential: BasicCredential::new(self.me()?.into_bytes()).into(),
+            signature_key: signer.public().into(),
+        })
+    }
+
+    /// Loads an MLS group from openmls storage.
+    pub(crate) fn load_group(&self, gid: &[u8; 32]) -> Result<MlsGroup, EngineError> {
+        MlsGroup::load(&self.provider.storage, &GroupId::from_slice(gid))
+            .map_err(|e| EngineError::mls("loading group", e))?
+            .ok_or_else(|| EngineError::Internal(format!("group {} missing", hex::encode(gid))))
+    }
+
+    /// One Send Group row.
+    pub(crate) fn send_group(&self, gid: &[u8; 32]) -> Result<Option<SendGroupRow>, EngineError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {SG_COLS} FROM dmls_send_group WHERE group_id = ?1"),
+                [gid.as_slice()],
+                sg_from_row,
+            )
+            .optional()?)
+    }
+
+    /// All Send Group rows of a DGroup (config order is not kept; sorted by owner).
+    pub(crate) fn send_groups_of(&self, d: &DGroupId) -> Result<Vec<SendGroupRow>, EngineError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {SG_COLS} FROM dmls_send_group WHERE dgroup_id = ?1 ORDER BY owner"
+        ))?;
+        let rows = st
+            .query_map([d.0.as_slice()], sg_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Our own Send Group row of a DGroup.
+    pub(crate) fn own_send_group(&self, d: &DGroupId) -> Result<SendGroupRow, EngineError> {
+        self.send_groups_of(d)?
+            .into_iter()
+            .find(|r| r.is_own)
+            .ok_or_else(|| EngineError::UnknownDGroup(d.to_hex()))
+    }
+
+    /// The config we hold for a DGroup.
+    pub(crate) fn config(&self, d: &DGroupId) -> Result<Option<(DGroupConfig, Vec<u8>, bool)>, EngineError> {
+        let row: Option<(Vec<u8>, bool)> = self
+            .conn
+            .query_row(
+                "SELECT config, we_removed FROM dmls_dgroup WHERE dgroup_id = ?1",
+                [d.0.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((bytes, removed)) => Ok(Some((DGroupConfig::decode(&bytes)?, bytes, removed))),
+        }
+    }
+
+    /// Members known to be removed from a DGroup, with whether they are still in our Send Group.
+    pub(crate) fn removed(&self, d: &DGroupId) -> Result<Vec<(String, bool)>, EngineError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT member, pending FROM dmls_removed WHERE dgroup_id = ?1 ORDER BY member")?;
+        let rows = st
+            .query_map([d.0.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Appends an effect to the outbox.
+    pub(crate) fn outbox_push(&self, effect: &Effect) -> Result<u64, EngineError> {
+        let json = serde_json::to_string(effect)
+            .map_err(|e| EngineError::Internal(format!("cannot encode outbox effect: {e}")))?;
+        self.conn
+            .execute("INSERT INTO dmls_outbox(effect) VALUES (?1)", [json])?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// Whether a message was seen already.
+    pub(crate) fn seen(&self, hash: &[u8; 32]) -> Result<bool, EngineError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM dmls_seen WHERE hash = ?1", [hash.as_slice()], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Records a message as seen (processed, ignored for good, or sent by us).
+    pub(crate) fn mark_seen(&self, hash: &[u8; 32]) -> Result<(), EngineError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO dmls_seen(hash) VALUES (?1)",
+            [hash.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    /// Exports and stores the PSK of the group's current epoch (PROTOCOL.md "PSK export"):
+    /// into our table and into openmls's PSK store as an external PSK.
+    pub(crate) fn export_psk(&mut self, group: &MlsGroup, gid: &[u8; 32]) -> Result<PskId, EngineError> {
+        let psk_id = PskId {
+            epoch: group.epoch().as_u64(),
+            group_id: *gid,
+        };
+        let secret = group
+            .export_secret(self.provider.crypto, "exporter-psk", &psk_id.to_bytes(), 32)
+            .map_err(|e| EngineError::mls("exporting PSK", e))?;
+        self.store_psk(psk_id, &secret)?;
+        Ok(psk_id)
+    }
+
+    /// Stores a PSK (both stores) and queues its trigger.
+    pub(crate) fn store_psk(&mut self, psk_id: PskId, secret: &[u8]) -> Result<(), EngineError> {
+        PreSharedKeyId::external(psk_id.to_bytes().to_vec(), Vec::new())
+            .store(&self.provider, secret)
+            .map_err(|e| EngineError::mls("storing PSK", e))?;
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO dmls_psk(psk_id, group_id, epoch) VALUES (?1, ?2, ?3)",
+            params![psk_id.to_bytes().as_slice(), psk_id.group_id.as_slice(), psk_id.epoch as i64],
+        )?;
+        if n > 0 {
+            self.triggers.push(Trigger::Psk(psk_id));
+        }
+        Ok(())
+    }
+
+    /// Whether a PSK is stored.
+    pub(crate) fn has_psk(&self, psk_id: &PskId) -> Result<bool, EngineError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM dmls_psk WHERE psk_id = ?1",
+                [psk_id.to_bytes().as_slice()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Records that `acker` imported epoch `epoch` of Send Group `gid`.
+    pub(crate) fn ack(&self, acker: &str, psk: &PskId) -> Result<(), EngineError> {
+        self.conn.execute(
+            "INSERT INTO dmls_ack(acker, group_id, epoch) VALUES (?1, ?2, ?3)
+             ON CONFLICT(acker, group_id) DO UPDATE SET epoch = MAX(epoch, excluded.epoch)",
+            params![acker, psk.group_id.as_slice(), psk.epoch as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The latest epoch of `gid` that `acker` imported.
+    pub(crate) fn acked(&self, acker: &str, gid: &[u8; 32]) -> Result<Option<u64>, EngineError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT epoch FROM dmls_ack WHERE acker = ?1 AND group_id = ?2",
+                params![acker, gid.as_slice()],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|v| v as u64))
+    }
+
+    /// The latest epoch of `gid` we hold a PSK for.
+    pub(crate) fn latest_psk_epoch(&self, gid: &[u8; 32]) -> Result<Option<u64>, EngineError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MAX(epoch) FROM dmls_psk WHERE group_id = ?1",
+                [gid.as_slice()],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .map(|v| v as u64))
+    }
+
+    /// Records that `member` left the DGroup: pending removal from our Send Group, no more
+    /// imports, and its Send Group is not processed beyond its current epoch (PROTOCOL.md "Removal").
+    pub(crate) fn note_removed(&mut self, d: &DGroupId, member: &str) -> Result<bool, EngineError> {
+        let me = self.me()?;
+        if member == me {
+            return Ok(false);
+        }
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO dmls_removed(dgroup_id, member, pending) VALUES (?1, ?2, 1)",
+            params![d.0.as_slice(), member],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let gid = super::ids::send_group_id(d, member);
+        if let Some(sg) = self.send_group(&gid)? {
+            let stop = if sg.joined {
+                self.load_group(&gid)?.epoch().as_u64()
+            } else {
+                0
+            };
+            self.conn.execute(
+                "UPDATE dmls_send_group SET stop_epoch = ?2 WHERE group_id = ?1",
+                params![gid.as_slice(), stop as i64],
+            )?;
+            // Waiting messages beyond the stop epoch will never be processed.
+            self.conn.execute(
+                "DELETE FROM dmls_waiting WHERE group_id = ?1 AND (epoch > ?2 OR (is_commit AND epoch >= ?2) OR wait_kind = 'welcome')",
+                params![gid.as_slice(), stop as i64],
+            )?;
+        }
+        Ok(true)
+    }
+}

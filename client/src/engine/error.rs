@@ -1,0 +1,55 @@
+//! The engine's error type.
+
+/// Everything that can go wrong in the engine. Any error leaves the state unchanged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The SQLite database failed.
+    #[error("state database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The openmls storage migrations failed.
+    #[error("could not migrate the openmls storage schema: {0}")]
+    Migration(String),
+    /// No identity yet.
+    #[error("no identity: create one first")]
+    NoIdentity,
+    /// An identity exists already.
+    #[error("an identity exists already (client id {0})")]
+    IdentityExists(String),
+    /// Unknown DGroup.
+    #[error("unknown DGroup {0}")]
+    UnknownDGroup(String),
+    /// A message for a group we do not follow.
+    #[error("message for unknown Send Group {owner}/{group_id}")]
+    UnknownSendGroup {
+        /// Owner given by the relay.
+        owner: String,
+        /// Group id given by the relay.
+        group_id: String,
+    },
+    /// Bytes that are not what they claim to be.
+    #[error("malformed input: {0}")]
+    Malformed(String),
+    /// A message that breaks a rule of PROTOCOL.md.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Our Send Group is not usable yet (its members are not added yet) or any more.
+    #[error("our Send Group is not ready: {0}")]
+    NotReady(String),
+    /// A user argument is wrong.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// openmls refused an operation.
+    #[error("MLS error: {0}")]
+    Mls(String),
+    /// A bug: an internal invariant does not hold.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Wraps an openmls error (their Display texts carry no secrets).
+    pub(crate) fn mls(context: &str, err: impl std::fmt::Display) -> Self {
+        EngineError::Mls(format!("{context}: {err}"))
+    }
+}

@@ -1,0 +1,542 @@
+//! Receiving without any order (PROTOCOL.md "Receiving (UNPROTECT) and ordering", "INIT"
+//! steps 2 and 3, "Removal").
+
+use openmls::prelude::*;
+use rusqlite::{OptionalExtension, params};
+use tls_codec::Deserialize as _;
+
+use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
+use super::ctx::{Ctx, SendGroupRow, Trigger, credential_identity, external_psk_id, join_config, message_hash};
+use super::envelope::DmlsEnvelope;
+use super::ids::{DGroupId, PskId, send_group_id};
+use super::state::meta_set;
+use super::{EngineError, Event, ReceivedMessage};
+
+/// Why a message cannot be processed now.
+enum Wait {
+    Epoch(u64),
+    Psk(PskId),
+    Welcome,
+    Proposal(u64),
+}
+
+/// What happened to one message.
+enum Outcome {
+    Done(Vec<Event>),
+    Wait(Wait),
+}
+
+fn parse_protocol(data: &[u8]) -> Result<PrivateMessageIn, EngineError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(data)
+        .map_err(|e| EngineError::Malformed(format!("not an MLSMessage: {e}")))?;
+    match msg.extract() {
+        MlsMessageBodyIn::PrivateMessage(pm) => Ok(pm),
+        _ => Err(EngineError::Rejected(
+            "Send Group messages must be PrivateMessages".into(),
+        )),
+    }
+}
+
+impl Ctx<'_> {
+    /// A message from a Send Group on the relay.
+    pub(crate) fn group_message(
+        &mut self,
+        owner: &str,
+        group_id_hex: &str,
+        seq: Option<u64>,
+        data: &[u8],
+    ) -> Result<Vec<Event>, EngineError> {
+        let unknown = || EngineError::UnknownSendGroup {
+            owner: owner.to_owned(),
+            group_id: group_id_hex.to_owned(),
+        };
+        let gid: [u8; 32] = hex::decode(group_id_hex)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(unknown)?;
+        let sg = self.send_group(&gid)?.ok_or_else(unknown)?;
+        if sg.owner != owner {
+            return Err(unknown());
+        }
+        if let Some(seq) = seq {
+            self.conn.execute(
+                "UPDATE dmls_send_group SET after_seq = MAX(after_seq, ?2) WHERE group_id = ?1",
+                params![gid.as_slice(), seq as i64],
+            )?;
+        }
+        let hash = message_hash(data);
+        if self.seen(&hash)? || self.is_waiting(&hash)? {
+            self.counters.duplicates += 1;
+            return Ok(Vec::new());
+        }
+        let mut events = match self.ingest(&sg, data, &hash)? {
+            Outcome::Done(ev) => ev,
+            Outcome::Wait(w) => {
+                self.store_waiting(&sg.group_id, data, &hash, w)?;
+                Vec::new()
+            }
+        };
+        events.extend(self.run_triggers()?);
+        Ok(events)
+    }
+
+    fn is_waiting(&self, hash: &[u8; 32]) -> Result<bool, EngineError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM dmls_waiting WHERE hash = ?1", [hash.as_slice()], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    fn store_waiting(&self, gid: &[u8; 32], data: &[u8], hash: &[u8; 32], w: Wait) -> Result<(), EngineError> {
+        let pm = parse_protocol(data)?;
+        let is_commit = pm.content_type() == ContentType::Commit;
+        let (kind, we, wp): (&str, Option<i64>, Option<Vec<u8>>) = match w {
+            Wait::Epoch(e) => ("epoch", Some(e as i64), None),
+            Wait::Psk(p) => ("psk", None, Some(p.to_bytes().to_vec())),
+            Wait::Welcome => ("welcome", None, None),
+            Wait::Proposal(e) => ("proposal", Some(e as i64), None),
+        };
+        self.conn.execute(
+            "INSERT OR IGNORE INTO dmls_waiting(group_id, epoch, is_commit, wait_kind, wait_epoch, wait_psk, hash, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                gid.as_slice(),
+                pm.epoch().as_u64() as i64,
+                is_commit,
+                kind,
+                we,
+                wp,
+                hash.as_slice(),
+                data
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Processes queued triggers until none is left: each releases exactly the waiting
+    /// messages that wait for it. A released message that fails is dropped; the others go on.
+    pub(crate) fn run_triggers(&mut self) -> Result<Vec<Event>, EngineError> {
+        let mut events = Vec::new();
+        while !self.triggers.is_empty() {
+            let t = self.triggers.remove(0);
+            let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = {
+                let (sql, p1, p2): (&str, Vec<u8>, Option<i64>) = match &t {
+                    Trigger::Epoch(g, e) => (
+                        "SELECT id, group_id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'epoch' AND wait_epoch = ?2 ORDER BY is_commit, id",
+                        g.to_vec(),
+                        Some(*e as i64),
+                    ),
+                    Trigger::Proposal(g, e) => (
+                        "SELECT id, group_id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'proposal' AND wait_epoch = ?2 ORDER BY id",
+                        g.to_vec(),
+                        Some(*e as i64),
+                    ),
+                    Trigger::Psk(p) => (
+                        "SELECT id, group_id, data FROM dmls_waiting WHERE wait_psk = ?1 AND (?2 IS NULL OR 1) ORDER BY id",
+                        p.to_bytes().to_vec(),
+                        None,
+                    ),
+                    Trigger::Joined(g) => (
+                        "SELECT id, group_id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'welcome' AND (?2 IS NULL OR 1) ORDER BY is_commit, id",
+                        g.to_vec(),
+                        None,
+                    ),
+                };
+                let mut st = self.conn.prepare_cached(sql)?;
+                st.query_map(params![p1, p2], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            for (id, gid, data) in rows {
+                self.conn.execute("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
+                let Ok(gid) = <[u8; 32]>::try_from(gid.as_slice()) else {
+                    continue;
+                };
+                let Some(sg) = self.send_group(&gid)? else {
+                    continue;
+                };
+                let hash = message_hash(&data);
+                let conn = self.conn;
+                conn.execute_batch("SAVEPOINT dmls_released")?;
+                let saved = self.triggers.len();
+                match self.ingest(&sg, &data, &hash) {
+                    Ok(Outcome::Done(ev)) => {
+                        conn.execute_batch("RELEASE dmls_released")?;
+                        events.extend(ev);
+                    }
+                    Ok(Outcome::Wait(w)) => {
+                        conn.execute_batch("RELEASE dmls_released")?;
+                        self.store_waiting(&gid, &data, &hash, w)?;
+                    }
+                    Err(_) => {
+                        // A bad message changes nothing; drop it for good.
+                        conn.execute_batch("ROLLBACK TO dmls_released; RELEASE dmls_released")?;
+                        self.triggers.truncate(saved);
+                        self.mark_seen(&hash)?;
+                    }
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Decides what to do with one message of a Send Group, and does it.
+    fn ingest(&mut self, sg: &SendGroupRow, data: &[u8], hash: &[u8; 32]) -> Result<Outcome, EngineError> {
+        let pm = parse_protocol(data)?;
+        if pm.group_id().as_slice() != sg.group_id.as_slice() {
+            return Err(EngineError::Rejected(
+                "message names another group than the relay group it came from".into(),
+            ));
+        }
+        let epoch = pm.epoch().as_u64();
+        let ct = pm.content_type();
+        if !sg.joined {
+            return Ok(Outcome::Wait(Wait::Welcome));
+        }
+        let done_nothing = |c: &Ctx<'_>| -> Result<Outcome, EngineError> {
+            c.mark_seen(hash)?;
+            Ok(Outcome::Done(Vec::new()))
+        };
+        // Removed owner: nothing beyond its current epoch (PROTOCOL.md "Removal").
+        if let Some(stop) = sg.stop_epoch {
+            if epoch > stop || (ct == ContentType::Commit && epoch >= stop) {
+                return done_nothing(self);
+            }
+        }
+        // Messages of epochs before we joined are ignored (PROTOCOL.md "INIT").
+        if epoch < sg.joined_epoch.unwrap_or(0) {
+            return done_nothing(self);
+        }
+        let mut group = self.load_group(&sg.group_id)?;
+        if !group.is_active() {
+            return done_nothing(self);
+        }
+        let current = group.epoch().as_u64();
+        if epoch > current {
+            return Ok(Outcome::Wait(Wait::Epoch(epoch)));
+        }
+        let mut aad_psks = Vec::new();
+        match ct {
+            ContentType::Commit => {
+                if epoch < current {
+                    return done_nothing(self);
+                }
+                // Read the dependency hint before decrypting (PROTOCOL.md "Dependency hint").
+                aad_psks = PskId::list_from_aad(pm.aad())?;
+                for p in &aad_psks {
+                    if !self.has_psk(p)? {
+                        return Ok(Outcome::Wait(Wait::Psk(*p)));
+                    }
+                }
+            }
+            ContentType::Proposal => {
+                if epoch < current {
+                    // A stale leaf refresh: its sender sends it again with its next update.
+                    return done_nothing(self);
+                }
+            }
+            ContentType::Application => {}
+        }
+        // Try openmls in a savepoint so a failure leaves its storage untouched.
+        self.counters.process_attempts += 1;
+        let conn = self.conn;
+        conn.execute_batch("SAVEPOINT dmls_process")?;
+        let processed = match group.process_message(&self.provider, pm) {
+            Ok(p) => {
+                conn.execute_batch("RELEASE dmls_process")?;
+                p
+            }
+            Err(e) => {
+                conn.execute_batch("ROLLBACK TO dmls_process; RELEASE dmls_process")?;
+                if matches!(
+                    e,
+                    ProcessMessageError::InvalidCommit(StageCommitError::MissingProposal)
+                ) {
+                    return Ok(Outcome::Wait(Wait::Proposal(epoch)));
+                }
+                if format!("{e:?}").contains("SecretReuseError") {
+                    // A replay of a generation already consumed: a duplicate.
+                    self.counters.duplicates += 1;
+                    return done_nothing(self);
+                }
+                return Err(EngineError::Rejected(format!(
+                    "cannot process {ct:?} message of epoch {epoch} (we are at {current}): {e}"
+                )));
+            }
+        };
+        let sender = match processed.sender() {
+            Sender::Member(l) => *l,
+            _ => return Err(EngineError::Rejected("sender is not a member".into())),
+        };
+        let owner_sent = sender == LeafNodeIndex::new(0);
+        let sender_id = credential_identity(processed.credential())?;
+        let mut events = Vec::new();
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                // Owner-only (PROTOCOL.md "Terms": only the owner sends in a Send Group).
+                if !owner_sent || sender_id != sg.owner {
+                    return Err(EngineError::Rejected(format!(
+                        "application message from non-owner {sender_id}"
+                    )));
+                }
+                let env = DmlsEnvelope::decode(&app.into_bytes())?;
+                self.conn.execute(
+                    "INSERT INTO dmls_history(dgroup_id, sender, sent_at_ms, message_id, content_type, body, epoch, generation)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
+                    params![
+                        sg.dgroup_id.0.as_slice(),
+                        sg.owner,
+                        env.sent_at_ms as i64,
+                        env.message_id.0.as_slice(),
+                        env.content_type,
+                        env.body,
+                        epoch as i64
+                    ],
+                )?;
+                events.push(Event::Message(ReceivedMessage {
+                    dgroup: sg.dgroup_id,
+                    sender: sg.owner.clone(),
+                    sent_at_ms: env.sent_at_ms,
+                    message_id: env.message_id,
+                    content_type: env.content_type,
+                    body: env.body,
+                    epoch,
+                    generation: None,
+                }));
+            }
+            ProcessedMessageContent::ProposalMessage(qp) => {
+                // Only a self-Update proposal from a non-owner (PROTOCOL.md "Leaf refresh").
+                if owner_sent || !matches!(qp.proposal(), Proposal::Update(_)) {
+                    return Err(EngineError::Rejected(format!(
+                        "only a member's own Update proposal is accepted, got another proposal from {sender_id}"
+                    )));
+                }
+                group
+                    .store_pending_proposal(&self.provider.storage, *qp)
+                    .map_err(|e| EngineError::mls("storing proposal", e))?;
+                self.triggers.push(Trigger::Proposal(sg.group_id, epoch));
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                if !owner_sent || sender_id != sg.owner {
+                    return Err(EngineError::Rejected(format!("commit from non-owner {sender_id}")));
+                }
+                // The AAD must name exactly the imported PSKs (PROTOCOL.md "Dependency hint").
+                let imported = staged
+                    .psk_proposals()
+                    .map(|q| external_psk_id(q.psk_proposal()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if imported != aad_psks {
+                    return Err(EngineError::Rejected(
+                        "commit authenticated_data differs from its PSK proposals".into(),
+                    ));
+                }
+                if staged.add_proposals().next().is_some() {
+                    return Err(EngineError::Rejected("commit adds members after INIT".into()));
+                }
+                if staged
+                    .queued_proposals()
+                    .any(|q| matches!(q.proposal(), Proposal::GroupContextExtensions(_)))
+                {
+                    return Err(EngineError::Rejected("commit changes the DGroup config".into()));
+                }
+                let mut removed = Vec::new();
+                for r in staged.remove_proposals() {
+                    if let Some(c) = group.member(r.remove_proposal().removed()) {
+                        removed.push(credential_identity(c)?);
+                    }
+                }
+                let self_removed = staged.self_removed();
+                group
+                    .merge_staged_commit(&self.provider, *staged)
+                    .map_err(|e| EngineError::mls("merging commit", e))?;
+                for p in &imported {
+                    self.ack(&sg.owner, p)?;
+                }
+                let new_epoch = group.epoch().as_u64();
+                if self_removed {
+                    self.conn.execute(
+                        "UPDATE dmls_dgroup SET we_removed = 1 WHERE dgroup_id = ?1 AND we_removed = 0",
+                        [sg.dgroup_id.0.as_slice()],
+                    )?;
+                    if self.conn.changes() > 0 {
+                        events.push(Event::WeWereRemoved {
+                            dgroup: sg.dgroup_id,
+                            by: sg.owner.clone(),
+                        });
+                    }
+                } else {
+                    self.export_psk(&group, &sg.group_id)?;
+                    self.triggers.push(Trigger::Epoch(sg.group_id, new_epoch));
+                    events.push(Event::SendGroupAdvanced {
+                        dgroup: sg.dgroup_id,
+                        owner: sg.owner.clone(),
+                        epoch: new_epoch,
+                    });
+                }
+                for x in removed {
+                    if self.note_removed(&sg.dgroup_id, &x)? {
+                        events.push(Event::MemberRemoved {
+                            dgroup: sg.dgroup_id,
+                            member: x,
+                            by: sg.owner.clone(),
+                        });
+                    }
+                }
+            }
+            _ => return Err(EngineError::Rejected("unexpected message content".into())),
+        }
+        self.counters.processed += 1;
+        self.mark_seen(hash)?;
+        Ok(Outcome::Done(events))
+    }
+
+    /// A Welcome from our inbox (PROTOCOL.md "INIT" steps 2 and 3, "DGroup configuration").
+    pub(crate) fn welcome(
+        &mut self,
+        inbox_id: Option<u64>,
+        from: &str,
+        data: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<Event>, EngineError> {
+        if let Some(id) = inbox_id {
+            self.set_welcome_cursor(id)?;
+        }
+        let me = self.me()?;
+        let msg = MlsMessageIn::tls_deserialize_exact(data)
+            .map_err(|e| EngineError::Malformed(format!("Welcome is not an MLSMessage: {e}")))?;
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            return Err(EngineError::Malformed("inbox message is not a Welcome".into()));
+        };
+        let hash = message_hash(data);
+        if self.seen(&hash)? {
+            self.counters.duplicates += 1;
+            return Ok(Vec::new());
+        }
+        let staged = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
+            .map_err(|e| EngineError::Rejected(format!("cannot process Welcome: {e}")))?;
+        let ctx = staged.group_context();
+        let gid: [u8; 32] = ctx
+            .group_id()
+            .as_slice()
+            .try_into()
+            .map_err(|_| EngineError::Rejected("Welcome group id is not 32 bytes".into()))?;
+        let ext = ctx
+            .extensions()
+            .unknown(DMLS_EXTENSION_TYPE)
+            .ok_or_else(|| EngineError::Rejected("Welcome's group has no DGroup config extension".into()))?;
+        let config_bytes = ext.0.clone();
+        let config = DGroupConfig::decode(&config_bytes)
+            .map_err(|e| EngineError::Rejected(format!("Welcome's DGroup config: {e}")))?;
+        config.validate()?;
+        let suite = u16::from(ctx.ciphersuite());
+        if !config.cipher_suites.contains(&suite) {
+            return Err(EngineError::Rejected(format!(
+                "Welcome's ciphersuite 0x{suite:04x} is not allowed by the DGroup config"
+            )));
+        }
+        // From the owner only (PROTOCOL.md "INIT" step 3).
+        if staged.welcome_sender_index() != LeafNodeIndex::new(0) {
+            return Err(EngineError::Rejected("Welcome not sent by the owner (leaf 0)".into()));
+        }
+        let owner_leaf = staged
+            .welcome_sender()
+            .map_err(|e| EngineError::mls("Welcome sender", e))?;
+        let owner = credential_identity(owner_leaf.credential())?;
+        if owner != from {
+            return Err(EngineError::Rejected(format!(
+                "Welcome posted by {from} but its group is owned by {owner}"
+            )));
+        }
+        if !config.has_member(&owner) {
+            return Err(EngineError::Rejected(format!("Welcome's owner {owner} is not a DGroup member")));
+        }
+        if !config.has_member(&me) {
+            return Err(EngineError::Rejected("the DGroup config does not list us".into()));
+        }
+        if owner == me {
+            return Err(EngineError::Rejected("Welcome to our own Send Group".into()));
+        }
+        if gid != send_group_id(&config.dgroup_id, &owner) {
+            return Err(EngineError::Rejected(
+                "Welcome's group id is not the Send Group id of its owner".into(),
+            ));
+        }
+        let d = config.dgroup_id;
+        let mut events = Vec::new();
+        let known = self.config(&d)?;
+        match &known {
+            Some((_, held, we_removed)) => {
+                if *held != config_bytes {
+                    return Err(EngineError::Rejected(
+                        "Welcome's DGroup config differs from the one we hold".into(),
+                    ));
+                }
+                if *we_removed {
+                    return Ok(vec![Event::Ignored {
+                        reason: "Welcome for a DGroup we were removed from".into(),
+                    }]);
+                }
+                let sg = self.send_group(&gid)?;
+                if sg.as_ref().is_some_and(|s| s.joined) {
+                    self.mark_seen(&hash)?;
+                    self.counters.duplicates += 1;
+                    return Ok(Vec::new());
+                }
+                if sg.as_ref().is_some_and(|s| s.stop_epoch.is_some()) {
+                    return Ok(vec![Event::Ignored {
+                        reason: format!("Welcome from removed member {owner}"),
+                    }]);
+                }
+            }
+            None => {
+                self.insert_dgroup(&config)?;
+                events.push(Event::JoinedDGroup {
+                    dgroup: d,
+                    name: config.name.clone(),
+                    members: config.members.clone(),
+                });
+            }
+        }
+        let group = staged
+            .into_group(&self.provider)
+            .map_err(|e| EngineError::mls("joining Send Group", e))?;
+        let epoch = group.epoch().as_u64();
+        self.export_psk(&group, &gid)?;
+        self.conn.execute(
+            "UPDATE dmls_send_group SET joined = 1, joined_epoch = ?2 WHERE group_id = ?1",
+            params![gid.as_slice(), epoch as i64],
+        )?;
+        self.mark_seen(&hash)?;
+        self.triggers.push(Trigger::Joined(gid));
+        events.push(Event::JoinedSendGroup {
+            dgroup: d,
+            owner,
+            epoch,
+        });
+        // INIT step 2: make our own Send Group if we have none yet.
+        let own = self.own_send_group(&d)?;
+        if !own.joined {
+            self.create_own_send_group(&config, now_ms)?;
+        }
+        events.extend(self.run_triggers()?);
+        Ok(events)
+    }
+
+    pub(crate) fn set_welcome_cursor(&self, id: u64) -> Result<(), EngineError> {
+        let cur = self.welcome_cursor()?;
+        if id > cur {
+            meta_set(self.conn, "welcome_cursor", &id.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn welcome_cursor(&self) -> Result<u64, EngineError> {
+        Ok(super::state::meta_get(self.conn, "welcome_cursor")?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+}
+
+#[allow(dead_code)]
+fn _unused(_: DGroupId) {}

@@ -1,0 +1,509 @@
+//! Our own Send Group: creation, adding members, DMLS Commits, sending
+//! (PROTOCOL.md "INIT", "DMLS Update and DMLS Commit", "Leaf refresh", "Removal").
+
+use openmls::prelude::*;
+use openmls::schedule::{ExternalPsk, PreSharedKeyId, Psk};
+use rusqlite::params;
+use tls_codec::{Deserialize as _, Serialize as _};
+
+use super::config::{DEFAULT_CIPHERSUITE, DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
+use super::ctx::{CIPHERSUITE, Ctx, MAX_PAST_EPOCHS, capabilities, credential_identity, external_psk_id, join_config, message_hash};
+use super::envelope::DmlsEnvelope;
+use super::identity::validate_client_id;
+use super::ids::{DGroupId, MessageId, PskId, send_group_id};
+use super::{Effect, EngineError, Event};
+
+fn encode(m: &MlsMessageOut) -> Result<Vec<u8>, EngineError> {
+    m.tls_serialize_detached()
+        .map_err(|e| EngineError::Internal(format!("encoding MLS message: {e}")))
+}
+
+impl Ctx<'_> {
+    /// INIT step 1 for the creator.
+    pub(crate) fn create_dgroup(
+        &mut self,
+        name: &str,
+        others: &[String],
+        now_ms: u64,
+    ) -> Result<DGroupId, EngineError> {
+        let me = self.me()?;
+        let mut members = vec![me.clone()];
+        for o in others {
+            validate_client_id(o)?;
+            if members.contains(o) {
+                return Err(EngineError::InvalidArgument(format!(
+                    "member {o:?} is listed twice (or is us)"
+                )));
+            }
+            members.push(o.clone());
+        }
+        let config = DGroupConfig {
+            dgroup_id: DGroupId(self.rand.bytes()?),
+            name: name.to_owned(),
+            members,
+            cipher_suites: vec![DEFAULT_CIPHERSUITE],
+            psk_length: PSK_LENGTH,
+        };
+        config.validate()?;
+        self.insert_dgroup(&config)?;
+        self.create_own_send_group(&config, now_ms)?;
+        Ok(config.dgroup_id)
+    }
+
+    /// Stores a DGroup and one row per Send Group.
+    pub(crate) fn insert_dgroup(&mut self, config: &DGroupConfig) -> Result<(), EngineError> {
+        let me = self.me()?;
+        self.conn.execute(
+            "INSERT INTO dmls_dgroup(dgroup_id, config, name) VALUES (?1, ?2, ?3)",
+            params![config.dgroup_id.0.as_slice(), config.encode()?, config.name],
+        )?;
+        for m in &config.members {
+            self.conn.execute(
+                "INSERT INTO dmls_send_group(group_id, dgroup_id, owner, is_own) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    send_group_id(&config.dgroup_id, m).as_slice(),
+                    config.dgroup_id.0.as_slice(),
+                    m,
+                    *m == me
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Creates our Send Group of a DGroup and queues the relay group and the key-package claim.
+    pub(crate) fn create_own_send_group(
+        &mut self,
+        config: &DGroupConfig,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        let me = self.me()?;
+        let signer = self.signer()?;
+        let gid = send_group_id(&config.dgroup_id, &me);
+        let ext = Extension::Unknown(DMLS_EXTENSION_TYPE, UnknownExtension(config.encode()?));
+        let extensions = Extensions::single(ext)
+            .map_err(|e| EngineError::Internal(format!("config extension: {e}")))?;
+        let jc = join_config();
+        let group = MlsGroup::builder()
+            .with_group_id(GroupId::from_slice(&gid))
+            .ciphersuite(CIPHERSUITE)
+            .with_capabilities(capabilities())
+            .with_group_context_extensions(extensions)
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .sender_ratchet_configuration(*jc.sender_ratchet_configuration())
+            .with_wire_format_policy(jc.wire_format_policy())
+            .build(&self.provider, &signer, self.credential(&signer)?)
+            .map_err(|e| EngineError::mls("creating our Send Group", e))?;
+        let removed: Vec<String> = self.removed(&config.dgroup_id)?.into_iter().map(|r| r.0).collect();
+        let others: Vec<String> = config
+            .members
+            .iter()
+            .filter(|m| **m != me && !removed.contains(m))
+            .cloned()
+            .collect();
+        let state = if others.is_empty() { "active" } else { "claiming" };
+        self.conn.execute(
+            "UPDATE dmls_send_group SET joined = 1, joined_epoch = ?2, own_state = ?3, last_update_ms = ?4
+             WHERE group_id = ?1",
+            params![gid.as_slice(), group.epoch().as_u64() as i64, state, now_ms as i64],
+        )?;
+        self.outbox_push(&Effect::PutRelayGroup {
+            group_id: hex::encode(gid),
+            members: others.clone(),
+        })?;
+        if !others.is_empty() {
+            self.outbox_push(&Effect::ClaimKeyPackages {
+                dgroup_id: config.dgroup_id,
+                client_ids: others,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The relay answered a key-package claim: add everyone in one commit (not posted) and
+    /// queue the Welcomes (PROTOCOL.md "INIT").
+    pub(crate) fn claimed_key_packages(
+        &mut self,
+        outbox_id: u64,
+        key_packages: Vec<(String, Vec<u8>)>,
+        missing: Vec<String>,
+        now_ms: u64,
+    ) -> Result<Vec<Event>, EngineError> {
+        let json: String = self
+            .conn
+            .query_row("SELECT effect FROM dmls_outbox WHERE id = ?1", [outbox_id as i64], |r| r.get(0))
+            .map_err(|_| EngineError::InvalidArgument(format!("no pending outbox item {outbox_id}")))?;
+        let effect: Effect = serde_json::from_str(&json)
+            .map_err(|e| EngineError::Internal(format!("outbox item {outbox_id} unreadable: {e}")))?;
+        let Effect::ClaimKeyPackages { dgroup_id, client_ids } = effect else {
+            return Err(EngineError::InvalidArgument(format!(
+                "outbox item {outbox_id} is not a key-package claim"
+            )));
+        };
+        self.conn.execute("DELETE FROM dmls_outbox WHERE id = ?1", [outbox_id as i64])?;
+        let own = self.own_send_group(&dgroup_id)?;
+        if own.own_state.as_deref() != Some("claiming") {
+            return Ok(Vec::new());
+        }
+        let mut missing: Vec<String> = missing.into_iter().filter(|m| client_ids.contains(m)).collect();
+        let mut kps = Vec::new();
+        let mut added = Vec::new();
+        for (cid, bytes) in key_packages {
+            if !client_ids.contains(&cid) || added.contains(&cid) {
+                continue;
+            }
+            match self.validate_key_package(&cid, &bytes) {
+                Ok(kp) => {
+                    kps.push(kp);
+                    added.push(cid);
+                }
+                Err(_) => missing.push(cid),
+            }
+        }
+        for c in &client_ids {
+            if !added.contains(c) && !missing.contains(c) {
+                missing.push(c.clone());
+            }
+        }
+        let mut events = Vec::new();
+        let gid = own.group_id;
+        if !kps.is_empty() {
+            let signer = self.signer()?;
+            let mut group = self.load_group(&gid)?;
+            // Every own commit has a path (PROTOCOL.md "DMLS Update and DMLS Commit").
+            let bundle = group
+                .commit_builder()
+                .propose_adds(kps)
+                .force_self_update(true)
+                .load_psks(&self.provider.storage)
+                .map_err(|e| EngineError::mls("adding members", e))?
+                .build(self.provider.rand, self.provider.crypto, &signer, |_| true)
+                .map_err(|e| EngineError::mls("adding members", e))?
+                .stage_commit(&self.provider)
+                .map_err(|e| EngineError::mls("adding members", e))?;
+            let welcome = bundle
+                .to_welcome_msg()
+                .ok_or_else(|| EngineError::Internal("add commit without Welcome".into()))?;
+            let welcome = encode(&welcome)?;
+            group
+                .merge_pending_commit(&self.provider)
+                .map_err(|e| EngineError::mls("merging add commit", e))?;
+            self.export_psk(&group, &gid)?;
+            // The add commit is not posted: nobody else is in epoch 0 (PROTOCOL.md "INIT").
+            self.outbox_push(&Effect::PostWelcomes(
+                added.iter().map(|a| (a.clone(), welcome.clone())).collect(),
+            ))?;
+        }
+        self.conn.execute(
+            "UPDATE dmls_send_group SET own_state = 'active', last_update_ms = ?2, msgs_since_update = 0,
+             sent_in_epoch = 0 WHERE group_id = ?1",
+            params![gid.as_slice(), now_ms as i64],
+        )?;
+        if !missing.is_empty() {
+            events.push(Event::KeyPackagesMissing {
+                dgroup: dgroup_id,
+                client_ids: missing,
+            });
+        }
+        Ok(events)
+    }
+
+    fn validate_key_package(&self, cid: &str, bytes: &[u8]) -> Result<KeyPackage, EngineError> {
+        let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| EngineError::Malformed(format!("key package of {cid}: {e}")))?;
+        let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+            return Err(EngineError::Malformed(format!("key package of {cid} is another message type")));
+        };
+        let kp = kp
+            .validate(self.provider.crypto, ProtocolVersion::Mls10)
+            .map_err(|e| EngineError::Rejected(format!("key package of {cid}: {e}")))?;
+        if credential_identity(kp.leaf_node().credential())? != cid {
+            return Err(EngineError::Rejected(format!("key package of {cid} has another identity")));
+        }
+        if kp.ciphersuite() != CIPHERSUITE {
+            return Err(EngineError::Rejected(format!("key package of {cid} has another ciphersuite")));
+        }
+        if !kp
+            .leaf_node()
+            .capabilities()
+            .extensions()
+            .contains(&ExtensionType::Unknown(DMLS_EXTENSION_TYPE))
+        {
+            return Err(EngineError::Rejected(format!(
+                "key package of {cid} does not support extension 0xFF00"
+            )));
+        }
+        Ok(kp)
+    }
+
+    /// Our own usable Send Group of a DGroup, or why not.
+    fn active_own(&self, d: &DGroupId) -> Result<super::ctx::SendGroupRow, EngineError> {
+        let Some((_, _, we_removed)) = self.config(d)? else {
+            return Err(EngineError::UnknownDGroup(d.to_hex()));
+        };
+        if we_removed {
+            return Err(EngineError::NotReady("we were removed from this DGroup".into()));
+        }
+        let own = self.own_send_group(d)?;
+        if own.own_state.as_deref() != Some("active") {
+            return Err(EngineError::NotReady(
+                "members are not added yet: the key-package claim is unanswered".into(),
+            ));
+        }
+        Ok(own)
+    }
+
+    /// Epochs of other Send Groups newer than what we imported: one per group, the latest
+    /// (PROTOCOL.md "DMLS Commit").
+    pub(crate) fn unimported(&self, d: &DGroupId) -> Result<Vec<PskId>, EngineError> {
+        let me = self.me()?;
+        let removed: Vec<String> = self.removed(d)?.into_iter().map(|r| r.0).collect();
+        let mut out = Vec::new();
+        for sg in self.send_groups_of(d)? {
+            if sg.is_own || removed.contains(&sg.owner) {
+                continue;
+            }
+            let Some(latest) = self.latest_psk_epoch(&sg.group_id)? else {
+                continue;
+            };
+            if self.acked(&me, &sg.group_id)?.is_none_or(|a| a < latest) {
+                out.push(PskId {
+                    epoch: latest,
+                    group_id: sg.group_id,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A DMLS Commit in our Send Group: path, PSK imports, received Update proposals,
+    /// pending removals. With `leaf_refresh`, also proposes our new leaf in every other Send
+    /// Group (PROTOCOL.md "Leaf refresh").
+    pub(crate) fn dmls_commit(&mut self, d: &DGroupId, now_ms: u64, leaf_refresh: bool) -> Result<(), EngineError> {
+        let own = self.active_own(d)?;
+        let me = self.me()?;
+        let signer = self.signer()?;
+        let gid = own.group_id;
+        let mut group = self.load_group(&gid)?;
+        let imports = self.unimported(d)?;
+        let mut psk_proposals = Vec::new();
+        for p in &imports {
+            let id = PreSharedKeyId::new(
+                group.ciphersuite(),
+                self.provider.rand,
+                Psk::External(ExternalPsk::new(p.to_bytes().to_vec())),
+            )
+            .map_err(|e| EngineError::mls("PSK nonce", e))?;
+            psk_proposals.push(Proposal::PreSharedKey(Box::new(PreSharedKeyProposal::new(id))));
+        }
+        let pending: Vec<String> = self
+            .removed(d)?
+            .into_iter()
+            .filter(|r| r.1)
+            .map(|r| r.0)
+            .collect();
+        let mut leaves = Vec::new();
+        for m in group.members() {
+            if credential_identity(&m.credential).is_ok_and(|id| pending.contains(&id)) {
+                leaves.push(m.index);
+            }
+        }
+        // Dependency hint (PROTOCOL.md "Dependency hint").
+        group.set_aad(PskId::list_to_aad(&imports));
+        let bundle = group
+            .commit_builder()
+            .add_proposals(psk_proposals)
+            .propose_removals(leaves.clone())
+            .force_self_update(true)
+            .consume_proposal_store(true)
+            .load_psks(&self.provider.storage)
+            .map_err(|e| EngineError::mls("DMLS commit", e))?
+            .build(self.provider.rand, self.provider.crypto, &signer, |qp| {
+                // openmls filters our own proposals too; keep them, and keep received
+                // Updates only from members not removed by this commit.
+                match qp.proposal() {
+                    Proposal::Update(_) => {
+                        matches!(qp.sender(), Sender::Member(l) if !leaves.contains(l))
+                    }
+                    Proposal::PreSharedKey(_) | Proposal::Remove(_) => true,
+                    _ => false,
+                }
+            })
+            .map_err(|e| EngineError::mls("DMLS commit", e))?
+            .stage_commit(&self.provider)
+            .map_err(|e| EngineError::mls("DMLS commit", e))?;
+        let commit = encode(bundle.commit())?;
+        if let Some(staged) = group.pending_commit() {
+            let order = staged
+                .psk_proposals()
+                .map(|q| external_psk_id(q.psk_proposal()))
+                .collect::<Result<Vec<_>, _>>()?;
+            if order != imports {
+                return Err(EngineError::Internal(format!(
+                    "PSK proposal order {order:?} differs from the AAD {imports:?}"
+                )));
+            }
+        }
+        group
+            .merge_pending_commit(&self.provider)
+            .map_err(|e| EngineError::mls("merging our commit", e))?;
+        self.export_psk(&group, &gid)?;
+        for p in &imports {
+            self.ack(&me, p)?;
+        }
+        self.mark_seen(&message_hash(&commit))?;
+        self.outbox_push(&Effect::PostMessage {
+            owner: me.clone(),
+            group_id: hex::encode(gid),
+            data: commit,
+        })?;
+        if !pending.is_empty() {
+            self.conn.execute(
+                "UPDATE dmls_removed SET pending = 0 WHERE dgroup_id = ?1",
+                [d.0.as_slice()],
+            )?;
+            // Drop removed members from the relay group after the commit is posted.
+            let members: Vec<String> = group
+                .members()
+                .filter_map(|m| credential_identity(&m.credential).ok())
+                .filter(|id| *id != me)
+                .collect();
+            self.outbox_push(&Effect::PutRelayGroup {
+                group_id: hex::encode(gid),
+                members,
+            })?;
+        }
+        self.conn.execute(
+            "UPDATE dmls_send_group SET last_update_ms = ?2, msgs_since_update = 0, sent_in_epoch = 0
+             WHERE group_id = ?1",
+            params![gid.as_slice(), now_ms as i64],
+        )?;
+        if leaf_refresh {
+            self.propose_leaf_refresh(d, &me)?;
+        }
+        Ok(())
+    }
+
+    /// Update proposals for our own leaf in every other Send Group we are in (PROTOCOL.md "Leaf refresh").
+    fn propose_leaf_refresh(&mut self, d: &DGroupId, me: &str) -> Result<(), EngineError> {
+        let signer = self.signer()?;
+        for sg in self.send_groups_of(d)? {
+            if sg.is_own || !sg.joined || sg.stop_epoch.is_some() {
+                continue;
+            }
+            let mut group = self.load_group(&sg.group_id)?;
+            if !group.is_active() {
+                continue;
+            }
+            let (msg, _) = group
+                .propose_self_update(&self.provider, &signer, LeafNodeParameters::default())
+                .map_err(|e| EngineError::mls("proposing leaf refresh", e))?;
+            let data = encode(&msg)?;
+            self.mark_seen(&message_hash(&data))?;
+            let _ = me;
+            self.outbox_push(&Effect::PostMessage {
+                owner: sg.owner.clone(),
+                group_id: hex::encode(sg.group_id),
+                data,
+            })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn send(
+        &mut self,
+        d: &DGroupId,
+        content_type: &str,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<MessageId, EngineError> {
+        let own = self.active_own(d)?;
+        let me = self.me()?;
+        let gid = own.group_id;
+        // Update policy (PROTOCOL.md "When to commit").
+        let stale = now_ms.saturating_sub(own.last_update_ms) >= self.policy.max_update_age_ms
+            || own.msgs_since_update >= self.policy.max_messages_per_update;
+        let group = self.load_group(&gid)?;
+        let has_proposals = group.pending_proposals().next().is_some();
+        let has_removals = self.removed(d)?.iter().any(|r| r.1);
+        let has_imports = self.policy.import_before_send && !self.unimported(d)?.is_empty();
+        drop(group);
+        let mut own = own;
+        if stale || has_proposals || has_removals || has_imports {
+            self.dmls_commit(d, now_ms, stale)?;
+            own = self.own_send_group(d)?;
+        }
+        let mut group = self.load_group(&gid)?;
+        let envelope = DmlsEnvelope {
+            sent_at_ms: now_ms,
+            message_id: MessageId(self.rand.bytes()?),
+            content_type: content_type.to_owned(),
+            body: body.to_vec(),
+        };
+        let signer = self.signer()?;
+        group.set_aad(Vec::new());
+        let msg = group
+            .create_message(&self.provider, &signer, &envelope.encode()?)
+            .map_err(|e| EngineError::mls("encrypting message", e))?;
+        let data = encode(&msg)?;
+        let epoch = group.epoch().as_u64();
+        self.conn.execute(
+            "INSERT INTO dmls_history(dgroup_id, sender, sent_at_ms, message_id, content_type, body, epoch, generation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                d.0.as_slice(),
+                me,
+                now_ms as i64,
+                envelope.message_id.0.as_slice(),
+                envelope.content_type,
+                envelope.body,
+                epoch as i64,
+                own.sent_in_epoch as i64
+            ],
+        )?;
+        self.conn.execute(
+            "UPDATE dmls_send_group SET msgs_since_update = msgs_since_update + 1,
+             sent_in_epoch = sent_in_epoch + 1 WHERE group_id = ?1",
+            [gid.as_slice()],
+        )?;
+        self.mark_seen(&message_hash(&data))?;
+        self.outbox_push(&Effect::PostMessage {
+            owner: me,
+            group_id: hex::encode(gid),
+            data,
+        })?;
+        Ok(envelope.message_id)
+    }
+
+    pub(crate) fn remove(&mut self, d: &DGroupId, member: &str, now_ms: u64) -> Result<(), EngineError> {
+        let Some((config, _, _)) = self.config(d)? else {
+            return Err(EngineError::UnknownDGroup(d.to_hex()));
+        };
+        if member == self.me()? || !config.has_member(member) {
+            return Err(EngineError::InvalidArgument(format!(
+                "{member:?} is not another member of this DGroup"
+            )));
+        }
+        self.active_own(d)?;
+        self.note_removed(d, member)?;
+        self.dmls_commit(d, now_ms, false)
+    }
+
+    pub(crate) fn commit_pending_removals(&mut self, now_ms: u64) -> Result<Vec<DGroupId>, EngineError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT DISTINCT dgroup_id FROM dmls_removed WHERE pending = 1")?;
+        let ids: Vec<Vec<u8>> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        drop(st);
+        let mut done = Vec::new();
+        for id in ids {
+            let d = DGroupId::from_slice(&id)?;
+            if self.active_own(&d).is_ok() {
+                self.dmls_commit(&d, now_ms, false)?;
+                done.push(d);
+            }
+        }
+        Ok(done)
+    }
+}

@@ -1,0 +1,144 @@
+//! Our own tables next to openmls's, and the transaction helper.
+//!
+//! openmls_sqlite_storage runs no transactions itself, so every engine operation wraps
+//! openmls's writes and ours in one SAVEPOINT that is rolled back on error.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::EngineError;
+
+/// Our schema, applied idempotently at open.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS dmls_meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+-- One row per DGroup we know (PROTOCOL.md 'DGroup configuration').
+CREATE TABLE IF NOT EXISTS dmls_dgroup (
+    dgroup_id BLOB PRIMARY KEY,
+    config BLOB NOT NULL,
+    name TEXT NOT NULL,
+    we_removed INTEGER NOT NULL DEFAULT 0
+);
+-- One row per Send Group of each DGroup, ours included.
+CREATE TABLE IF NOT EXISTS dmls_send_group (
+    group_id BLOB PRIMARY KEY,
+    dgroup_id BLOB NOT NULL,
+    owner TEXT NOT NULL,
+    is_own INTEGER NOT NULL,
+    joined INTEGER NOT NULL DEFAULT 0,
+    joined_epoch INTEGER,
+    after_seq INTEGER NOT NULL DEFAULT 0,
+    -- set when the owner was removed: epochs beyond this one are not processed
+    stop_epoch INTEGER,
+    -- own group: 'claiming' until members are added, then 'active'
+    own_state TEXT,
+    last_update_ms INTEGER NOT NULL DEFAULT 0,
+    msgs_since_update INTEGER NOT NULL DEFAULT 0,
+    sent_in_epoch INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS dmls_send_group_by_dgroup ON dmls_send_group(dgroup_id);
+-- Removed members per DGroup; pending = still in our own Send Group.
+CREATE TABLE IF NOT EXISTS dmls_removed (
+    dgroup_id BLOB NOT NULL,
+    member TEXT NOT NULL,
+    pending INTEGER NOT NULL,
+    PRIMARY KEY (dgroup_id, member)
+);
+-- Exported PSKs (the secret itself lives in openmls's PSK store) (PROTOCOL.md 'PSK export').
+CREATE TABLE IF NOT EXISTS dmls_psk (
+    psk_id BLOB PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dmls_psk_by_group ON dmls_psk(group_id, epoch);
+-- Latest epoch of each Send Group acknowledged (imported) by each member.
+CREATE TABLE IF NOT EXISTS dmls_ack (
+    acker TEXT NOT NULL,
+    group_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    PRIMARY KEY (acker, group_id)
+);
+-- Received messages that cannot be processed yet (PROTOCOL.md 'Receiving').
+-- wait_kind: 'epoch' (wait_epoch), 'psk' (wait_psk), 'welcome', 'proposal' (wait_epoch).
+CREATE TABLE IF NOT EXISTS dmls_waiting (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    is_commit INTEGER NOT NULL,
+    wait_kind TEXT NOT NULL,
+    wait_epoch INTEGER,
+    wait_psk BLOB,
+    hash BLOB NOT NULL UNIQUE,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dmls_waiting_by_epoch ON dmls_waiting(group_id, wait_kind, wait_epoch);
+CREATE INDEX IF NOT EXISTS dmls_waiting_by_psk ON dmls_waiting(wait_psk);
+-- Hashes of messages already processed or sent, for duplicate detection.
+CREATE TABLE IF NOT EXISTS dmls_seen (
+    hash BLOB PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS dmls_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    dgroup_id BLOB NOT NULL,
+    sender TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    message_id BLOB NOT NULL,
+    content_type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    generation INTEGER
+);
+CREATE INDEX IF NOT EXISTS dmls_history_by_dgroup ON dmls_history(dgroup_id, id);
+-- Durable outbox (effects as JSON), performed in id order by the shell.
+CREATE TABLE IF NOT EXISTS dmls_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    effect TEXT NOT NULL
+);
+";
+
+/// Applies our schema.
+pub(crate) fn migrate(conn: &Connection) -> Result<(), EngineError> {
+    conn.execute_batch(SCHEMA)?;
+    Ok(())
+}
+
+/// Runs `f` inside SAVEPOINT `name`; rolls everything back (openmls's writes included) when
+/// `f` fails. Savepoints nest, so this is also how one waiting message is tried in isolation.
+pub(crate) fn in_savepoint<T>(
+    conn: &Connection,
+    name: &str,
+    f: impl FnOnce() -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+    match f() {
+        Ok(v) => {
+            conn.execute_batch(&format!("RELEASE {name}"))?;
+            Ok(v)
+        }
+        Err(e) => {
+            // If even the rollback fails the connection is unusable; report the first error.
+            let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
+            Err(e)
+        }
+    }
+}
+
+/// Reads a meta value.
+pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
+    Ok(conn
+        .query_row("SELECT value FROM dmls_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// Writes a meta value.
+pub(crate) fn meta_set(conn: &Connection, key: &str, value: &[u8]) -> Result<(), EngineError> {
+    conn.execute(
+        "INSERT INTO dmls_meta(key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Drives the real `dmls` binary as a user would: separate `--home`s, `--json` output, a relay
+//! in this process on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use clap::Parser as _;
+use serde_json::Value;
+
+async fn start_relay(dir: &Path) -> dmls_relay::RunningRelay {
+    let db = format!("sqlite://{}", dir.join("relay.db").display());
+    let config = dmls_relay::Config::parse_from([
+        "dmls-relay",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        &db,
+        "--rate-limit-per-second",
+        "0",
+        "--registrations-per-minute",
+        "0",
+    ]);
+    dmls_relay::start(config).await.expect("relay starts")
+}
+
+fn dmls(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dmls"));
+    c.arg("--home")
+        .arg(home)
+        .arg("--json")
+        .env_remove("DMLS_HOME")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+/// Runs `dmls` off the async runtime (the relay runs on it) and returns its output.
+async fn run(home: &Path, args: &[&str]) -> Output {
+    let mut cmd = dmls(home);
+    cmd.args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Runs `dmls` and parses its single JSON document; panics with stderr on failure.
+async fn ok(home: &Path, args: &[&str]) -> Value {
+    let out = run(home, args).await;
+    assert!(
+        out.status.success(),
+        "dmls {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "dmls {args:?}: not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn texts(log: &Value) -> Vec<String> {
+    log.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+struct Homes {
+    _dir: tempfile::TempDir,
+    a: PathBuf,
+    b: PathBuf,
+    c: PathBuf,
+}
+
+async fn three_identities_in_a_group(url: &str) -> Homes {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    for (home, name) in [(&a, "alice"), (&b, "bob"), (&c, "carol")] {
+        let v = ok(home, &["init", "--relay", url, "--name", name]).await;
+        assert_eq!(v["client_id"], name);
+    }
+    let v = ok(&a, &["group", "create", "friends", "bob", "carol"]).await;
+    assert_eq!(v["name"], "friends");
+    for _ in 0..3 {
+        for home in [&a, &b, &c] {
+            ok(home, &["sync"]).await;
+        }
+    }
+    Homes { _dir: dir, a, b, c }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_users_talk_through_the_dmls_binary() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(relay_dir.path()).await;
+    let h = three_identities_in_a_group(&relay.url()).await;
+
+    let groups = ok(&h.b, &["groups"]).await;
+    assert_eq!(groups[0]["name"], "friends");
+    let id = groups[0]["dgroup"].as_str().unwrap().to_string();
+
+    ok(&h.a, &["send", "friends", "hi from alice"]).await;
+    // Bob names the group by an id prefix and pipes the text in.
+    let mut send = dmls(&h.b);
+    send.args(["send", &id[..8]])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut child = send.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"hi from bob\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&h.c, &["send", "friends", "hi from carol"]).await;
+
+    for home in [&h.a, &h.b, &h.c] {
+        ok(home, &["sync"]).await;
+    }
+    for home in [&h.a, &h.b, &h.c] {
+        let log = ok(home, &["log", "friends"]).await;
+        let got: HashSet<String> = texts(&log).into_iter().collect();
+        let want: HashSet<String> = ["hi from alice", "hi from bob", "hi from carol"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(got, want, "{home:?}");
+    }
+
+    ok(&h.a, &["update", "friends"]).await;
+    let status = ok(&h.a, &["status", "friends"]).await;
+    assert_eq!(status["send_groups"].as_array().unwrap().len(), 3);
+
+    ok(&h.a, &["remove", "friends", "carol"]).await;
+    for _ in 0..2 {
+        for home in [&h.a, &h.b, &h.c] {
+            ok(home, &["sync"]).await;
+        }
+    }
+    let status = ok(&h.b, &["status", "friends"]).await;
+    assert!(
+        status["removed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "carol"),
+        "{status}"
+    );
+    let groups = ok(&h.c, &["groups"]).await;
+    assert_eq!(groups[0]["we_are_removed"], true);
+
+    // Errors tell what to do next, and still print one JSON document.
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(empty.path(), &["groups"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dmls init"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("dmls init"));
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_dmls_sync_restarts_with_every_message_exactly_once() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(relay_dir.path()).await;
+    let h = three_identities_in_a_group(&relay.url()).await;
+
+    for i in 0..30 {
+        ok(&h.a, &["send", "friends", &format!("m{i}")]).await;
+        if i % 10 == 9 {
+            ok(&h.a, &["update", "friends"]).await;
+        }
+    }
+    // Kill Bob's sync at several points in its run.
+    for delay_ms in [30u64, 120, 400] {
+        let mut cmd = dmls(&h.b);
+        cmd.arg("sync").stdout(Stdio::null()).stderr(Stdio::null());
+        tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let _ = child.kill();
+            let _ = child.wait();
+        })
+        .await
+        .unwrap();
+    }
+    ok(&h.b, &["sync"]).await;
+    ok(&h.b, &["sync"]).await;
+    let log = ok(&h.b, &["log", "friends", "--limit", "1000"]).await;
+    let got = texts(&log);
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!(got.len(), 30, "{got:?}");
+    assert_eq!(unique.len(), 30, "{got:?}");
+
+    // `sync --follow --json` prints one JSON object per line as messages come.
+    let mut follow = dmls(&h.c);
+    follow
+        .args(["sync", "--follow", "--wait-ms", "2000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = follow.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let done = v["event"] == "message" && v["text"] == "live";
+            lines.push(v);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ok(&h.a, &["send", "friends", "live"]).await;
+    let lines = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !reader.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        reader.join().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(lines.iter().any(|v| v["text"] == "live"), "{lines:?}");
+    relay.shutdown().await.unwrap();
+}

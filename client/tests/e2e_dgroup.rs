@@ -1,0 +1,368 @@
+//! End-to-end: three identities, each with its own file-backed state, talk through a real relay
+//! in this process (SQLite, 127.0.0.1:0) using the client facade.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use clap::Parser as _;
+use dmls_client::client::Client;
+use dmls_client::engine::{Event, Input};
+
+async fn start_relay(dir: &Path) -> dmls_relay::RunningRelay {
+    let db = format!("sqlite://{}", dir.join("relay.db").display());
+    let config = dmls_relay::Config::parse_from([
+        "dmls-relay",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        &db,
+        "--rate-limit-per-second",
+        "0",
+        "--registrations-per-minute",
+        "0",
+    ]);
+    dmls_relay::start(config).await.expect("relay starts")
+}
+
+/// Everyone syncs, `rounds` times, so that welcomes, joins and commits propagate.
+async fn settle(clients: &mut [&mut Client], rounds: usize) -> Vec<Vec<Event>> {
+    let mut events = vec![Vec::new(); clients.len()];
+    for _ in 0..rounds {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let r = c
+                .sync_once()
+                .await
+                .unwrap_or_else(|e| panic!("{} sync: {e}", c.client_id()));
+            events[i].extend(r.events);
+        }
+    }
+    events
+}
+
+async fn trio(dir: &Path, url: &str) -> (Client, Client, Client) {
+    let mut a = Client::init(&dir.join("alice"), url, "alice")
+        .await
+        .unwrap();
+    let mut b = Client::init(&dir.join("bob"), url, "bob").await.unwrap();
+    let mut c = Client::init(&dir.join("carol"), url, "carol")
+        .await
+        .unwrap();
+    a.create_group("trio", &["bob".to_string(), "carol".to_string()])
+        .await
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c], 3).await;
+    for x in [&a, &b, &c] {
+        let s = x.status("trio").unwrap();
+        for sg in &s.send_groups {
+            assert!(
+                sg.joined,
+                "{} has not joined {}'s Send Group: {s:?}",
+                x.client_id(),
+                sg.owner
+            );
+            assert_eq!(sg.members.len(), 3, "{}: {:?}", x.client_id(), sg);
+        }
+    }
+    (a, b, c)
+}
+
+fn texts(c: &Client, group: &str) -> Vec<(String, String)> {
+    c.log(group, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.sender, String::from_utf8_lossy(&m.body).into_owned()))
+        .collect()
+}
+
+fn epoch_of(c: &Client, group: &str, owner: &str) -> u64 {
+    let s = c.status(group).unwrap();
+    s.send_groups
+        .iter()
+        .find(|g| g.owner == owner)
+        .and_then(|g| g.epoch)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_join_and_read_everything_the_others_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let (mut a, mut b, mut c) = trio(dir.path(), &relay.url()).await;
+
+    a.send_text("trio", "hello from alice").await.unwrap();
+    b.send_text("trio", "hello from bob").await.unwrap();
+    c.send_text("trio", "hello from carol").await.unwrap();
+    settle(&mut [&mut a, &mut b, &mut c], 2).await;
+
+    for x in [&a, &b, &c] {
+        let got: HashSet<(String, String)> = texts(x, "trio").into_iter().collect();
+        for who in ["alice", "bob", "carol"] {
+            assert!(
+                got.contains(&(who.to_string(), format!("hello from {who}"))),
+                "{} misses {who}'s message: {got:?}",
+                x.client_id()
+            );
+        }
+        assert_eq!(texts(x, "trio").len(), 3, "{}", x.client_id());
+    }
+    // The group is found by id prefix too.
+    let id = a.groups().unwrap()[0].id.to_hex();
+    assert_eq!(texts(&b, &id[..6]).len(), 3);
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_is_imported_by_the_next_commits_of_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let (mut a, mut b, mut c) = trio(dir.path(), &relay.url()).await;
+
+    let alice_before = epoch_of(&b, "trio", "alice");
+    let bob_before = epoch_of(&a, "trio", "bob");
+    let carol_before = epoch_of(&a, "trio", "carol");
+
+    a.update("trio").await.unwrap();
+    settle(&mut [&mut b, &mut c], 1).await;
+    // Bob and Carol saw Alice's new epoch and have it to import.
+    assert!(epoch_of(&b, "trio", "alice") > alice_before);
+    assert!(
+        !b.status("trio").unwrap().unimported.is_empty(),
+        "bob has nothing to import"
+    );
+
+    // Their next messages commit first, importing Alice's epoch (a PSK proposal each).
+    b.send_text("trio", "after alice's update (bob)")
+        .await
+        .unwrap();
+    c.send_text("trio", "after alice's update (carol)")
+        .await
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c], 2).await;
+
+    assert!(
+        epoch_of(&a, "trio", "bob") > bob_before,
+        "bob did not commit"
+    );
+    assert!(
+        epoch_of(&a, "trio", "carol") > carol_before,
+        "carol did not commit"
+    );
+    // Everyone agrees on every Send Group's epoch and authenticator.
+    let sa = a.status("trio").unwrap();
+    for x in [&b, &c] {
+        let sx = x.status("trio").unwrap();
+        for (ga, gx) in sa.send_groups.iter().zip(&sx.send_groups) {
+            assert_eq!(ga.owner, gx.owner);
+            assert_eq!(
+                ga.epoch,
+                gx.epoch,
+                "{} vs alice on {}",
+                x.client_id(),
+                ga.owner
+            );
+            assert_eq!(ga.epoch_authenticator, gx.epoch_authenticator);
+        }
+    }
+    // Alice's update is acknowledged: Bob's and Carol's latest commits imported it.
+    for x in [&b, &c] {
+        assert!(
+            x.status("trio").unwrap().unimported.iter().all(|p| {
+                let alice_sg = sa.send_groups.iter().find(|g| g.owner == "alice").unwrap();
+                hex::encode(p.group_id) != alice_sg.group_id
+            }),
+            "{} still has alice's update to import",
+            x.client_id()
+        );
+    }
+    for x in [&a, &b, &c] {
+        assert_eq!(texts(x, "trio").len(), 2, "{}", x.client_id());
+    }
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_reaches_every_send_group_and_locks_the_member_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let (mut a, mut b, mut c) = trio(dir.path(), &relay.url()).await;
+
+    a.remove("trio", "carol").await.unwrap();
+    let events = settle(&mut [&mut a, &mut b, &mut c], 3).await;
+    assert!(
+        events[2]
+            .iter()
+            .any(|e| matches!(e, Event::WeWereRemoved { .. })),
+        "carol was not told: {:?}",
+        events[2]
+    );
+    for x in [&a, &b] {
+        let s = x.status("trio").unwrap();
+        assert!(
+            s.summary.removed.contains(&"carol".to_string()),
+            "{}: {s:?}",
+            x.client_id()
+        );
+        for sg in s.send_groups.iter().filter(|g| g.owner != "carol") {
+            assert!(
+                !sg.members.contains(&"carol".to_string()),
+                "{} still sees carol in {}'s Send Group",
+                x.client_id(),
+                sg.owner
+            );
+        }
+        assert!(
+            s.pending_removals.is_empty(),
+            "{}: {:?}",
+            x.client_id(),
+            s.pending_removals
+        );
+    }
+    assert!(c.groups().unwrap()[0].we_are_removed);
+
+    a.send_text("trio", "carol cannot read this (alice)")
+        .await
+        .unwrap();
+    b.send_text("trio", "carol cannot read this (bob)")
+        .await
+        .unwrap();
+    settle(&mut [&mut a, &mut b, &mut c], 2).await;
+    for x in [&a, &b] {
+        assert_eq!(texts(x, "trio").len(), 2, "{}", x.client_id());
+    }
+    assert!(
+        texts(&c, "trio")
+            .iter()
+            .all(|(_, t)| !t.contains("cannot read")),
+        "carol read a message sent after her removal"
+    );
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropped_mid_sync_restarts_with_every_message_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let (mut a, mut b, c) = trio(dir.path(), &relay.url()).await;
+    drop(c);
+
+    for i in 0..20 {
+        a.send_text("trio", &format!("alice {i}")).await.unwrap();
+    }
+    a.update("trio").await.unwrap();
+    for i in 20..40 {
+        a.send_text("trio", &format!("alice {i}")).await.unwrap();
+    }
+
+    // Carol fetches everything but processes only part of it, then "crashes" before her
+    // outbox runs: her facade is dropped between two inputs.
+    let carol_home = dir.path().join("carol");
+    {
+        let mut c = Client::open(&carol_home).unwrap();
+        let followed = c.engine().followed_groups().unwrap();
+        let req = dmls_api::SyncRequest {
+            groups: followed
+                .into_iter()
+                .map(|g| dmls_api::SyncGroupCursor {
+                    owner: g.owner,
+                    group_id: g.group_id,
+                    after: g.after_seq,
+                })
+                .collect(),
+            welcomes_after: None,
+            limit: Some(5_000),
+            wait_ms: None,
+        };
+        let resp = c.relay().sync(&req).await.unwrap();
+        let mut fed = 0;
+        for g in resp.groups {
+            for m in g.messages.into_iter().take(25) {
+                let input = Input::GroupMessage {
+                    owner: g.owner.clone(),
+                    group_id: g.group_id.clone(),
+                    seq: Some(m.seq),
+                    data: m.data.0,
+                };
+                c.engine_mut().handle(input, 1).unwrap();
+                fed += 1;
+            }
+        }
+        assert!(fed > 0);
+    }
+
+    // Restart: the rest arrives, nothing twice.
+    let mut c = Client::open(&carol_home).unwrap();
+    settle(&mut [&mut a, &mut b, &mut c], 2).await;
+    let got = texts(&c, "trio");
+    let unique: HashSet<&(String, String)> = got.iter().collect();
+    assert_eq!(got.len(), 40, "{got:?}");
+    assert_eq!(unique.len(), 40);
+    let ids: HashSet<String> = c
+        .log("trio", 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message_id.to_hex())
+        .collect();
+    assert_eq!(ids.len(), 40);
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn commands_on_unknown_groups_fail_clearly_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let mut a = Client::init(&dir.path().join("alice"), &relay.url(), "alice")
+        .await
+        .unwrap();
+    let e = a.send_text("nope", "x").await.unwrap_err();
+    assert!(e.to_string().contains("dmls groups"), "{e}");
+    let e = a
+        .create_group("solo", &["alice".to_string()])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("at least one member"), "{e}");
+    assert!(a.groups().unwrap().is_empty());
+    let e = Client::init(&dir.path().join("alice"), &relay.url(), "alice")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already holds"), "{e}");
+    let e = Client::init(&dir.path().join("other"), &relay.url(), "alice")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already registered"), "{e}");
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_while_the_relay_is_down_goes_out_later() {
+    use dmls_client::client::Delivery;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let addr = relay.addr;
+    let (mut a, mut b, mut c) = trio(dir.path(), &relay.url()).await;
+    relay.shutdown().await.unwrap();
+
+    let d = a.send_text("trio", "written offline").await.unwrap();
+    assert!(matches!(d, Delivery::Queued { .. }), "{d:?}");
+    // Reading local state works offline.
+    assert_eq!(texts(&a, "trio").len(), 1);
+
+    let db = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let config = dmls_relay::Config::parse_from([
+        "dmls-relay",
+        "--bind",
+        &addr.to_string(),
+        "--database-url",
+        &db,
+        "--rate-limit-per-second",
+        "0",
+        "--registrations-per-minute",
+        "0",
+    ]);
+    let relay = dmls_relay::start(config).await.unwrap();
+    settle(&mut [&mut a, &mut b, &mut c], 1).await;
+    for x in [&b, &c] {
+        assert_eq!(texts(x, "trio"), vec![("alice".to_string(), "written offline".to_string())]);
+    }
+    relay.shutdown().await.unwrap();
+}

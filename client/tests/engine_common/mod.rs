@@ -1,0 +1,232 @@
+//! A relay-less network for engine tests: members, outbox draining, and a pool of pending
+//! deliveries the test picks from in any order.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::BTreeMap;
+
+use dmls_client::engine::{DGroupId, Effect, Engine, Event, Input};
+
+/// A delivery in flight to one member.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub to: usize,
+    pub input: Input,
+}
+
+/// Members and the network between them.
+pub struct Net {
+    pub names: Vec<String>,
+    pub engines: Vec<Engine>,
+    /// Unclaimed key packages per member.
+    pub stock: Vec<Vec<Vec<u8>>>,
+    /// Relay groups: (owner, group id hex) -> (members, messages).
+    pub groups: BTreeMap<(String, String), (Vec<String>, Vec<Vec<u8>>)>,
+    /// Deliveries not yet made.
+    pub pool: Vec<Delivery>,
+    /// Events seen per member.
+    pub events: Vec<Vec<Event>>,
+    welcome_ids: u64,
+}
+
+impl Net {
+    /// `n` members named m0.., each with `kps` key packages, engines seeded from `seed`.
+    pub fn new(n: usize, kps: usize, seed: u64) -> Net {
+        Self::build(n, kps, seed, None)
+    }
+
+    /// Like [`Net::new`], with each member's state in `dir/<name>.db`.
+    pub fn with_files(n: usize, kps: usize, seed: u64, dir: &std::path::Path) -> Net {
+        Self::build(n, kps, seed, Some(dir))
+    }
+
+    fn build(n: usize, kps: usize, seed: u64, dir: Option<&std::path::Path>) -> Net {
+        let mut names = Vec::new();
+        let mut engines = Vec::new();
+        let mut stock = Vec::new();
+        for i in 0..n {
+            let name = format!("m{i}");
+            let mut s = [0u8; 32];
+            s[..8].copy_from_slice(&seed.to_be_bytes());
+            s[8..16].copy_from_slice(&(i as u64).to_be_bytes());
+            let conn = match dir {
+                Some(d) => rusqlite::Connection::open(d.join(format!("{name}.db"))).unwrap(),
+                None => rusqlite::Connection::open_in_memory().unwrap(),
+            };
+            let mut e = Engine::open_seeded(conn, s).unwrap();
+            e.create_identity(&name).unwrap();
+            stock.push(e.generate_key_packages(kps).unwrap());
+            engines.push(e);
+            names.push(name);
+        }
+        Net {
+            names,
+            engines,
+            stock,
+            groups: BTreeMap::new(),
+            pool: Vec::new(),
+            events: vec![Vec::new(); n],
+            welcome_ids: 0,
+        }
+    }
+
+    pub fn index(&self, name: &str) -> usize {
+        self.names.iter().position(|n| n == name).unwrap()
+    }
+
+    /// Performs every outbox item of member `i` (claims are answered at once).
+    pub fn drain(&mut self, i: usize, now_ms: u64) {
+        loop {
+            let items = self.engines[i].outbox().unwrap();
+            if items.is_empty() {
+                return;
+            }
+            for item in items {
+                match item.effect {
+                    Effect::ClaimKeyPackages { client_ids, .. } => {
+                        let mut kps = Vec::new();
+                        let mut missing = Vec::new();
+                        for c in client_ids {
+                            let j = self.index(&c);
+                            match self.stock[j].pop() {
+                                Some(kp) => kps.push((c, kp)),
+                                None => missing.push(c),
+                            }
+                        }
+                        let ev = self.engines[i]
+                            .handle(
+                                Input::ClaimedKeyPackages {
+                                    outbox_id: item.id,
+                                    key_packages: kps,
+                                    missing,
+                                },
+                                now_ms,
+                            )
+                            .unwrap();
+                        self.events[i].extend(ev);
+                        // The answer queued more items; start over.
+                        break;
+                    }
+                    Effect::PutRelayGroup { group_id, members } => {
+                        let me = self.names[i].clone();
+                        self.groups.entry((me, group_id)).or_default().0 = members;
+                        self.engines[i].outbox_done(item.id).unwrap();
+                    }
+                    Effect::PostWelcomes(ws) => {
+                        for (to, data) in ws {
+                            self.welcome_ids += 1;
+                            let j = self.index(&to);
+                            self.pool.push(Delivery {
+                                to: j,
+                                input: Input::Welcome {
+                                    inbox_id: Some(self.welcome_ids),
+                                    from: self.names[i].clone(),
+                                    data,
+                                },
+                            });
+                        }
+                        self.engines[i].outbox_done(item.id).unwrap();
+                    }
+                    Effect::PostMessage {
+                        owner,
+                        group_id,
+                        data,
+                    } => {
+                        let g = self.groups.entry((owner.clone(), group_id.clone())).or_default();
+                        g.1.push(data.clone());
+                        let seq = g.1.len() as u64;
+                        let mut readers: Vec<String> = g.0.clone();
+                        readers.push(owner.clone());
+                        for r in readers {
+                            if r == self.names[i] {
+                                continue;
+                            }
+                            let j = self.index(&r);
+                            self.pool.push(Delivery {
+                                to: j,
+                                input: Input::GroupMessage {
+                                    owner: owner.clone(),
+                                    group_id: group_id.clone(),
+                                    seq: Some(seq),
+                                    data: data.clone(),
+                                },
+                            });
+                        }
+                        self.engines[i].outbox_done(item.id).unwrap();
+                    }
+                    _ => panic!("unknown effect"),
+                }
+            }
+        }
+    }
+
+    /// Drains every member's outbox.
+    pub fn drain_all(&mut self, now_ms: u64) {
+        for i in 0..self.engines.len() {
+            self.drain(i, now_ms);
+        }
+    }
+
+    /// Delivers pool entry `k` (removing it unless `keep` for a duplicate).
+    pub fn deliver(&mut self, k: usize, keep: bool, now_ms: u64) -> Result<(), String> {
+        // A member polls a Send Group only once it knows the DGroup (a relay keeps the
+        // message until then).
+        if let Input::GroupMessage { owner, group_id, .. } = &self.pool[k].input {
+            let to = self.pool[k].to;
+            let follows = self.engines[to]
+                .followed_groups()
+                .unwrap()
+                .iter()
+                .any(|f| f.owner == *owner && f.group_id == *group_id);
+            if !follows {
+                return Ok(());
+            }
+        }
+        let d = if keep {
+            self.pool[k].clone()
+        } else {
+            self.pool.remove(k)
+        };
+        match self.engines[d.to].handle(d.input.clone(), now_ms) {
+            Ok(ev) => {
+                self.events[d.to].extend(ev);
+                Ok(())
+            }
+            Err(e) => Err(format!("{} rejected {:?}: {e}", self.names[d.to], short(&d.input))),
+        }
+    }
+
+    /// Delivers everything, draining outboxes, until nothing is left.
+    pub fn settle(&mut self, now_ms: u64) {
+        loop {
+            self.drain_all(now_ms);
+            if self.pool.is_empty() {
+                return;
+            }
+            let mut progressed = false;
+            let mut k = 0;
+            while k < self.pool.len() {
+                let len = self.pool.len();
+                self.deliver(k, false, now_ms).unwrap();
+                if self.pool.len() < len {
+                    progressed = true;
+                } else {
+                    k += 1;
+                }
+            }
+            assert!(progressed, "settle: {} deliveries can never be made", self.pool.len());
+        }
+    }
+
+    /// The DGroup id as seen by member `i` (its first DGroup).
+    pub fn dgroup(&self, i: usize) -> DGroupId {
+        self.engines[i].dgroups().unwrap()[0].id
+    }
+}
+
+fn short(i: &Input) -> String {
+    match i {
+        Input::GroupMessage { owner, seq, .. } => format!("message {owner} #{seq:?}"),
+        Input::Welcome { from, .. } => format!("welcome from {from}"),
+        Input::ClaimedKeyPackages { outbox_id, .. } => format!("claim {outbox_id}"),
+    }
+}

@@ -1,0 +1,415 @@
+//! Hostile input: every rejected input leaves the state exactly as it was.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod engine_common;
+
+use dmls_client::engine::{
+    DGroupConfig, DGroupId, DMLS_EXTENSION_TYPE, DGroupStatus, Engine, FollowedGroup, Input,
+    OutboxItem, ReceivedMessage, TEXT_PLAIN, send_group_id,
+};
+use engine_common::Net;
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use tls_codec::{Deserialize as _, Serialize as _};
+
+const CS: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// Everything observable about an engine.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    statuses: Vec<DGroupStatus>,
+    history: Vec<Vec<ReceivedMessage>>,
+    outbox: Vec<OutboxItem>,
+    followed: Vec<FollowedGroup>,
+    welcome_cursor: u64,
+}
+
+fn snapshot(e: &Engine) -> Snapshot {
+    let ds = e.dgroups().unwrap();
+    Snapshot {
+        statuses: ds.iter().map(|d| e.status(&d.id).unwrap()).collect(),
+        history: ds.iter().map(|d| e.history(&d.id, 1000).unwrap()).collect(),
+        outbox: e.outbox().unwrap(),
+        followed: e.followed_groups().unwrap(),
+        welcome_cursor: e.welcome_cursor().unwrap(),
+    }
+}
+
+/// Feeds `input` to member `i`, expects a rejection, and checks nothing changed.
+fn assert_rejected(net: &mut Net, i: usize, input: Input) -> String {
+    let before = snapshot(&net.engines[i]);
+    let err = net.engines[i].handle(input, 99_000).expect_err("hostile input was accepted");
+    assert_eq!(before, snapshot(&net.engines[i]), "state changed after: {err}");
+    err.to_string()
+}
+
+/// A three-member DGroup, fully set up.
+fn setup() -> (Net, DGroupId) {
+    let mut net = Net::new(3, 4, 7);
+    let d = net.engines[0]
+        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
+        .unwrap();
+    net.settle(1000);
+    (net, d)
+}
+
+/// An MLS client outside the engine, claiming any identity it likes.
+struct Attacker {
+    provider: OpenMlsRustCrypto,
+    signer: SignatureKeyPair,
+    cred: CredentialWithKey,
+}
+
+impl Attacker {
+    fn new(identity: &str) -> Self {
+        let provider = OpenMlsRustCrypto::default();
+        let signer = SignatureKeyPair::new(CS.signature_algorithm()).unwrap();
+        signer.store(provider.storage()).unwrap();
+        let cred = CredentialWithKey {
+            credential: BasicCredential::new(identity.as_bytes().to_vec()).into(),
+            signature_key: signer.public().into(),
+        };
+        Attacker {
+            provider,
+            signer,
+            cred,
+        }
+    }
+
+    /// A Welcome into a group with this id and (if any) this raw 0xFF00 extension,
+    /// adding the holder of `key_package`.
+    fn welcome(&self, group_id: &[u8], config: Option<Vec<u8>>, key_package: &[u8]) -> Vec<u8> {
+        let caps = Capabilities::builder()
+            .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
+            .build();
+        let mut b = MlsGroup::builder()
+            .with_group_id(GroupId::from_slice(group_id))
+            .ciphersuite(CS)
+            .with_capabilities(caps)
+            .use_ratchet_tree_extension(true);
+        if let Some(c) = config {
+            b = b.with_group_context_extensions(
+                Extensions::single(Extension::Unknown(DMLS_EXTENSION_TYPE, UnknownExtension(c)))
+                    .unwrap(),
+            );
+        }
+        let mut g = b.build(&self.provider, &self.signer, self.cred.clone()).unwrap();
+        let kp = match MlsMessageIn::tls_deserialize_exact(key_package).unwrap().extract() {
+            MlsMessageBodyIn::KeyPackage(kp) => kp
+                .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                .unwrap(),
+            _ => panic!("not a key package"),
+        };
+        let (_, welcome, _) = g
+            .add_members(&self.provider, &self.signer, &[kp])
+            .unwrap();
+        welcome.tls_serialize_detached().unwrap()
+    }
+}
+
+fn config(d: DGroupId, members: &[&str]) -> DGroupConfig {
+    DGroupConfig {
+        dgroup_id: d,
+        name: "evil".into(),
+        members: members.iter().map(|s| s.to_string()).collect(),
+        cipher_suites: vec![1],
+        psk_length: 32,
+    }
+}
+
+fn welcome_case(net: &mut Net, owner: &str, from: &str, group_id: &[u8], config: Option<Vec<u8>>) -> String {
+    let kp = net.engines[2].generate_key_packages(1).unwrap().remove(0);
+    let w = Attacker::new(owner).welcome(group_id, config, &kp);
+    assert_rejected(
+        net,
+        2,
+        Input::Welcome {
+            inbox_id: Some(1000),
+            from: from.into(),
+            data: w,
+        },
+    )
+}
+
+#[test]
+fn welcome_without_config_extension_is_rejected() {
+    let (mut net, _) = setup();
+    let d = DGroupId([5; 16]);
+    let err = welcome_case(&mut net, "m0", "m0", &send_group_id(&d, "m0"), None);
+    assert!(err.contains("no DGroup config"), "{err}");
+}
+
+#[test]
+fn welcome_with_short_dgroup_id_is_rejected() {
+    let (mut net, _) = setup();
+    let d = DGroupId([5; 16]);
+    let mut c = config(d, &["m0", "m2"]).encode().unwrap();
+    // dgroup_id<V> of 15 bytes instead of 16.
+    c.remove(1);
+    c[0] = 15;
+    let err = welcome_case(&mut net, "m0", "m0", &send_group_id(&d, "m0"), Some(c));
+    assert!(err.contains("16 bytes"), "{err}");
+}
+
+#[test]
+fn welcome_with_psk_length_other_than_32_is_rejected() {
+    let (mut net, _) = setup();
+    let d = DGroupId([5; 16]);
+    let mut c = config(d, &["m0", "m2"]);
+    c.psk_length = 64;
+    let err = welcome_case(&mut net, "m0", "m0", &send_group_id(&d, "m0"), Some(c.encode().unwrap()));
+    assert!(err.contains("psk_length"), "{err}");
+}
+
+#[test]
+fn welcome_not_listing_the_joiner_is_rejected() {
+    let (mut net, _) = setup();
+    let d = DGroupId([5; 16]);
+    let c = config(d, &["m0", "m1"]).encode().unwrap();
+    let err = welcome_case(&mut net, "m0", "m0", &send_group_id(&d, "m0"), Some(c));
+    assert!(err.contains("does not list us"), "{err}");
+}
+
+#[test]
+fn welcome_whose_owner_is_not_listed_is_rejected() {
+    let (mut net, _) = setup();
+    let d = DGroupId([5; 16]);
+    let c = config(d, &["m1", "m2"]).encode().unwrap();
+    let err = welcome_case(&mut net, "m0", "m0", &send_group_id(&d, "m0"), Some(c));
+    assert!(err.contains("not a DGroup member"), "{err}");
+}
+
+#[test]
+fn welcome_with_group_id_not_the_formula_is_rejected() {
+    let (mut net, _) = setup();
+    let d = DGroupId([5; 16]);
+    let c = config(d, &["m0", "m2"]).encode().unwrap();
+    let err = welcome_case(&mut net, "m0", "m0", &send_group_id(&d, "m1"), Some(c));
+    assert!(err.contains("Send Group id"), "{err}");
+}
+
+#[test]
+fn welcome_posted_by_another_than_its_owner_is_rejected() {
+    let (mut net, _) = setup();
+    let d = DGroupId([5; 16]);
+    let c = config(d, &["m0", "m1", "m2"]).encode().unwrap();
+    let err = welcome_case(&mut net, "m0", "m1", &send_group_id(&d, "m0"), Some(c));
+    assert!(err.contains("posted by m1"), "{err}");
+}
+
+#[test]
+fn welcome_with_config_differing_from_the_held_one_is_rejected() {
+    let (mut net, d) = setup();
+    // Same dgroup_id, listed owner, right group id, but another name and member list.
+    let c = config(d, &["m0", "m1", "m2", "m3"]).encode().unwrap();
+    let mut held = net.engines[2].status(&d).unwrap();
+    held.send_groups.clear();
+    let err = welcome_case(&mut net, "m3", "m3", &send_group_id(&d, "m3"), Some(c));
+    assert!(err.contains("differs from the one we hold"), "{err}");
+}
+
+#[test]
+fn tampered_ciphertext_is_rejected() {
+    let (mut net, d) = setup();
+    net.engines[0].send(&d, TEXT_PLAIN, b"secret", 2000).unwrap();
+    net.drain_all(2000);
+    // Take m0's posts to m2 (the policy commit and the message), tamper the last one.
+    let mut mine: Vec<Input> = Vec::new();
+    net.pool.retain(|p| {
+        if p.to == 2 {
+            mine.push(p.input.clone());
+            false
+        } else {
+            true
+        }
+    });
+    let last = mine.pop().unwrap();
+    for m in mine {
+        net.engines[2].handle(m, 2000).unwrap();
+    }
+    let Input::GroupMessage { owner, group_id, seq, mut data } = last.clone() else {
+        panic!("not a group message");
+    };
+    let n = data.len();
+    data[n - 3] ^= 0x40;
+    let err = assert_rejected(
+        &mut net,
+        2,
+        Input::GroupMessage {
+            owner,
+            group_id,
+            seq,
+            data,
+        },
+    );
+    assert!(err.contains("cannot process"), "{err}");
+    // The genuine message still decrypts afterwards.
+    let ev = net.engines[2].handle(last, 2000).unwrap();
+    assert_eq!(ev.len(), 1);
+}
+
+#[test]
+fn garbage_and_messages_of_unknown_groups_are_rejected() {
+    let (mut net, d) = setup();
+    let gid = hex::encode(send_group_id(&d, "m0"));
+    assert_rejected(
+        &mut net,
+        2,
+        Input::GroupMessage {
+            owner: "m0".into(),
+            group_id: gid.clone(),
+            seq: Some(50),
+            data: vec![0, 1, 2, 3],
+        },
+    );
+    assert_rejected(
+        &mut net,
+        2,
+        Input::GroupMessage {
+            owner: "m1".into(),
+            group_id: gid,
+            seq: Some(50),
+            data: vec![0, 1, 2, 3],
+        },
+    );
+    assert_rejected(
+        &mut net,
+        2,
+        Input::Welcome {
+            inbox_id: Some(77),
+            from: "m0".into(),
+            data: vec![0, 1, 2, 3],
+        },
+    );
+}
+
+/// Direct access to a member's MLS state in its database file, to forge messages it
+/// would never send through the engine.
+mod forge {
+    use openmls::prelude::*;
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::RustCrypto;
+    use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+    use openmls_traits::OpenMlsProvider;
+
+    #[derive(Default)]
+    pub struct Json;
+    impl Codec for Json {
+        type Error = serde_json::Error;
+        fn to_vec<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Self::Error> {
+            serde_json::to_vec(v)
+        }
+        fn from_slice<T: serde::de::DeserializeOwned>(s: &[u8]) -> Result<T, Self::Error> {
+            serde_json::from_slice(s)
+        }
+    }
+
+    pub struct P<'a> {
+        pub crypto: RustCrypto,
+        pub storage: SqliteStorageProvider<Json, &'a rusqlite::Connection>,
+    }
+    impl<'a> OpenMlsProvider for P<'a> {
+        type CryptoProvider = RustCrypto;
+        type RandProvider = RustCrypto;
+        type StorageProvider = SqliteStorageProvider<Json, &'a rusqlite::Connection>;
+        fn storage(&self) -> &Self::StorageProvider {
+            &self.storage
+        }
+        fn crypto(&self) -> &Self::CryptoProvider {
+            &self.crypto
+        }
+        fn rand(&self) -> &Self::RandProvider {
+            &self.crypto
+        }
+    }
+
+    pub fn signer(conn: &rusqlite::Connection, p: &P<'_>) -> SignatureKeyPair {
+        let public: Vec<u8> = conn
+            .query_row("SELECT value FROM dmls_meta WHERE key = 'signature_public'", [], |r| r.get(0))
+            .unwrap();
+        SignatureKeyPair::read(p.storage(), &public, SignatureScheme::ED25519).unwrap()
+    }
+}
+
+fn forge_in(dir: &std::path::Path, who: &str, gid: [u8; 32], make: impl FnOnce(&mut MlsGroup, &forge::P<'_>, &SignatureKeyPair) -> MlsMessageOut) -> Vec<u8> {
+    let conn = rusqlite::Connection::open(dir.join(format!("{who}.db"))).unwrap();
+    let p = forge::P {
+        crypto: openmls_rust_crypto::RustCrypto::default(),
+        storage: openmls_sqlite_storage::SqliteStorageProvider::new(&conn),
+    };
+    let signer = forge::signer(&conn, &p);
+    let mut g = MlsGroup::load(p.storage(), &GroupId::from_slice(&gid)).unwrap().unwrap();
+    make(&mut g, &p, &signer).tls_serialize_detached().unwrap()
+}
+
+fn file_setup(dir: &std::path::Path) -> (Net, DGroupId) {
+    let mut net = Net::with_files(3, 4, 9, dir);
+    let d = net.engines[0]
+        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
+        .unwrap();
+    net.settle(1000);
+    (net, d)
+}
+
+#[test]
+fn application_message_from_a_non_owner_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut net, d) = file_setup(dir.path());
+    let gid = send_group_id(&d, "m0");
+    let env = dmls_client::engine::DmlsEnvelope {
+        sent_at_ms: 5,
+        message_id: dmls_client::engine::MessageId([1; 16]),
+        content_type: TEXT_PLAIN.into(),
+        body: b"i am not m0".to_vec(),
+    }
+    .encode()
+    .unwrap();
+    let data = forge_in(dir.path(), "m1", gid, |g, p, s| g.create_message(p, s, &env).unwrap());
+    let err = assert_rejected(
+        &mut net,
+        2,
+        Input::GroupMessage { owner: "m0".into(), group_id: hex::encode(gid), seq: Some(9), data },
+    );
+    assert!(err.contains("non-owner"), "{err}");
+}
+
+#[test]
+fn commit_from_a_non_owner_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut net, d) = file_setup(dir.path());
+    let gid = send_group_id(&d, "m0");
+    let data = forge_in(dir.path(), "m1", gid, |g, p, s| {
+        g.commit_builder()
+            .force_self_update(true)
+            .load_psks(p.storage())
+            .unwrap()
+            .build(p.rand(), p.crypto(), s, |_| true)
+            .unwrap()
+            .stage_commit(p)
+            .unwrap()
+            .into_commit()
+    });
+    let err = assert_rejected(
+        &mut net,
+        2,
+        Input::GroupMessage { owner: "m0".into(), group_id: hex::encode(gid), seq: Some(9), data },
+    );
+    assert!(err.contains("non-owner"), "{err}");
+}
+
+#[test]
+fn remove_proposal_from_a_non_owner_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut net, d) = file_setup(dir.path());
+    let gid = send_group_id(&d, "m0");
+    let data = forge_in(dir.path(), "m1", gid, |g, p, s| {
+        g.propose_remove_member(p, s, LeafNodeIndex::new(2)).unwrap().0
+    });
+    let err = assert_rejected(
+        &mut net,
+        2,
+        Input::GroupMessage { owner: "m0".into(), group_id: hex::encode(gid), seq: Some(9), data },
+    );
+    assert!(err.contains("Update proposal"), "{err}");
+}
