@@ -234,7 +234,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             let delivery = client.send_text(&group, &text).await.with_context(|| {
                 format!("cannot send to {group:?} (try `dmls sync` and `dmls status {group}`)")
             })?;
-            report_delivery(json, &delivery, json!({"group": group, "bytes": text.len()}), "Sent.");
+            report_delivery(
+                json,
+                &delivery,
+                json!({"group": group, "bytes": text.len()}),
+                "Sent.",
+            );
         }
         Command::Log { group, limit } => {
             let mut client = open(&home)?;

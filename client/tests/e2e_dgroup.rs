@@ -362,7 +362,10 @@ async fn a_message_sent_while_the_relay_is_down_goes_out_later() {
     let relay = dmls_relay::start(config).await.unwrap();
     settle(&mut [&mut a, &mut b, &mut c], 1).await;
     for x in [&b, &c] {
-        assert_eq!(texts(x, "trio"), vec![("alice".to_string(), "written offline".to_string())]);
+        assert_eq!(
+            texts(x, "trio"),
+            vec![("alice".to_string(), "written offline".to_string())]
+        );
     }
     relay.shutdown().await.unwrap();
 }

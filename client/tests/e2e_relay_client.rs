@@ -196,6 +196,10 @@ async fn rate_limited_calls_are_retried_after_retry_after() {
     for _ in 0..6 {
         alice.me().await.unwrap();
     }
-    assert!(t.elapsed() >= Duration::from_millis(900), "no call was limited: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "no call was limited: {:?}",
+        t.elapsed()
+    );
     relay.shutdown().await.unwrap();
 }

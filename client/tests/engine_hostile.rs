@@ -4,7 +4,7 @@
 mod engine_common;
 
 use dmls_client::engine::{
-    DGroupConfig, DGroupId, DMLS_EXTENSION_TYPE, DGroupStatus, Engine, FollowedGroup, Input,
+    DGroupConfig, DGroupId, DGroupStatus, DMLS_EXTENSION_TYPE, Engine, FollowedGroup, Input,
     OutboxItem, ReceivedMessage, TEXT_PLAIN, send_group_id,
 };
 use engine_common::Net;
@@ -39,8 +39,14 @@ fn snapshot(e: &Engine) -> Snapshot {
 /// Feeds `input` to member `i`, expects a rejection, and checks nothing changed.
 fn assert_rejected(net: &mut Net, i: usize, input: Input) -> String {
     let before = snapshot(&net.engines[i]);
-    let err = net.engines[i].handle(input, 99_000).expect_err("hostile input was accepted");
-    assert_eq!(before, snapshot(&net.engines[i]), "state changed after: {err}");
+    let err = net.engines[i]
+        .handle(input, 99_000)
+        .expect_err("hostile input was accepted");
+    assert_eq!(
+        before,
+        snapshot(&net.engines[i]),
+        "state changed after: {err}"
+    );
     err.to_string()
 }
 
@@ -77,9 +83,8 @@ impl Attacker {
         }
     }
 
-    /// A Welcome into a group with this id and (if any) this raw 0xFF00 extension,
-    /// adding the holder of `key_package`.
-    fn welcome(&self, group_id: &[u8], config: Option<Vec<u8>>, key_package: &[u8]) -> Vec<u8> {
+    /// A group with this id and (if any) this raw 0xFF00 extension.
+    fn group(&self, group_id: &[u8], config: Option<Vec<u8>>) -> MlsGroup {
         let caps = Capabilities::builder()
             .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
             .build();
@@ -94,16 +99,30 @@ impl Attacker {
                     .unwrap(),
             );
         }
-        let mut g = b.build(&self.provider, &self.signer, self.cred.clone()).unwrap();
-        let kp = match MlsMessageIn::tls_deserialize_exact(key_package).unwrap().extract() {
+        b.build(&self.provider, &self.signer, self.cred.clone())
+            .unwrap()
+    }
+
+    /// A Welcome into a new group with this id and (if any) this raw 0xFF00 extension,
+    /// adding the holder of `key_package`.
+    fn welcome(&self, group_id: &[u8], config: Option<Vec<u8>>, key_package: &[u8]) -> Vec<u8> {
+        let mut g = self.group(group_id, config);
+        self.add(&mut g, key_package)
+    }
+
+    /// Adds the holder of `key_package` to `g`; returns the Welcome.
+    fn add(&self, g: &mut MlsGroup, key_package: &[u8]) -> Vec<u8> {
+        let kp = match MlsMessageIn::tls_deserialize_exact(key_package)
+            .unwrap()
+            .extract()
+        {
             MlsMessageBodyIn::KeyPackage(kp) => kp
                 .validate(self.provider.crypto(), ProtocolVersion::Mls10)
                 .unwrap(),
             _ => panic!("not a key package"),
         };
-        let (_, welcome, _) = g
-            .add_members(&self.provider, &self.signer, &[kp])
-            .unwrap();
+        let (_, welcome, _) = g.add_members(&self.provider, &self.signer, &[kp]).unwrap();
+        g.merge_pending_commit(&self.provider).unwrap();
         welcome.tls_serialize_detached().unwrap()
     }
 }
@@ -118,7 +137,13 @@ fn config(d: DGroupId, members: &[&str]) -> DGroupConfig {
     }
 }
 
-fn welcome_case(net: &mut Net, owner: &str, from: &str, group_id: &[u8], config: Option<Vec<u8>>) -> String {
+fn welcome_case(
+    net: &mut Net,
+    owner: &str,
+    from: &str,
+    group_id: &[u8],
+    config: Option<Vec<u8>>,
+) -> String {
     let kp = net.engines[2].generate_key_packages(1).unwrap().remove(0);
     let w = Attacker::new(owner).welcome(group_id, config, &kp);
     assert_rejected(
@@ -158,7 +183,13 @@ fn welcome_with_psk_length_other_than_32_is_rejected() {
     let d = DGroupId([5; 16]);
     let mut c = config(d, &["m0", "m2"]);
     c.psk_length = 64;
-    let err = welcome_case(&mut net, "m0", "m0", &send_group_id(&d, "m0"), Some(c.encode().unwrap()));
+    let err = welcome_case(
+        &mut net,
+        "m0",
+        "m0",
+        &send_group_id(&d, "m0"),
+        Some(c.encode().unwrap()),
+    );
     assert!(err.contains("psk_length"), "{err}");
 }
 
@@ -203,8 +234,6 @@ fn welcome_with_config_differing_from_the_held_one_is_rejected() {
     let (mut net, d) = setup();
     // Same dgroup_id, listed owner, right group id, but another name and member list.
     let c = config(d, &["m0", "m1", "m2", "m3"]).encode().unwrap();
-    let mut held = net.engines[2].status(&d).unwrap();
-    held.send_groups.clear();
     let err = welcome_case(&mut net, "m3", "m3", &send_group_id(&d, "m3"), Some(c));
     assert!(err.contains("differs from the one we hold"), "{err}");
 }
@@ -212,7 +241,9 @@ fn welcome_with_config_differing_from_the_held_one_is_rejected() {
 #[test]
 fn tampered_ciphertext_is_rejected() {
     let (mut net, d) = setup();
-    net.engines[0].send(&d, TEXT_PLAIN, b"secret", 2000).unwrap();
+    net.engines[0]
+        .send(&d, TEXT_PLAIN, b"secret", 2000)
+        .unwrap();
     net.drain_all(2000);
     // Take m0's posts to m2 (the policy commit and the message), tamper the last one.
     let mut mine: Vec<Input> = Vec::new();
@@ -228,7 +259,13 @@ fn tampered_ciphertext_is_rejected() {
     for m in mine {
         net.engines[2].handle(m, 2000).unwrap();
     }
-    let Input::GroupMessage { owner, group_id, seq, mut data } = last.clone() else {
+    let Input::GroupMessage {
+        owner,
+        group_id,
+        seq,
+        mut data,
+    } = last.clone()
+    else {
         panic!("not a group message");
     };
     let n = data.len();
@@ -326,20 +363,31 @@ mod forge {
 
     pub fn signer(conn: &rusqlite::Connection, p: &P<'_>) -> SignatureKeyPair {
         let public: Vec<u8> = conn
-            .query_row("SELECT value FROM dmls_meta WHERE key = 'signature_public'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM dmls_meta WHERE key = 'signature_public'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         SignatureKeyPair::read(p.storage(), &public, SignatureScheme::ED25519).unwrap()
     }
 }
 
-fn forge_in(dir: &std::path::Path, who: &str, gid: [u8; 32], make: impl FnOnce(&mut MlsGroup, &forge::P<'_>, &SignatureKeyPair) -> MlsMessageOut) -> Vec<u8> {
+fn forge_in(
+    dir: &std::path::Path,
+    who: &str,
+    gid: [u8; 32],
+    make: impl FnOnce(&mut MlsGroup, &forge::P<'_>, &SignatureKeyPair) -> MlsMessageOut,
+) -> Vec<u8> {
     let conn = rusqlite::Connection::open(dir.join(format!("{who}.db"))).unwrap();
     let p = forge::P {
         crypto: openmls_rust_crypto::RustCrypto::default(),
         storage: openmls_sqlite_storage::SqliteStorageProvider::new(&conn),
     };
     let signer = forge::signer(&conn, &p);
-    let mut g = MlsGroup::load(p.storage(), &GroupId::from_slice(&gid)).unwrap().unwrap();
+    let mut g = MlsGroup::load(p.storage(), &GroupId::from_slice(&gid))
+        .unwrap()
+        .unwrap();
     make(&mut g, &p, &signer).tls_serialize_detached().unwrap()
 }
 
@@ -365,11 +413,18 @@ fn application_message_from_a_non_owner_is_rejected() {
     }
     .encode()
     .unwrap();
-    let data = forge_in(dir.path(), "m1", gid, |g, p, s| g.create_message(p, s, &env).unwrap());
+    let data = forge_in(dir.path(), "m1", gid, |g, p, s| {
+        g.create_message(p, s, &env).unwrap()
+    });
     let err = assert_rejected(
         &mut net,
         2,
-        Input::GroupMessage { owner: "m0".into(), group_id: hex::encode(gid), seq: Some(9), data },
+        Input::GroupMessage {
+            owner: "m0".into(),
+            group_id: hex::encode(gid),
+            seq: Some(9),
+            data,
+        },
     );
     assert!(err.contains("non-owner"), "{err}");
 }
@@ -393,7 +448,12 @@ fn commit_from_a_non_owner_is_rejected() {
     let err = assert_rejected(
         &mut net,
         2,
-        Input::GroupMessage { owner: "m0".into(), group_id: hex::encode(gid), seq: Some(9), data },
+        Input::GroupMessage {
+            owner: "m0".into(),
+            group_id: hex::encode(gid),
+            seq: Some(9),
+            data,
+        },
     );
     assert!(err.contains("non-owner"), "{err}");
 }
@@ -404,12 +464,99 @@ fn remove_proposal_from_a_non_owner_is_rejected() {
     let (mut net, d) = file_setup(dir.path());
     let gid = send_group_id(&d, "m0");
     let data = forge_in(dir.path(), "m1", gid, |g, p, s| {
-        g.propose_remove_member(p, s, LeafNodeIndex::new(2)).unwrap().0
+        g.propose_remove_member(p, s, LeafNodeIndex::new(2))
+            .unwrap()
+            .0
     });
     let err = assert_rejected(
         &mut net,
         2,
-        Input::GroupMessage { owner: "m0".into(), group_id: hex::encode(gid), seq: Some(9), data },
+        Input::GroupMessage {
+            owner: "m0".into(),
+            group_id: hex::encode(gid),
+            seq: Some(9),
+            data,
+        },
     );
     assert!(err.contains("Update proposal"), "{err}");
+}
+
+#[test]
+fn commit_whose_aad_differs_from_its_psk_proposals_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut net, d) = file_setup(dir.path());
+    let gid = send_group_id(&d, "m0");
+    // The owner names m1's epoch 1 (which m2 holds) in the AAD but imports nothing.
+    let named = dmls_client::engine::PskId {
+        epoch: 1,
+        group_id: send_group_id(&d, "m1"),
+    };
+    let data = forge_in(dir.path(), "m0", gid, |g, p, s| {
+        g.set_aad(named.to_bytes().to_vec());
+        g.commit_builder()
+            .force_self_update(true)
+            .load_psks(p.storage())
+            .unwrap()
+            .build(p.rand(), p.crypto(), s, |_| true)
+            .unwrap()
+            .stage_commit(p)
+            .unwrap()
+            .into_commit()
+    });
+    let err = assert_rejected(
+        &mut net,
+        2,
+        Input::GroupMessage {
+            owner: "m0".into(),
+            group_id: hex::encode(gid),
+            seq: Some(9),
+            data,
+        },
+    );
+    assert!(err.contains("differs from its PSK proposals"), "{err}");
+}
+
+#[test]
+fn welcome_sent_by_a_non_owner_leaf_is_rejected() {
+    let (mut net, _) = setup();
+    let d = DGroupId([5; 16]);
+    let c = config(d, &["m0", "m1", "m2"]).encode().unwrap();
+    let owner = Attacker::new("m0");
+    let insider = Attacker::new("m1");
+    // The owner adds the insider (leaf 1), who then adds m2 itself.
+    let caps = Capabilities::builder()
+        .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
+        .build();
+    let kp = KeyPackage::builder()
+        .leaf_node_capabilities(caps)
+        .build(CS, &insider.provider, &insider.signer, insider.cred.clone())
+        .unwrap();
+    let kp = MlsMessageOut::from(kp.key_package().clone())
+        .tls_serialize_detached()
+        .unwrap();
+    let mut g = owner.group(&send_group_id(&d, "m0"), Some(c));
+    let w = owner.add(&mut g, &kp);
+    let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(&w).unwrap().extract()
+    else {
+        panic!("not a welcome");
+    };
+    let jc = MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .build();
+    let mut ig = StagedWelcome::new_from_welcome(&insider.provider, &jc, w, None)
+        .unwrap()
+        .into_group(&insider.provider)
+        .unwrap();
+    let victim_kp = net.engines[2].generate_key_packages(1).unwrap().remove(0);
+    let w = insider.add(&mut ig, &victim_kp);
+    let err = assert_rejected(
+        &mut net,
+        2,
+        Input::Welcome {
+            inbox_id: Some(1000),
+            from: "m1".into(),
+            data: w,
+        },
+    );
+    assert!(err.contains("leaf 0"), "{err}");
 }

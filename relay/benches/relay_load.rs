@@ -124,9 +124,16 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(0)
     );
 
-    bench.append_phase(&args).await?;
-    bench.sync_phase(&args).await?;
-    bench.wake_phase(&args).await?;
+    // A count of 0 skips its phase.
+    if args.appends > 0 {
+        bench.append_phase(&args).await?;
+    }
+    if args.syncs > 0 {
+        bench.sync_phase(&args).await?;
+    }
+    if args.wakeups > 0 {
+        bench.wake_phase(&args).await?;
+    }
 
     if let Some(relay) = spawned {
         relay.shutdown().await?;

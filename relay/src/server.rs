@@ -71,21 +71,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningRelay> {
     let store = store::open(&config, notifier.clone())
         .await
         .context("cannot open the database")?;
-    let listener = match TcpListener::bind(config.bind).await {
-        Ok(listener) => listener,
+    let (listener, addr) = match bind(config.bind).await {
+        Ok(bound) => bound,
         Err(e) => {
             store.close().await;
-            return Err(e).with_context(|| {
-                format!(
-                    "cannot listen on {} (is another process using it?)",
-                    config.bind
-                )
-            });
+            return Err(e);
         }
     };
-    let addr = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let prune_interval = Duration::from_secs(config.prune_interval_secs);
@@ -137,6 +129,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningRelay> {
         background,
         store,
     })
+}
+
+/// The listener and its real address (the port the OS chose for port 0).
+async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (is another process using it?)"))?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("cannot read the address bound for {addr}"))?;
+    Ok((listener, bound))
 }
 
 /// Waits until the shutdown signal is set (or its sender is gone).

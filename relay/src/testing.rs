@@ -31,6 +31,7 @@ pub async fn postgres_test_url() -> Option<String> {
             crate::config::redact_url(&base)
         ),
     };
+    drop_stale_test_databases(&mut conn).await;
     // `name` is made of ASCII letters, digits and '_' only.
     if let Err(e) = conn
         .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -40,6 +41,30 @@ pub async fn postgres_test_url() -> Option<String> {
     }
     let _ = conn.close().await;
     Some(with_database(&base, &name))
+}
+
+/// Test databases older than an hour are left-overs of earlier runs: drops a few of them per
+/// call (best effort: reading their age needs a superuser or `pg_read_server_files`; each
+/// DROP DATABASE costs a checkpoint, hence only a few).
+async fn drop_stale_test_databases(conn: &mut PgConnection) {
+    let stale: Vec<(String,)> = sqlx::query_as(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'dmls\\_test\\_%' \
+         AND (pg_stat_file('base/' || oid || '/PG_VERSION')).modification \
+             < now() - interval '1 hour' \
+         LIMIT 10",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_default();
+    for (name,) in stale {
+        if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            let _ = conn
+                .execute(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await;
+        }
+    }
 }
 
 /// `url` with its database name replaced by `name` (query parameters kept).

@@ -950,6 +950,43 @@ async fn postgres_events_reach_another_relay_process_within_100_ms() {
     other.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_listener_reconnects_after_its_connection_drops() {
+    let Some(url) = testing::postgres_test_url().await else {
+        testing::skip_notice("postgres_listener_reconnects_after_its_connection_drops");
+        return;
+    };
+    let (one, _) = open(&url).await;
+    let (other, other_notifier) = open(&url).await;
+    group_of_four(&*one).await;
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let killed: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(killed.len(), 2, "one LISTEN connection per store");
+    let mut events = other_notifier.subscribe();
+    // Events sent while the listener is reconnecting are lost; keep posting until one arrives.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no event after the LISTEN connection dropped"
+        );
+        one.append(append_req("alice", "bob", b"m")).await.unwrap();
+        if let Ok(event) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+            assert!(matches!(event.unwrap(), StoreEvent::Group { .. }));
+            break;
+        }
+    }
+    admin.close().await;
+    one.close().await;
+    other.close().await;
+}
+
 /// Throughput of 1 KiB appends from 256 concurrent clients (group commit). A measurement, not
 /// a check: `cargo test -p dmls-relay --test store_contract append_throughput -- --ignored --nocapture`.
 async fn append_throughput(db: Db) {

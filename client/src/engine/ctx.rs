@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
 use super::ids::{DGroupId, PskId};
 use super::provider::{DmlsRand, Provider};
-use super::state::{meta_get};
+use super::state::meta_get;
 use super::{Counters, Effect, EngineError, UpdatePolicy};
 
 /// The ciphersuite of our own Send Groups (PROTOCOL.md "Ciphersuite and wire format").
@@ -147,7 +147,8 @@ impl<'a> Ctx<'a> {
     /// Our client id.
     pub(crate) fn me(&self) -> Result<String, EngineError> {
         let v = meta_get(self.conn, "client_id")?.ok_or(EngineError::NoIdentity)?;
-        String::from_utf8(v).map_err(|_| EngineError::Internal("stored client id is not UTF-8".into()))
+        String::from_utf8(v)
+            .map_err(|_| EngineError::Internal("stored client id is not UTF-8".into()))
     }
 
     /// Our signature key pair.
@@ -162,7 +163,10 @@ impl<'a> Ctx<'a> {
     }
 
     /// Our credential with key.
-    pub(crate) fn credential(&self, signer: &SignatureKeyPair) -> Result<CredentialWithKey, EngineError> {
+    pub(crate) fn credential(
+        &self,
+        signer: &SignatureKeyPair,
+    ) -> Result<CredentialWithKey, EngineError> {
         Ok(CredentialWithKey {
             credential: BasicCredential::new(self.me()?.into_bytes()).into(),
             signature_key: signer.public().into(),
@@ -208,7 +212,10 @@ impl<'a> Ctx<'a> {
     }
 
     /// The config we hold for a DGroup.
-    pub(crate) fn config(&self, d: &DGroupId) -> Result<Option<(DGroupConfig, Vec<u8>, bool)>, EngineError> {
+    pub(crate) fn config(
+        &self,
+        d: &DGroupId,
+    ) -> Result<Option<(DGroupConfig, Vec<u8>, bool)>, EngineError> {
         let row: Option<(Vec<u8>, bool)> = self
             .conn
             .query_row(
@@ -225,9 +232,9 @@ impl<'a> Ctx<'a> {
 
     /// Members known to be removed from a DGroup, with whether they are still in our Send Group.
     pub(crate) fn removed(&self, d: &DGroupId) -> Result<Vec<(String, bool)>, EngineError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT member, pending FROM dmls_removed WHERE dgroup_id = ?1 ORDER BY member")?;
+        let mut st = self.conn.prepare_cached(
+            "SELECT member, pending FROM dmls_removed WHERE dgroup_id = ?1 ORDER BY member",
+        )?;
         let rows = st
             .query_map([d.0.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -247,7 +254,11 @@ impl<'a> Ctx<'a> {
     pub(crate) fn seen(&self, hash: &[u8; 32]) -> Result<bool, EngineError> {
         Ok(self
             .conn
-            .query_row("SELECT 1 FROM dmls_seen WHERE hash = ?1", [hash.as_slice()], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM dmls_seen WHERE hash = ?1",
+                [hash.as_slice()],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some())
     }
@@ -263,7 +274,11 @@ impl<'a> Ctx<'a> {
 
     /// Exports and stores the PSK of the group's current epoch (PROTOCOL.md "PSK export"):
     /// into our table and into openmls's PSK store as an external PSK.
-    pub(crate) fn export_psk(&mut self, group: &MlsGroup, gid: &[u8; 32]) -> Result<PskId, EngineError> {
+    pub(crate) fn export_psk(
+        &mut self,
+        group: &MlsGroup,
+        gid: &[u8; 32],
+    ) -> Result<PskId, EngineError> {
         let psk_id = PskId {
             epoch: group.epoch().as_u64(),
             group_id: *gid,
@@ -282,7 +297,11 @@ impl<'a> Ctx<'a> {
             .map_err(|e| EngineError::mls("storing PSK", e))?;
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO dmls_psk(psk_id, group_id, epoch) VALUES (?1, ?2, ?3)",
-            params![psk_id.to_bytes().as_slice(), psk_id.group_id.as_slice(), psk_id.epoch as i64],
+            params![
+                psk_id.to_bytes().as_slice(),
+                psk_id.group_id.as_slice(),
+                psk_id.epoch as i64
+            ],
         )?;
         if n > 0 {
             self.triggers.push(Trigger::Psk(psk_id));

@@ -121,7 +121,7 @@ impl PskId {
 
     /// Parses a commit's dependency hint: psk_ids concatenated (PROTOCOL.md "Dependency hint").
     pub fn list_from_aad(aad: &[u8]) -> Result<Vec<PskId>, EngineError> {
-        if aad.len() % Self::LEN != 0 {
+        if !aad.len().is_multiple_of(Self::LEN) {
             return Err(EngineError::Rejected(format!(
                 "commit authenticated_data of {} bytes is not a list of {}-byte psk_ids",
                 aad.len(),

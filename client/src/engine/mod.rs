@@ -11,12 +11,13 @@
 
 mod codec;
 mod config;
+mod ctx;
 mod envelope;
 mod error;
-mod ids;
-mod ctx;
 mod identity;
+mod ids;
 mod provider;
+mod prune;
 mod queries;
 mod receive;
 mod send_group;

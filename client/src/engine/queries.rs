@@ -1,6 +1,5 @@
 //! Read-only views of the state: outbox, DGroups, status, history, followed groups.
 
-use openmls::prelude::*;
 use rusqlite::params;
 
 use super::ctx::{Ctx, credential_identity};
@@ -12,7 +11,9 @@ use super::{
 
 impl Ctx<'_> {
     pub(crate) fn outbox(&self) -> Result<Vec<OutboxItem>, EngineError> {
-        let mut st = self.conn.prepare_cached("SELECT id, effect FROM dmls_outbox ORDER BY id")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, effect FROM dmls_outbox ORDER BY id")?;
         let rows: Vec<(i64, String)> = st
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
@@ -30,7 +31,8 @@ impl Ctx<'_> {
     }
 
     pub(crate) fn outbox_done(&self, id: u64) -> Result<(), EngineError> {
-        self.conn.execute("DELETE FROM dmls_outbox WHERE id = ?1", [id as i64])?;
+        self.conn
+            .execute("DELETE FROM dmls_outbox WHERE id = ?1", [id as i64])?;
         Ok(())
     }
 
@@ -48,7 +50,9 @@ impl Ctx<'_> {
     }
 
     pub(crate) fn dgroups(&self) -> Result<Vec<DGroupSummary>, EngineError> {
-        let mut st = self.conn.prepare_cached("SELECT dgroup_id FROM dmls_dgroup ORDER BY rowid")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT dgroup_id FROM dmls_dgroup ORDER BY rowid")?;
         let ids: Vec<Vec<u8>> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
         ids.iter()
             .map(|id| self.summary(&DGroupId::from_slice(id)?))
@@ -147,7 +151,11 @@ impl Ctx<'_> {
         })
     }
 
-    pub(crate) fn history(&self, d: &DGroupId, limit: usize) -> Result<Vec<ReceivedMessage>, EngineError> {
+    pub(crate) fn history(
+        &self,
+        d: &DGroupId,
+        limit: usize,
+    ) -> Result<Vec<ReceivedMessage>, EngineError> {
         self.summary(d)?;
         let mut st = self.conn.prepare_cached(
             "SELECT sender, sent_at_ms, message_id, content_type, body, epoch, generation FROM dmls_history
@@ -203,9 +211,15 @@ impl Ctx<'_> {
         Ok(rows)
     }
 
-    pub(crate) fn set_group_cursor(&self, owner: &str, group_id: &str, seq: u64) -> Result<(), EngineError> {
-        let gid = hex::decode(group_id)
-            .map_err(|_| EngineError::InvalidArgument(format!("group id {group_id:?} is not hex")))?;
+    pub(crate) fn set_group_cursor(
+        &self,
+        owner: &str,
+        group_id: &str,
+        seq: u64,
+    ) -> Result<(), EngineError> {
+        let gid = hex::decode(group_id).map_err(|_| {
+            EngineError::InvalidArgument(format!("group id {group_id:?} is not hex"))
+        })?;
         let n = self.conn.execute(
             "UPDATE dmls_send_group SET after_seq = MAX(after_seq, ?3) WHERE group_id = ?1 AND owner = ?2",
             params![gid, owner, seq as i64],
@@ -219,6 +233,3 @@ impl Ctx<'_> {
         Ok(())
     }
 }
-
-#[allow(dead_code)]
-fn _uses(_: &MlsGroup) {}

@@ -6,9 +6,11 @@ use rusqlite::{OptionalExtension, params};
 use tls_codec::Deserialize as _;
 
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
-use super::ctx::{Ctx, SendGroupRow, Trigger, credential_identity, external_psk_id, join_config, message_hash};
+use super::ctx::{
+    Ctx, SendGroupRow, Trigger, credential_identity, external_psk_id, join_config, message_hash,
+};
 use super::envelope::DmlsEnvelope;
-use super::ids::{DGroupId, PskId, send_group_id};
+use super::ids::{PskId, send_group_id};
 use super::state::meta_set;
 use super::{EngineError, Event, ReceivedMessage};
 
@@ -83,12 +85,22 @@ impl Ctx<'_> {
     fn is_waiting(&self, hash: &[u8; 32]) -> Result<bool, EngineError> {
         Ok(self
             .conn
-            .query_row("SELECT 1 FROM dmls_waiting WHERE hash = ?1", [hash.as_slice()], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM dmls_waiting WHERE hash = ?1",
+                [hash.as_slice()],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some())
     }
 
-    fn store_waiting(&self, gid: &[u8; 32], data: &[u8], hash: &[u8; 32], w: Wait) -> Result<(), EngineError> {
+    fn store_waiting(
+        &self,
+        gid: &[u8; 32],
+        data: &[u8],
+        hash: &[u8; 32],
+        w: Wait,
+    ) -> Result<(), EngineError> {
         let pm = parse_protocol(data)?;
         let is_commit = pm.content_type() == ContentType::Commit;
         let (kind, we, wp): (&str, Option<i64>, Option<Vec<u8>>) = match w {
@@ -148,7 +160,8 @@ impl Ctx<'_> {
                     .collect::<Result<Vec<_>, _>>()?
             };
             for (id, gid, data) in rows {
-                self.conn.execute("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
+                self.conn
+                    .execute("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
                 let Ok(gid) = <[u8; 32]>::try_from(gid.as_slice()) else {
                     continue;
                 };
@@ -181,7 +194,12 @@ impl Ctx<'_> {
     }
 
     /// Decides what to do with one message of a Send Group, and does it.
-    fn ingest(&mut self, sg: &SendGroupRow, data: &[u8], hash: &[u8; 32]) -> Result<Outcome, EngineError> {
+    fn ingest(
+        &mut self,
+        sg: &SendGroupRow,
+        data: &[u8],
+        hash: &[u8; 32],
+    ) -> Result<Outcome, EngineError> {
         let pm = parse_protocol(data)?;
         if pm.group_id().as_slice() != sg.group_id.as_slice() {
             return Err(EngineError::Rejected(
@@ -198,10 +216,10 @@ impl Ctx<'_> {
             Ok(Outcome::Done(Vec::new()))
         };
         // Removed owner: nothing beyond its current epoch (PROTOCOL.md "Removal").
-        if let Some(stop) = sg.stop_epoch {
-            if epoch > stop || (ct == ContentType::Commit && epoch >= stop) {
-                return done_nothing(self);
-            }
+        if let Some(stop) = sg.stop_epoch
+            && (epoch > stop || (ct == ContentType::Commit && epoch >= stop))
+        {
+            return done_nothing(self);
         }
         // Messages of epochs before we joined are ignored (PROTOCOL.md "INIT").
         if epoch < sg.joined_epoch.unwrap_or(0) {
@@ -318,7 +336,9 @@ impl Ctx<'_> {
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 if !owner_sent || sender_id != sg.owner {
-                    return Err(EngineError::Rejected(format!("commit from non-owner {sender_id}")));
+                    return Err(EngineError::Rejected(format!(
+                        "commit from non-owner {sender_id}"
+                    )));
                 }
                 // The AAD must name exactly the imported PSKs (PROTOCOL.md "Dependency hint").
                 let imported = staged
@@ -331,13 +351,17 @@ impl Ctx<'_> {
                     ));
                 }
                 if staged.add_proposals().next().is_some() {
-                    return Err(EngineError::Rejected("commit adds members after INIT".into()));
+                    return Err(EngineError::Rejected(
+                        "commit adds members after INIT".into(),
+                    ));
                 }
                 if staged
                     .queued_proposals()
                     .any(|q| matches!(q.proposal(), Proposal::GroupContextExtensions(_)))
                 {
-                    return Err(EngineError::Rejected("commit changes the DGroup config".into()));
+                    return Err(EngineError::Rejected(
+                        "commit changes the DGroup config".into(),
+                    ));
                 }
                 let mut removed = Vec::new();
                 for r in staged.remove_proposals() {
@@ -351,6 +375,9 @@ impl Ctx<'_> {
                     .map_err(|e| EngineError::mls("merging commit", e))?;
                 for p in &imported {
                     self.ack(&sg.owner, p)?;
+                }
+                if !imported.is_empty() {
+                    self.prune_psks(&sg.dgroup_id, &imported)?;
                 }
                 let new_epoch = group.epoch().as_u64();
                 if self_removed {
@@ -405,7 +432,9 @@ impl Ctx<'_> {
         let msg = MlsMessageIn::tls_deserialize_exact(data)
             .map_err(|e| EngineError::Malformed(format!("Welcome is not an MLSMessage: {e}")))?;
         let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
-            return Err(EngineError::Malformed("inbox message is not a Welcome".into()));
+            return Err(EngineError::Malformed(
+                "inbox message is not a Welcome".into(),
+            ));
         };
         let hash = message_hash(data);
         if self.seen(&hash)? {
@@ -423,7 +452,9 @@ impl Ctx<'_> {
         let ext = ctx
             .extensions()
             .unknown(DMLS_EXTENSION_TYPE)
-            .ok_or_else(|| EngineError::Rejected("Welcome's group has no DGroup config extension".into()))?;
+            .ok_or_else(|| {
+                EngineError::Rejected("Welcome's group has no DGroup config extension".into())
+            })?;
         let config_bytes = ext.0.clone();
         let config = DGroupConfig::decode(&config_bytes)
             .map_err(|e| EngineError::Rejected(format!("Welcome's DGroup config: {e}")))?;
@@ -436,7 +467,9 @@ impl Ctx<'_> {
         }
         // From the owner only (PROTOCOL.md "INIT" step 3).
         if staged.welcome_sender_index() != LeafNodeIndex::new(0) {
-            return Err(EngineError::Rejected("Welcome not sent by the owner (leaf 0)".into()));
+            return Err(EngineError::Rejected(
+                "Welcome not sent by the owner (leaf 0)".into(),
+            ));
         }
         let owner_leaf = staged
             .welcome_sender()
@@ -448,13 +481,19 @@ impl Ctx<'_> {
             )));
         }
         if !config.has_member(&owner) {
-            return Err(EngineError::Rejected(format!("Welcome's owner {owner} is not a DGroup member")));
+            return Err(EngineError::Rejected(format!(
+                "Welcome's owner {owner} is not a DGroup member"
+            )));
         }
         if !config.has_member(&me) {
-            return Err(EngineError::Rejected("the DGroup config does not list us".into()));
+            return Err(EngineError::Rejected(
+                "the DGroup config does not list us".into(),
+            ));
         }
         if owner == me {
-            return Err(EngineError::Rejected("Welcome to our own Send Group".into()));
+            return Err(EngineError::Rejected(
+                "Welcome to our own Send Group".into(),
+            ));
         }
         if gid != send_group_id(&config.dgroup_id, &owner) {
             return Err(EngineError::Rejected(
@@ -537,6 +576,3 @@ impl Ctx<'_> {
             .unwrap_or(0))
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: DGroupId) {}

@@ -7,7 +7,10 @@ use rusqlite::params;
 use tls_codec::{Deserialize as _, Serialize as _};
 
 use super::config::{DEFAULT_CIPHERSUITE, DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
-use super::ctx::{CIPHERSUITE, Ctx, MAX_PAST_EPOCHS, capabilities, credential_identity, external_psk_id, join_config, message_hash};
+use super::ctx::{
+    CIPHERSUITE, Ctx, MAX_PAST_EPOCHS, capabilities, credential_identity, external_psk_id,
+    join_config, message_hash,
+};
 use super::envelope::DmlsEnvelope;
 use super::identity::validate_client_id;
 use super::ids::{DGroupId, MessageId, PskId, send_group_id};
@@ -95,14 +98,22 @@ impl Ctx<'_> {
             .with_wire_format_policy(jc.wire_format_policy())
             .build(&self.provider, &signer, self.credential(&signer)?)
             .map_err(|e| EngineError::mls("creating our Send Group", e))?;
-        let removed: Vec<String> = self.removed(&config.dgroup_id)?.into_iter().map(|r| r.0).collect();
+        let removed: Vec<String> = self
+            .removed(&config.dgroup_id)?
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
         let others: Vec<String> = config
             .members
             .iter()
             .filter(|m| **m != me && !removed.contains(m))
             .cloned()
             .collect();
-        let state = if others.is_empty() { "active" } else { "claiming" };
+        let state = if others.is_empty() {
+            "active"
+        } else {
+            "claiming"
+        };
         self.conn.execute(
             "UPDATE dmls_send_group SET joined = 1, joined_epoch = ?2, own_state = ?3, last_update_ms = ?4
              WHERE group_id = ?1",
@@ -132,21 +143,36 @@ impl Ctx<'_> {
     ) -> Result<Vec<Event>, EngineError> {
         let json: String = self
             .conn
-            .query_row("SELECT effect FROM dmls_outbox WHERE id = ?1", [outbox_id as i64], |r| r.get(0))
-            .map_err(|_| EngineError::InvalidArgument(format!("no pending outbox item {outbox_id}")))?;
-        let effect: Effect = serde_json::from_str(&json)
-            .map_err(|e| EngineError::Internal(format!("outbox item {outbox_id} unreadable: {e}")))?;
-        let Effect::ClaimKeyPackages { dgroup_id, client_ids } = effect else {
+            .query_row(
+                "SELECT effect FROM dmls_outbox WHERE id = ?1",
+                [outbox_id as i64],
+                |r| r.get(0),
+            )
+            .map_err(|_| {
+                EngineError::InvalidArgument(format!("no pending outbox item {outbox_id}"))
+            })?;
+        let effect: Effect = serde_json::from_str(&json).map_err(|e| {
+            EngineError::Internal(format!("outbox item {outbox_id} unreadable: {e}"))
+        })?;
+        let Effect::ClaimKeyPackages {
+            dgroup_id,
+            client_ids,
+        } = effect
+        else {
             return Err(EngineError::InvalidArgument(format!(
                 "outbox item {outbox_id} is not a key-package claim"
             )));
         };
-        self.conn.execute("DELETE FROM dmls_outbox WHERE id = ?1", [outbox_id as i64])?;
+        self.conn
+            .execute("DELETE FROM dmls_outbox WHERE id = ?1", [outbox_id as i64])?;
         let own = self.own_send_group(&dgroup_id)?;
         if own.own_state.as_deref() != Some("claiming") {
             return Ok(Vec::new());
         }
-        let mut missing: Vec<String> = missing.into_iter().filter(|m| client_ids.contains(m)).collect();
+        let mut missing: Vec<String> = missing
+            .into_iter()
+            .filter(|m| client_ids.contains(m))
+            .collect();
         let mut kps = Vec::new();
         let mut added = Vec::new();
         for (cid, bytes) in key_packages {
@@ -213,16 +239,22 @@ impl Ctx<'_> {
         let msg = MlsMessageIn::tls_deserialize_exact(bytes)
             .map_err(|e| EngineError::Malformed(format!("key package of {cid}: {e}")))?;
         let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
-            return Err(EngineError::Malformed(format!("key package of {cid} is another message type")));
+            return Err(EngineError::Malformed(format!(
+                "key package of {cid} is another message type"
+            )));
         };
         let kp = kp
             .validate(self.provider.crypto, ProtocolVersion::Mls10)
             .map_err(|e| EngineError::Rejected(format!("key package of {cid}: {e}")))?;
         if credential_identity(kp.leaf_node().credential())? != cid {
-            return Err(EngineError::Rejected(format!("key package of {cid} has another identity")));
+            return Err(EngineError::Rejected(format!(
+                "key package of {cid} has another identity"
+            )));
         }
         if kp.ciphersuite() != CIPHERSUITE {
-            return Err(EngineError::Rejected(format!("key package of {cid} has another ciphersuite")));
+            return Err(EngineError::Rejected(format!(
+                "key package of {cid} has another ciphersuite"
+            )));
         }
         if !kp
             .leaf_node()
@@ -243,7 +275,9 @@ impl Ctx<'_> {
             return Err(EngineError::UnknownDGroup(d.to_hex()));
         };
         if we_removed {
-            return Err(EngineError::NotReady("we were removed from this DGroup".into()));
+            return Err(EngineError::NotReady(
+                "we were removed from this DGroup".into(),
+            ));
         }
         let own = self.own_send_group(d)?;
         if own.own_state.as_deref() != Some("active") {
@@ -280,7 +314,12 @@ impl Ctx<'_> {
     /// A DMLS Commit in our Send Group: path, PSK imports, received Update proposals,
     /// pending removals. With `leaf_refresh`, also proposes our new leaf in every other Send
     /// Group (PROTOCOL.md "Leaf refresh").
-    pub(crate) fn dmls_commit(&mut self, d: &DGroupId, now_ms: u64, leaf_refresh: bool) -> Result<(), EngineError> {
+    pub(crate) fn dmls_commit(
+        &mut self,
+        d: &DGroupId,
+        now_ms: u64,
+        leaf_refresh: bool,
+    ) -> Result<(), EngineError> {
         let own = self.active_own(d)?;
         let me = self.me()?;
         let signer = self.signer()?;
@@ -295,7 +334,9 @@ impl Ctx<'_> {
                 Psk::External(ExternalPsk::new(p.to_bytes().to_vec())),
             )
             .map_err(|e| EngineError::mls("PSK nonce", e))?;
-            psk_proposals.push(Proposal::PreSharedKey(Box::new(PreSharedKeyProposal::new(id))));
+            psk_proposals.push(Proposal::PreSharedKey(Box::new(PreSharedKeyProposal::new(
+                id,
+            ))));
         }
         let pending: Vec<String> = self
             .removed(d)?
@@ -351,6 +392,9 @@ impl Ctx<'_> {
         self.export_psk(&group, &gid)?;
         for p in &imports {
             self.ack(&me, p)?;
+        }
+        if !imports.is_empty() {
+            self.prune_psks(d, &imports)?;
         }
         self.mark_seen(&message_hash(&commit))?;
         self.outbox_push(&Effect::PostMessage {
@@ -476,7 +520,12 @@ impl Ctx<'_> {
         Ok(envelope.message_id)
     }
 
-    pub(crate) fn remove(&mut self, d: &DGroupId, member: &str, now_ms: u64) -> Result<(), EngineError> {
+    pub(crate) fn remove(
+        &mut self,
+        d: &DGroupId,
+        member: &str,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
         let Some((config, _, _)) = self.config(d)? else {
             return Err(EngineError::UnknownDGroup(d.to_hex()));
         };
@@ -490,7 +539,10 @@ impl Ctx<'_> {
         self.dmls_commit(d, now_ms, false)
     }
 
-    pub(crate) fn commit_pending_removals(&mut self, now_ms: u64) -> Result<Vec<DGroupId>, EngineError> {
+    pub(crate) fn commit_pending_removals(
+        &mut self,
+        now_ms: u64,
+    ) -> Result<Vec<DGroupId>, EngineError> {
         let mut st = self
             .conn
             .prepare("SELECT DISTINCT dgroup_id FROM dmls_removed WHERE pending = 1")?;

@@ -1,6 +1,11 @@
 //! A relay-less network for engine tests: members, outbox draining, and a pool of pending
 //! deliveries the test picks from in any order.
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::type_complexity,
+    dead_code
+)]
 
 use std::collections::BTreeMap;
 
@@ -131,7 +136,10 @@ impl Net {
                         group_id,
                         data,
                     } => {
-                        let g = self.groups.entry((owner.clone(), group_id.clone())).or_default();
+                        let g = self
+                            .groups
+                            .entry((owner.clone(), group_id.clone()))
+                            .or_default();
                         g.1.push(data.clone());
                         let seq = g.1.len() as u64;
                         let mut readers: Vec<String> = g.0.clone();
@@ -153,7 +161,6 @@ impl Net {
                         }
                         self.engines[i].outbox_done(item.id).unwrap();
                     }
-                    _ => panic!("unknown effect"),
                 }
             }
         }
@@ -170,7 +177,10 @@ impl Net {
     pub fn deliver(&mut self, k: usize, keep: bool, now_ms: u64) -> Result<(), String> {
         // A member polls a Send Group only once it knows the DGroup (a relay keeps the
         // message until then).
-        if let Input::GroupMessage { owner, group_id, .. } = &self.pool[k].input {
+        if let Input::GroupMessage {
+            owner, group_id, ..
+        } = &self.pool[k].input
+        {
             let to = self.pool[k].to;
             let follows = self.engines[to]
                 .followed_groups()
@@ -191,7 +201,11 @@ impl Net {
                 self.events[d.to].extend(ev);
                 Ok(())
             }
-            Err(e) => Err(format!("{} rejected {:?}: {e}", self.names[d.to], short(&d.input))),
+            Err(e) => Err(format!(
+                "{} rejected {:?}: {e}",
+                self.names[d.to],
+                short(&d.input)
+            )),
         }
     }
 
@@ -213,7 +227,11 @@ impl Net {
                     k += 1;
                 }
             }
-            assert!(progressed, "settle: {} deliveries can never be made", self.pool.len());
+            assert!(
+                progressed,
+                "settle: {} deliveries can never be made",
+                self.pool.len()
+            );
         }
     }
 

@@ -1,0 +1,61 @@
+//! Deleting PSKs nobody will import again (PROTOCOL.md "Acknowledgement and key deletion").
+
+use openmls::schedule::{ExternalPsk, Psk};
+use openmls_traits::storage::StorageProvider as _;
+use rusqlite::params;
+
+use super::EngineError;
+use super::ctx::Ctx;
+use super::ids::{DGroupId, PskId, send_group_id};
+
+impl Ctx<'_> {
+    /// Deletes every stored PSK `(k, G)`, for the Send Groups G named in `imported`, such that
+    /// every current member other than G's owner has acknowledged (imported) an epoch of G
+    /// newer than `k`. The latest PSK of each group is always kept, so [`Ctx::unimported`]
+    /// still sees it.
+    pub(crate) fn prune_psks(&self, d: &DGroupId, imported: &[PskId]) -> Result<(), EngineError> {
+        let Some((config, _, _)) = self.config(d)? else {
+            return Ok(());
+        };
+        let removed: Vec<String> = self.removed(d)?.into_iter().map(|r| r.0).collect();
+        for owner in &config.members {
+            let gid = send_group_id(d, owner);
+            if !imported.iter().any(|p| p.group_id == gid) {
+                continue;
+            }
+            let mut min_ack: Option<u64> = None;
+            let mut all = true;
+            for m in &config.members {
+                if m == owner || removed.contains(m) {
+                    continue;
+                }
+                match self.acked(m, &gid)? {
+                    Some(a) => min_ack = Some(min_ack.map_or(a, |x| x.min(a))),
+                    None => {
+                        all = false;
+                        break;
+                    }
+                }
+            }
+            let Some(min_ack) = min_ack.filter(|_| all) else {
+                continue;
+            };
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT psk_id FROM dmls_psk WHERE group_id = ?1 AND epoch < ?2")?;
+            let ids: Vec<Vec<u8>> = st
+                .query_map(params![gid.as_slice(), min_ack as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for id in ids {
+                let psk_id = PskId::from_bytes(&id)?;
+                self.provider
+                    .storage
+                    .delete_psk(&Psk::External(ExternalPsk::new(psk_id.to_bytes().to_vec())))
+                    .map_err(|e| EngineError::mls("deleting PSK", e))?;
+                self.conn
+                    .execute("DELETE FROM dmls_psk WHERE psk_id = ?1", [id])?;
+            }
+        }
+        Ok(())
+    }
+}
