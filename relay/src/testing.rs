@@ -83,7 +83,11 @@ fn with_database(url: &str, name: &str) -> String {
 
 /// Tells (on stderr) that a PostgreSQL test did not run, and how to run it.
 pub fn skip_notice(test: &str) {
-    eprintln!(
+    // Written to the process's stderr directly: libtest captures `eprintln!` of passing tests,
+    // and a skipped backend must be visible in a plain `cargo test` run.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "skipped: {test}: {TEST_DATABASE_URL_VAR} not set \
          (e.g. {TEST_DATABASE_URL_VAR}=postgres://postgres@127.0.0.1:5432/test)"
     );
