@@ -38,15 +38,17 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// Is `s` a valid client id: 1 to 64 characters of `a-z 0-9 . _ -`?
 pub fn is_valid_client_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
 }
 
 /// Is `s` a valid group id: lowercase hex of 1 to 64 bytes?
 pub fn is_valid_group_id(s: &str) -> bool {
     (2..=128).contains(&s.len())
         && s.len().is_multiple_of(2)
-        && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Is `s` a valid `Idempotency-Key`: 1 to 64 visible ASCII characters?
@@ -379,7 +381,10 @@ mod tests {
     #[test]
     fn bytes_reject_bad_base64() {
         assert!(serde_json::from_str::<Bytes>("\"not base64!\"").is_err());
-        assert!(serde_json::from_str::<Bytes>("\"AQ\"").is_err(), "padding is required");
+        assert!(
+            serde_json::from_str::<Bytes>("\"AQ\"").is_err(),
+            "padding is required"
+        );
     }
 
     #[test]
@@ -406,7 +411,10 @@ mod tests {
 
     #[test]
     fn register_response_debug_hides_the_token() {
-        let r = RegisterResponse { client_id: "a".into(), token: "secret-token".into() };
+        let r = RegisterResponse {
+            client_id: "a".into(),
+            token: "secret-token".into(),
+        };
         assert!(!format!("{r:?}").contains("secret-token"));
     }
 }
