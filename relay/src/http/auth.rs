@@ -78,6 +78,57 @@ pub fn client_token_hash(token: &str) -> Option<[u8; 32]> {
     (raw.len() == TOKEN_BYTES).then(|| sha256(&raw))
 }
 
+/// Recently authenticated tokens: SHA-256 of the token -> client id.
+///
+/// Saves one database round trip per request (the relay's hot path is one append per request).
+/// Entries live at most [`AuthCache::TTL`]: a deleted account is dropped here at once by the
+/// process that deleted it, and stops working on other relay processes sharing a PostgreSQL
+/// database within the TTL. Only successful look-ups are kept, so a bad token always reaches the
+/// database and cannot fill the cache.
+pub struct AuthCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (String, std::time::Instant)>>,
+}
+
+impl AuthCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Bound on memory; when full the cache starts over (a miss only costs a database query).
+    const MAX_ENTRIES: usize = 100_000;
+
+    pub fn new() -> Self {
+        AuthCache {
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn get(&self, hash: &[u8; 32]) -> Option<String> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(client_id, _)| client_id.clone())
+    }
+
+    fn insert(&self, hash: [u8; 32], client_id: String) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash, (client_id, std::time::Instant::now()));
+    }
+
+    /// Forgets every token of `client_id` (its account was deleted).
+    pub fn forget_client(&self, client_id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|_, (c, _)| c != client_id);
+    }
+}
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The authenticated client of a request. Extracting it also applies the per-client rate limit,
 /// so every authenticated route is limited without each handler remembering to.
 #[derive(Debug, Clone)]
@@ -95,6 +146,10 @@ impl FromRequestParts<AppState> for Caller {
         let token =
             bearer_token(&parts.headers)?.ok_or(Error::Unauthorized("missing bearer token"))?;
         let hash = client_token_hash(token).ok_or(Error::Unauthorized("invalid token"))?;
+        if let Some(client_id) = state.auth_cache.get(&hash) {
+            state.rate_limits.check_client(&client_id)?;
+            return Ok(Caller { client_id });
+        }
         let record = state
             .store
             .client_by_token_hash(hash)
@@ -104,6 +159,7 @@ impl FromRequestParts<AppState> for Caller {
             return Err(Error::Unauthorized("invalid token"));
         }
         state.rate_limits.check_client(&record.client_id)?;
+        state.auth_cache.insert(hash, record.client_id.clone());
         Ok(Caller {
             client_id: record.client_id,
         })

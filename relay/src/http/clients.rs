@@ -138,6 +138,7 @@ pub async fn me(
 )]
 pub async fn delete_me(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, Error> {
     state.store.delete_client(&caller.client_id).await?;
+    state.auth_cache.forget_client(&caller.client_id);
     tracing::info!(client_id = %caller.client_id, "client deleted");
     Ok(StatusCode::NO_CONTENT)
 }

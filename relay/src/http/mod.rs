@@ -50,6 +50,7 @@ pub struct Ctx {
     pub notifier: Notifier,
     pub config: Config,
     pub rate_limits: rate_limit::RateLimits,
+    pub auth_cache: auth::AuthCache,
     /// SHA-256 of the operator's registration token in `token` mode.
     pub registration_token_hash: Option<[u8; 32]>,
     /// Turns true when the relay shuts down; long polls watch it to answer at once.
@@ -75,6 +76,7 @@ impl Ctx {
         };
         Ctx {
             rate_limits: rate_limit::RateLimits::new(&config),
+            auth_cache: auth::AuthCache::new(),
             store,
             notifier,
             config,

@@ -11,7 +11,6 @@
 //! - Reads go through their own pool, so they run concurrently with each other and the writer.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -201,22 +200,34 @@ impl ApplyBatch for SqliteBatch {
         let mut groups: HashMap<(&str, &str), Option<BatchGroup>> = HashMap::new();
         let mut posters: HashMap<(i64, &str), bool> = HashMap::new();
         let mut outcomes = Vec::with_capacity(batch.len());
+        // Messages are inserted after the loop in multi-row statements: every statement is a
+        // round trip to sqlx's SQLite worker thread, and those hops dominate the append cost.
+        let mut new_messages: Vec<(i64, i64, &AppendRequest)> = Vec::with_capacity(batch.len());
+        // All groups of the batch in one query (unknown ones stay `None`).
+        for req in batch {
+            groups.insert((req.owner.as_str(), req.group_id.as_str()), None);
+        }
+        let names = serde_json::to_string(&groups.keys().collect::<Vec<_>>())
+            .map_err(|e| sqlx::Error::Protocol(format!("encoding group names: {e}")))?;
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT g.owner, g.group_id, g.id, g.last_seq FROM json_each(?) j \
+             JOIN relay_groups g ON g.owner = json_extract(j.value, '$[0]') \
+             AND g.group_id = json_extract(j.value, '$[1]')",
+        )
+        .bind(names)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (owner, group_id, id, last_seq) in &rows {
+            if let Some(slot) = groups.get_mut(&(owner.as_str(), group_id.as_str())) {
+                *slot = Some(BatchGroup {
+                    id: *id,
+                    last_seq: *last_seq,
+                    dirty: false,
+                });
+            }
+        }
         for req in batch {
             let name = (req.owner.as_str(), req.group_id.as_str());
-            if let Entry::Vacant(slot) = groups.entry(name) {
-                let row: Option<(i64, i64)> = sqlx::query_as(
-                    "SELECT id, last_seq FROM relay_groups WHERE owner = ? AND group_id = ?",
-                )
-                .bind(&req.owner)
-                .bind(&req.group_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                slot.insert(row.map(|(id, last_seq)| BatchGroup {
-                    id,
-                    last_seq,
-                    dirty: false,
-                }));
-            }
             let Some(Some(group)) = groups.get_mut(&name) else {
                 outcomes.push(AppendOutcome::NoGroup);
                 continue;
@@ -260,14 +271,7 @@ impl ApplyBatch for SqliteBatch {
             }
             group.last_seq += 1;
             group.dirty = true;
-            sqlx::query("INSERT INTO messages (group_ref, seq, sender, data, received_at) VALUES (?, ?, ?, ?, ?)")
-                .bind(group.id)
-                .bind(group.last_seq)
-                .bind(&req.sender)
-                .bind(&req.data)
-                .bind(req.received_at)
-                .execute(&mut *tx)
-                .await?;
+            new_messages.push((group.id, group.last_seq, req));
             if let Some((key, body_hash)) = &req.idempotency {
                 sqlx::query(
                     "INSERT INTO idempotency_keys (group_ref, sender, idem_key, body_hash, seq, created_at) \
@@ -284,12 +288,38 @@ impl ApplyBatch for SqliteBatch {
             }
             outcomes.push(AppendOutcome::Stored(from_db(group.last_seq)));
         }
-        for group in groups.values().flatten().filter(|g| g.dirty) {
-            sqlx::query("UPDATE relay_groups SET last_seq = ? WHERE id = ?")
-                .bind(group.last_seq)
-                .bind(group.id)
-                .execute(&mut *tx)
-                .await?;
+        // 5 bound values per row; SQLite allows 32,766 per statement.
+        for chunk in new_messages.chunks(1000) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO messages (group_ref, seq, sender, data, received_at) ",
+            );
+            insert.push_values(chunk, |mut row, (group_ref, seq, req)| {
+                row.push_bind(*group_ref)
+                    .push_bind(*seq)
+                    .push_bind(req.sender.as_str())
+                    .push_bind(req.data.as_slice())
+                    .push_bind(req.received_at);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        // Every touched group's new `last_seq` in one statement.
+        let dirty: Vec<(i64, i64)> = groups
+            .values()
+            .flatten()
+            .filter(|g| g.dirty)
+            .map(|g| (g.id, g.last_seq))
+            .collect();
+        if !dirty.is_empty() {
+            let dirty = serde_json::to_string(&dirty)
+                .map_err(|e| sqlx::Error::Protocol(format!("encoding seqs: {e}")))?;
+            sqlx::query(
+                "UPDATE relay_groups SET last_seq = (SELECT json_extract(j.value, '$[1]') \
+                 FROM json_each(?1) j WHERE json_extract(j.value, '$[0]') = relay_groups.id) \
+                 WHERE id IN (SELECT json_extract(j.value, '$[0]') FROM json_each(?1) j)",
+            )
+            .bind(dirty)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(outcomes)
