@@ -10,19 +10,9 @@ use dmls_client::client::Client;
 use dmls_client::engine::{Event, Input};
 
 async fn start_relay(dir: &Path) -> dmls_relay::RunningRelay {
-    let db = format!("sqlite://{}", dir.join("relay.db").display());
-    let config = dmls_relay::Config::parse_from([
-        "dmls-relay",
-        "--bind",
-        "127.0.0.1:0",
-        "--database-url",
-        &db,
-        "--rate-limit-per-second",
-        "0",
-        "--registrations-per-minute",
-        "0",
-    ]);
-    dmls_relay::start(config).await.expect("relay starts")
+    dmls_relay::testing::start_sqlite_relay(dir)
+        .await
+        .expect("relay starts")
 }
 
 /// Everyone syncs, `rounds` times, so that welcomes, joins and commits propagate.

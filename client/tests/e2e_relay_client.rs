@@ -8,19 +8,9 @@ use dmls_api::{SyncGroupCursor, SyncRequest};
 use dmls_client::relay::{RelayClient, RelayError, Token};
 
 async fn start_relay(dir: &std::path::Path) -> dmls_relay::RunningRelay {
-    let db = format!("sqlite://{}", dir.join("relay.db").display());
-    let config = dmls_relay::Config::parse_from([
-        "dmls-relay",
-        "--bind",
-        "127.0.0.1:0",
-        "--database-url",
-        &db,
-        "--rate-limit-per-second",
-        "0",
-        "--registrations-per-minute",
-        "0",
-    ]);
-    dmls_relay::start(config).await.expect("relay starts")
+    dmls_relay::testing::start_sqlite_relay(dir)
+        .await
+        .expect("relay starts")
 }
 
 async fn register(url: &str, name: &str) -> RelayClient {

@@ -98,6 +98,24 @@ pub fn sqlite_test_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("relay.db").display())
 }
 
+/// A relay on 127.0.0.1 (a free port) over a SQLite file in `dir`, with the request and
+/// registration rate limits off: the harness of tests that drive the relay as a peer.
+pub async fn start_sqlite_relay(dir: &Path) -> anyhow::Result<crate::RunningRelay> {
+    let url = sqlite_test_url(dir);
+    let config = Config::parse_from([
+        "dmls-relay",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        url.as_str(),
+        "--rate-limit-per-second",
+        "0",
+        "--registrations-per-minute",
+        "0",
+    ]);
+    crate::start(config).await
+}
+
 /// The default configuration with this database, as the relay would parse it.
 pub fn test_config(database_url: &str) -> Config {
     Config::parse_from(["dmls-relay", "--database-url", database_url])
