@@ -241,16 +241,7 @@ impl Client {
         write_config(&config_path, &config)?;
         engine.create_identity(&config.client_id)?;
         let relay = relay.with_token(Token::new(config.token.clone()));
-        let mut client = Client {
-            home: home.to_path_buf(),
-            config,
-            relay,
-            engine,
-            key_packages: KeyPackagePolicy::default(),
-            sync_limit: dmls_api::limits::SYNC_LIMIT_DEFAULT,
-            pending_events: Vec::new(),
-            barrier,
-        };
+        let mut client = Self::assemble(home, config, relay, engine, barrier);
         client.upkeep_key_packages().await?;
         Ok(client)
     }
@@ -276,7 +267,18 @@ impl Client {
         }
         let relay =
             RelayClient::new(&config.relay_url)?.with_token(Token::new(config.token.clone()));
-        Ok(Client {
+        Ok(Self::assemble(home, config, relay, engine, barrier))
+    }
+
+    /// A client over opened parts, with the default key-package policy and sync limit.
+    fn assemble(
+        home: &Path,
+        config: ClientConfig,
+        relay: RelayClient,
+        engine: Engine,
+        barrier: Option<DurabilityBarrier>,
+    ) -> Client {
+        Client {
             home: home.to_path_buf(),
             config,
             relay,
@@ -285,7 +287,7 @@ impl Client {
             sync_limit: dmls_api::limits::SYNC_LIMIT_DEFAULT,
             pending_events: Vec::new(),
             barrier,
-        })
+        }
     }
 
     /// Our client id.
