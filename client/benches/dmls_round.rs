@@ -110,49 +110,40 @@ impl Net {
         }
     }
 
-    /// Feeds `m` everything new for it, in store order. Returns how many inputs it got.
+    /// Feeds `m` everything new for it, in store order, in one batch as the facade's sync
+    /// does. Returns how many inputs it got.
     fn deliver(&mut self, m: &mut Member) -> Result<usize> {
-        let mut n = 0;
+        let mut inputs = Vec::new();
         let cursor = m.engine.welcome_cursor()?;
-        let welcomes: Vec<(u64, String, Vec<u8>)> = self
-            .inbox
-            .get(&m.id)
-            .map(|ws| ws.iter().filter(|w| w.0 > cursor).cloned().collect())
-            .unwrap_or_default();
-        for (id, from, data) in welcomes {
-            m.engine.handle(
-                Input::Welcome {
-                    inbox_id: Some(id),
-                    from,
-                    data,
-                },
-                NOW,
-            )?;
-            n += 1;
+        if let Some(ws) = self.inbox.get(&m.id) {
+            for (id, from, data) in ws.iter().filter(|w| w.0 > cursor) {
+                inputs.push(Input::Welcome {
+                    inbox_id: Some(*id),
+                    from: from.clone(),
+                    data: data.clone(),
+                });
+            }
         }
         for g in m.engine.followed_groups()? {
             let key = (g.owner.clone(), g.group_id.clone());
             let Some(log) = self.groups.get(&key) else {
                 continue;
             };
-            let new: Vec<(u64, Vec<u8>)> = log
-                .iter()
-                .enumerate()
-                .skip(g.after_seq as usize)
-                .map(|(i, d)| (i as u64 + 1, d.clone()))
-                .collect();
-            for (seq, data) in new {
-                let input = Input::GroupMessage {
+            for (i, data) in log.iter().enumerate().skip(g.after_seq as usize) {
+                inputs.push(Input::GroupMessage {
                     owner: g.owner.clone(),
                     group_id: g.group_id.clone(),
-                    seq: Some(seq),
-                    data,
-                };
-                if let Err(e) = m.engine.handle(input, NOW) {
-                    eprintln!("{}: message {seq} of {}: {e}", m.id, g.owner);
-                    m.engine.set_group_cursor(&g.owner, &g.group_id, seq)?;
+                    seq: Some(i as u64 + 1),
+                    data: data.clone(),
+                });
+            }
+        }
+        let n = inputs.len();
+        if n > 0 {
+            for r in m.engine.handle_batch(inputs, NOW)? {
+                if let Err(e) = r {
+                    eprintln!("{}: input rejected: {e}", m.id);
                 }
-                n += 1;
             }
         }
         Ok(n)

@@ -624,6 +624,10 @@ fn wait_reason(w: &WaitReason) -> (String, String) {
             "proposal".into(),
             format!("an Update proposal of epoch {e} it commits"),
         ),
+        WaitReason::Commit(e) => (
+            "commit".into(),
+            format!("a commit of epoch {e} that uses this leaf refresh"),
+        ),
     }
 }
 

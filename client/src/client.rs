@@ -514,52 +514,44 @@ impl Client {
             for f in &response.forbidden {
                 tracing::debug!(owner = %f.owner, group_id = %f.group_id, "relay forbids reading this group");
             }
-            // Welcomes first: Send Group messages may need the group they create.
+            // Welcomes first: Send Group messages may need the group they create. Everything
+            // goes to the engine in one batch (one transaction); a bad input is skipped by
+            // the engine (its cursor moves past it) and reported here.
+            let mut inputs = Vec::new();
+            let mut labels = Vec::new();
             let mut last_welcome = None;
             for w in response.welcomes {
                 step.welcomes += 1;
                 last_welcome = Some(w.id);
-                let input = Input::Welcome {
+                labels.push(format!("welcome {}", w.id));
+                inputs.push(Input::Welcome {
                     inbox_id: Some(w.id),
                     from: w.from,
                     data: w.data.into_inner(),
-                };
-                match self.engine.handle(input, now_ms()) {
-                    Ok(events) => step.events.extend(events),
-                    Err(e) if is_bad_input(&e) => {
-                        // A bad Welcome must not block the inbox: skip it, say so.
-                        self.engine.set_welcome_cursor(w.id)?;
-                        step.events.push(Event::Ignored {
-                            reason: format!("welcome {} rejected: {e}", w.id),
-                        });
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                });
                 step.more = true; // new Send Groups to follow
             }
             for g in response.groups {
                 step.more |= g.more;
                 for m in g.messages {
                     step.messages += 1;
-                    let input = Input::GroupMessage {
+                    labels.push(format!("message {} of {}/{}", m.seq, g.owner, g.group_id));
+                    inputs.push(Input::GroupMessage {
                         owner: g.owner.clone(),
                         group_id: g.group_id.clone(),
                         seq: Some(m.seq),
                         data: m.data.into_inner(),
-                    };
-                    match self.engine.handle(input, now_ms()) {
+                    });
+                }
+            }
+            if !inputs.is_empty() {
+                let results = self.engine.handle_batch(inputs, now_ms())?;
+                for (label, result) in labels.into_iter().zip(results) {
+                    match result {
                         Ok(events) => step.events.extend(events),
-                        Err(e) if is_bad_input(&e) => {
-                            // A bad message must not block its group: skip it, say so.
-                            self.engine.set_group_cursor(&g.owner, &g.group_id, m.seq)?;
-                            step.events.push(Event::Ignored {
-                                reason: format!(
-                                    "message {} of {}/{} rejected: {e}",
-                                    m.seq, g.owner, g.group_id
-                                ),
-                            });
-                        }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => step.events.push(Event::Ignored {
+                            reason: format!("{label} rejected: {e}"),
+                        }),
                     }
                 }
             }
@@ -805,17 +797,6 @@ impl Client {
 fn idempotency_key(id: u64, data: &[u8]) -> String {
     let digest = Sha256::digest(data);
     format!("ob{id}-{}", hex::encode(&digest[..12]))
-}
-
-/// An engine error caused by the input itself (skip the input), not by our storage.
-fn is_bad_input(e: &EngineError) -> bool {
-    matches!(
-        e,
-        EngineError::Malformed(_)
-            | EngineError::Rejected(_)
-            | EngineError::Mls(_)
-            | EngineError::UnknownSendGroup { .. }
-    )
 }
 
 /// A failure that may pass by itself (relay down, overloaded, rate limiting).

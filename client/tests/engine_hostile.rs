@@ -5,7 +5,7 @@ mod engine_common;
 
 use dmls_client::engine::{
     DGroupConfig, DGroupId, DGroupStatus, DMLS_EXTENSION_TYPE, Engine, FollowedGroup, Input,
-    OutboxItem, ReceivedMessage, TEXT_PLAIN, send_group_id,
+    OutboxItem, ReceivedMessage, TEXT_PLAIN, WaitReason, send_group_id,
 };
 use engine_common::Net;
 use openmls::prelude::*;
@@ -330,26 +330,27 @@ mod forge {
     use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
     use openmls_traits::OpenMlsProvider;
 
+    /// The engine's codec for openmls state (MessagePack).
     #[derive(Default)]
-    pub struct Json;
-    impl Codec for Json {
-        type Error = serde_json::Error;
+    pub struct Msgpack;
+    impl Codec for Msgpack {
+        type Error = std::io::Error;
         fn to_vec<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Self::Error> {
-            serde_json::to_vec(v)
+            rmp_serde::to_vec(v).map_err(std::io::Error::other)
         }
         fn from_slice<T: serde::de::DeserializeOwned>(s: &[u8]) -> Result<T, Self::Error> {
-            serde_json::from_slice(s)
+            rmp_serde::from_slice(s).map_err(std::io::Error::other)
         }
     }
 
     pub struct P<'a> {
         pub crypto: RustCrypto,
-        pub storage: SqliteStorageProvider<Json, &'a rusqlite::Connection>,
+        pub storage: SqliteStorageProvider<Msgpack, &'a rusqlite::Connection>,
     }
     impl<'a> OpenMlsProvider for P<'a> {
         type CryptoProvider = RustCrypto;
         type RandProvider = RustCrypto;
-        type StorageProvider = SqliteStorageProvider<Json, &'a rusqlite::Connection>;
+        type StorageProvider = SqliteStorageProvider<Msgpack, &'a rusqlite::Connection>;
         fn storage(&self) -> &Self::StorageProvider {
             &self.storage
         }
@@ -459,7 +460,7 @@ fn commit_from_a_non_owner_is_rejected() {
 }
 
 #[test]
-fn remove_proposal_from_a_non_owner_is_rejected() {
+fn remove_proposal_from_a_non_owner_is_rejected_by_the_owner() {
     let dir = tempfile::tempdir().unwrap();
     let (mut net, d) = file_setup(dir.path());
     let gid = send_group_id(&d, "m0");
@@ -468,9 +469,10 @@ fn remove_proposal_from_a_non_owner_is_rejected() {
             .unwrap()
             .0
     });
+    // The owner processes proposals in its own Send Group at once.
     let err = assert_rejected(
         &mut net,
-        2,
+        0,
         Input::GroupMessage {
             owner: "m0".into(),
             group_id: hex::encode(gid),
@@ -479,6 +481,70 @@ fn remove_proposal_from_a_non_owner_is_rejected() {
         },
     );
     assert!(err.contains("Update proposal"), "{err}");
+}
+
+#[test]
+fn commit_referencing_a_non_owners_remove_proposal_is_not_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut net, d) = file_setup(dir.path());
+    let gid = send_group_id(&d, "m0");
+    let input = |seq: u64, data: Vec<u8>| Input::GroupMessage {
+        owner: "m0".into(),
+        group_id: hex::encode(gid),
+        seq: Some(seq),
+        data,
+    };
+    let proposal = forge_in(dir.path(), "m1", gid, |g, p, s| {
+        g.propose_remove_member(p, s, LeafNodeIndex::new(2))
+            .unwrap()
+            .0
+    });
+    let sg = |net: &Net| {
+        net.engines[2]
+            .status(&d)
+            .unwrap()
+            .send_groups
+            .into_iter()
+            .find(|g| g.owner == "m0")
+            .unwrap()
+    };
+    let epoch = sg(&net).epoch.unwrap();
+    // m2 does not own the group: the proposal is kept unprocessed until a commit needs it.
+    net.engines[2]
+        .handle(input(9, proposal.clone()), 99_000)
+        .unwrap();
+    assert_eq!(sg(&net).waiting.len(), 1);
+    assert_eq!(sg(&net).waiting[0].waits_for, WaitReason::Commit(epoch));
+    // A (hostile) owner commits it by reference.
+    let commit = forge_in(dir.path(), "m0", gid, |g, p, s| {
+        let msg = MlsMessageIn::tls_deserialize_exact(&proposal).unwrap();
+        let processed = g
+            .process_message(p, msg.try_into_protocol_message().unwrap())
+            .unwrap();
+        let ProcessedMessageContent::ProposalMessage(qp) = processed.into_content() else {
+            panic!("not a proposal");
+        };
+        g.store_pending_proposal(p.storage(), *qp).unwrap();
+        g.commit_builder()
+            .consume_proposal_store(true)
+            .force_self_update(true)
+            .load_psks(p.storage())
+            .unwrap()
+            .build(p.rand(), p.crypto(), s, |_| true)
+            .unwrap()
+            .stage_commit(p)
+            .unwrap()
+            .into_commit()
+    });
+    net.engines[2].handle(input(10, commit), 99_000).unwrap();
+    // The proposal was processed, rejected and dropped; the commit was not merged and waits
+    // for a proposal that will never come.
+    let after = sg(&net);
+    assert_eq!(after.epoch, Some(epoch));
+    assert_eq!(after.waiting.len(), 1, "{:?}", after.waiting);
+    assert!(after.waiting[0].is_commit);
+    assert_eq!(after.waiting[0].waits_for, WaitReason::Proposal(epoch));
+    assert!(!net.engines[2].dgroups().unwrap()[0].we_are_removed);
 }
 
 #[test]

@@ -3,6 +3,8 @@
 use openmls::prelude::*;
 use openmls::schedule::PreSharedKeyId;
 use openmls_basic_credential::SignatureKeyPair;
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
@@ -84,6 +86,15 @@ fn sg_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SendGroupRow> {
     })
 }
 
+/// MLS groups kept in memory between operations, so that a group is not decoded from
+/// storage for every message. A cached group always equals what storage holds: a group is
+/// taken out while an operation works on it and put back only when that operation
+/// succeeded, and the whole cache is dropped whenever a savepoint is rolled back.
+pub(crate) type GroupCache = HashMap<[u8; 32], MlsGroup>;
+
+/// Most groups kept in [`GroupCache`]; when full it is emptied (a cheap, rare reload).
+const GROUP_CACHE_MAX: usize = 512;
+
 /// Everything one engine operation needs.
 pub(crate) struct Ctx<'a> {
     pub(crate) conn: &'a Connection,
@@ -92,6 +103,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) counters: &'a mut Counters,
     pub(crate) policy: UpdatePolicy,
     pub(crate) triggers: Vec<Trigger>,
+    pub(crate) groups: &'a mut GroupCache,
 }
 
 /// SHA-256 of message bytes, the duplicate-detection key.
@@ -173,11 +185,64 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// Loads an MLS group from openmls storage.
+    /// Loads an MLS group from openmls storage (bypassing the cache).
     pub(crate) fn load_group(&self, gid: &[u8; 32]) -> Result<MlsGroup, EngineError> {
         MlsGroup::load(&self.provider.storage, &GroupId::from_slice(gid))
             .map_err(|e| EngineError::mls("loading group", e))?
             .ok_or_else(|| EngineError::Internal(format!("group {} missing", hex::encode(gid))))
+    }
+
+    /// Takes an MLS group out of the cache, or loads it. Hand it back with
+    /// [`Ctx::keep_group`] once the work on it succeeded; a group that is not handed back
+    /// is simply loaded again next time.
+    pub(crate) fn take_group(&mut self, gid: &[u8; 32]) -> Result<MlsGroup, EngineError> {
+        match self.groups.remove(gid) {
+            Some(g) => Ok(g),
+            None => self.load_group(gid),
+        }
+    }
+
+    /// Puts a group back into the cache (see [`GroupCache`]).
+    pub(crate) fn keep_group(&mut self, gid: [u8; 32], group: MlsGroup) {
+        if self.groups.len() >= GROUP_CACHE_MAX {
+            self.groups.clear();
+        }
+        self.groups.insert(gid, group);
+    }
+
+    /// Runs `f` with read access to a group (cached or loaded), for queries.
+    pub(crate) fn with_group<T>(
+        &self,
+        gid: &[u8; 32],
+        f: impl FnOnce(&MlsGroup) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        match self.groups.get(gid) {
+            Some(g) => f(g),
+            None => f(&self.load_group(gid)?),
+        }
+    }
+
+    /// Runs `f` inside SAVEPOINT `name`; on error rolls back (openmls's writes included)
+    /// and drops the group cache, which may hold groups changed inside the savepoint.
+    pub(crate) fn savepoint<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Self) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let conn = self.conn;
+        conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+        match f(self) {
+            Ok(v) => {
+                conn.execute_batch(&format!("RELEASE {name}"))?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.groups.clear();
+                // If even the rollback fails the connection is unusable; report the first error.
+                let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
+                Err(e)
+            }
+        }
     }
 
     /// One Send Group row.
@@ -374,7 +439,7 @@ impl<'a> Ctx<'a> {
         let gid = super::ids::send_group_id(d, member);
         if let Some(sg) = self.send_group(&gid)? {
             let stop = if sg.joined {
-                self.load_group(&gid)?.epoch().as_u64()
+                self.with_group(&gid, |g| Ok(g.epoch().as_u64()))?
             } else {
                 0
             };
@@ -384,7 +449,7 @@ impl<'a> Ctx<'a> {
             )?;
             // Waiting messages beyond the stop epoch will never be processed.
             self.conn.execute(
-                "DELETE FROM dmls_waiting WHERE group_id = ?1 AND (epoch > ?2 OR (is_commit AND epoch >= ?2) OR wait_kind = 'welcome')",
+                "DELETE FROM dmls_waiting WHERE group_id = ?1 AND (epoch > ?2 OR (is_commit AND epoch >= ?2) OR wait_kind IN ('welcome', 'commit'))",
                 params![gid.as_slice(), stop as i64],
             )?;
         }

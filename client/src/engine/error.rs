@@ -48,6 +48,19 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Whether the error is about the input itself (a message or Welcome that is malformed,
+    /// breaks a rule, or is for a group we do not follow), so that skipping it is right,
+    /// rather than about our storage or a bug.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Malformed(_)
+                | EngineError::Rejected(_)
+                | EngineError::Mls(_)
+                | EngineError::UnknownSendGroup { .. }
+        )
+    }
+
     /// Wraps an openmls error (their Display texts carry no secrets).
     pub(crate) fn mls(context: &str, err: impl std::fmt::Display) -> Self {
         EngineError::Mls(format!("{context}: {err}"))

@@ -241,8 +241,12 @@ pub enum WaitReason {
     /// We have not joined its Send Group yet (its Welcome has not been processed).
     Welcome,
     /// A commit that references a proposal (a member's leaf-refresh Update) of this epoch we
-    /// have not received yet; retried when a proposal of that epoch is stored.
+    /// have not received yet; retried when a proposal of that epoch arrives.
     Proposal(u64),
+    /// A member's leaf-refresh Update proposal in a Send Group we do not own, kept
+    /// unprocessed until a commit of this epoch references it. Most never are: when the
+    /// owner commits before receiving it, it goes stale and is dropped.
+    Commit(u64),
 }
 
 /// A received message that could not be processed yet.
@@ -328,6 +332,7 @@ pub struct Engine {
     crypto: openmls_rust_crypto::RustCrypto,
     policy: UpdatePolicy,
     counters: Counters,
+    groups: ctx::GroupCache,
 }
 
 impl std::fmt::Debug for Engine {
@@ -367,8 +372,9 @@ impl Engine {
             counters: &mut self.counters,
             policy: self.policy,
             triggers: Vec::new(),
+            groups: &mut self.groups,
         };
-        state::in_savepoint(conn, "dmls_op", || f(&mut c))
+        c.savepoint("dmls_op", f)
     }
 
     /// Runs a read-only query.
@@ -378,6 +384,9 @@ impl Engine {
     ) -> Result<T, EngineError> {
         let conn = &self.conn;
         let mut counters = self.counters;
+        // Queries see the cache through `Ctx::with_group` only; a copy is not needed, an
+        // empty map loads from storage.
+        let mut groups = ctx::GroupCache::new();
         let c = ctx::Ctx {
             conn,
             provider: provider::Provider::new(conn, &self.crypto, &self.rand),
@@ -385,6 +394,7 @@ impl Engine {
             counters: &mut counters,
             policy: self.policy,
             triggers: Vec::new(),
+            groups: &mut groups,
         };
         f(&c)
     }
@@ -395,12 +405,31 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         provider::migrate(&mut conn)?;
         state::migrate(&conn)?;
+        match state::meta_get(&conn, "state_codec")? {
+            Some(codec) if codec == provider::STATE_CODEC_NAME => {}
+            Some(other) => {
+                return Err(EngineError::Migration(format!(
+                    "the state database stores openmls state as {:?}, this version reads {:?}",
+                    String::from_utf8_lossy(&other),
+                    String::from_utf8_lossy(provider::STATE_CODEC_NAME)
+                )));
+            }
+            None if state::meta_get(&conn, "client_id")?.is_some() => {
+                return Err(EngineError::Migration(
+                    "the state database was written by an older dmls version (JSON openmls \
+                     state); it cannot be read by this one: create a new identity"
+                        .into(),
+                ));
+            }
+            None => state::meta_set(&conn, "state_codec", provider::STATE_CODEC_NAME)?,
+        }
         Ok(Engine {
             conn,
             rand,
             crypto: openmls_rust_crypto::RustCrypto::default(),
             policy: UpdatePolicy::default(),
             counters: Counters::default(),
+            groups: ctx::GroupCache::new(),
         })
     }
 
@@ -459,7 +488,75 @@ impl Engine {
     /// Processes one input in one transaction: on error nothing changed (not even the
     /// relay cursor, see [`Engine::set_group_cursor`] to skip a bad message).
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Result<Vec<Event>, EngineError> {
-        self.write(|c| match input {
+        self.write(|c| Self::dispatch(c, input, now_ms))
+    }
+
+    /// Processes many inputs in one transaction, each in its own savepoint, and returns one
+    /// result per input, in order. Much faster than [`Engine::handle`] per input: one
+    /// database commit (one fsync with a synchronous database) for the whole batch.
+    ///
+    /// An input that fails with an input error ([`EngineError::is_input_error`]: malformed,
+    /// rejected, unknown group) changes nothing except that its relay cursor (or welcome
+    /// cursor) advances past it, so it is not fetched again; its error is returned in its
+    /// slot. Any other error (the database failed, a bug) rolls back the whole batch and is
+    /// returned as the outer error: then nothing changed, not even a cursor.
+    pub fn handle_batch(
+        &mut self,
+        inputs: Vec<Input>,
+        now_ms: u64,
+    ) -> Result<Vec<Result<Vec<Event>, EngineError>>, EngineError> {
+        self.write(|c| {
+            let mut results = Vec::with_capacity(inputs.len());
+            for input in inputs {
+                // Where a rejected input's cursor goes, so it is not fetched again.
+                enum Skip {
+                    Group(String, String, u64),
+                    Welcome(u64),
+                    Nothing,
+                }
+                let skip = match &input {
+                    Input::GroupMessage {
+                        owner,
+                        group_id,
+                        seq: Some(seq),
+                        ..
+                    } => Skip::Group(owner.clone(), group_id.clone(), *seq),
+                    Input::Welcome {
+                        inbox_id: Some(id), ..
+                    } => Skip::Welcome(*id),
+                    _ => Skip::Nothing,
+                };
+                let saved = c.triggers.len();
+                match c.savepoint("dmls_input", |c| Self::dispatch(c, input, now_ms)) {
+                    Ok(events) => results.push(Ok(events)),
+                    Err(e) if e.is_input_error() => {
+                        c.triggers.truncate(saved);
+                        match skip {
+                            // An unknown group has no cursor to move.
+                            Skip::Group(..)
+                                if matches!(e, EngineError::UnknownSendGroup { .. }) => {}
+                            Skip::Group(owner, group_id, seq) => {
+                                c.set_group_cursor(&owner, &group_id, seq)?
+                            }
+                            Skip::Welcome(id) => c.set_welcome_cursor(id)?,
+                            Skip::Nothing => {}
+                        }
+                        results.push(Err(e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(results)
+        })
+    }
+
+    /// Processes one input (no transaction of its own).
+    fn dispatch(
+        c: &mut ctx::Ctx<'_>,
+        input: Input,
+        now_ms: u64,
+    ) -> Result<Vec<Event>, EngineError> {
+        match input {
             Input::GroupMessage {
                 owner,
                 group_id,
@@ -476,7 +573,7 @@ impl Engine {
                 key_packages,
                 missing,
             } => c.claimed_key_packages(outbox_id, key_packages, missing, now_ms),
-        })
+        }
     }
 
     /// Everything still to be sent, oldest first. Perform them in order and call

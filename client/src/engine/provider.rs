@@ -54,24 +54,36 @@ impl OpenMlsRand for DmlsRand {
     }
 }
 
-/// JSON codec for openmls_sqlite_storage.
+/// Codec of openmls's state in openmls_sqlite_storage: MessagePack (rmp-serde), a compact
+/// binary format that, unlike JSON, does not spell every key byte as a decimal number. It is
+/// self-describing, which openmls's serde types need (one of them is an untagged enum).
+/// Loading and storing group state dominated the engine's cost with JSON.
 #[derive(Default)]
-pub(crate) struct JsonCodec;
+pub(crate) struct StateCodec;
 
-impl Codec for JsonCodec {
-    type Error = serde_json::Error;
+impl Codec for StateCodec {
+    type Error = CodecError;
 
     fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        serde_json::to_vec(value)
+        rmp_serde::to_vec(value).map_err(|e| CodecError(e.to_string()))
     }
 
     fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-        serde_json::from_slice(slice)
+        rmp_serde::from_slice(slice).map_err(|e| CodecError(e.to_string()))
     }
 }
 
+/// An encoding or decoding error of [`StateCodec`].
+#[derive(Debug, thiserror::Error)]
+#[error("openmls state codec: {0}")]
+pub(crate) struct CodecError(String);
+
+/// Name of the storage codec, recorded in `dmls_meta` so that a database written with
+/// another codec is refused with a clear error instead of failing to decode later.
+pub(crate) const STATE_CODEC_NAME: &[u8] = b"msgpack";
+
 /// The openmls storage over our connection.
-pub(crate) type Storage<'a> = SqliteStorageProvider<JsonCodec, &'a rusqlite::Connection>;
+pub(crate) type Storage<'a> = SqliteStorageProvider<StateCodec, &'a rusqlite::Connection>;
 
 /// The provider handed to openmls for one operation.
 pub(crate) struct Provider<'a> {
@@ -114,7 +126,7 @@ impl<'a> OpenMlsProvider for Provider<'a> {
 
 /// Runs openmls_sqlite_storage's migrations on `conn`.
 pub(crate) fn migrate(conn: &mut rusqlite::Connection) -> Result<(), EngineError> {
-    SqliteStorageProvider::<JsonCodec, &mut rusqlite::Connection>::new(conn)
+    SqliteStorageProvider::<StateCodec, &mut rusqlite::Connection>::new(conn)
         .run_migrations()
         .map_err(|e| EngineError::Migration(e.to_string()))
 }

@@ -68,16 +68,17 @@ impl Ctx<'_> {
                 continue;
             };
             let (epoch, members, auth) = if sg.joined {
-                let g = self.load_group(&gid)?;
-                let members = g
-                    .members()
-                    .filter_map(|m| credential_identity(&m.credential).ok())
-                    .collect();
-                (
-                    Some(g.epoch().as_u64()),
-                    members,
-                    Some(hex::encode(g.epoch_authenticator().as_slice())),
-                )
+                self.with_group(&gid, |g| {
+                    let members = g
+                        .members()
+                        .filter_map(|m| credential_identity(&m.credential).ok())
+                        .collect();
+                    Ok((
+                        Some(g.epoch().as_u64()),
+                        members,
+                        Some(hex::encode(g.epoch_authenticator().as_slice())),
+                    ))
+                })?
             } else {
                 (None, Vec::new(), None)
             };
@@ -102,6 +103,7 @@ impl Ctx<'_> {
                         "psk" => WaitReason::Psk(PskId::from_bytes(&wp.unwrap_or_default())?),
                         "welcome" => WaitReason::Welcome,
                         "proposal" => WaitReason::Proposal(we.unwrap_or(0) as u64),
+                        "commit" => WaitReason::Commit(we.unwrap_or(0) as u64),
                         _ => WaitReason::Epoch(we.unwrap_or(0) as u64),
                     };
                     Ok(WaitingMessage {

@@ -20,6 +20,22 @@ enum Wait {
     Psk(PskId),
     Welcome,
     Proposal(u64),
+    /// A deferred leaf-refresh proposal of a Send Group we do not own: processed only when
+    /// a commit of this epoch references it.
+    Commit(u64),
+}
+
+/// Up to this many deferred leaf refreshes of an epoch are processed before a commit of that
+/// epoch (it may reference them); with more, the commit is tried alone first.
+const FEED_DEFERRED_FIRST_MAX: u64 = 4;
+
+/// What one openmls `process_message` call gave.
+enum Attempt {
+    Processed(Box<ProcessedMessage>),
+    /// The commit references a proposal we have not stored.
+    MissingProposal,
+    /// A replay of a generation already consumed: a duplicate.
+    Replay,
 }
 
 /// What happened to one message.
@@ -108,6 +124,7 @@ impl Ctx<'_> {
             Wait::Psk(p) => ("psk", None, Some(p.to_bytes().to_vec())),
             Wait::Welcome => ("welcome", None, None),
             Wait::Proposal(e) => ("proposal", Some(e as i64), None),
+            Wait::Commit(e) => ("commit", Some(e as i64), None),
         };
         self.conn.execute(
             "INSERT OR IGNORE INTO dmls_waiting(group_id, epoch, is_commit, wait_kind, wait_epoch, wait_psk, hash, data)
@@ -169,24 +186,16 @@ impl Ctx<'_> {
                     continue;
                 };
                 let hash = message_hash(&data);
-                let conn = self.conn;
-                conn.execute_batch("SAVEPOINT dmls_released")?;
                 let saved = self.triggers.len();
-                match self.ingest(&sg, &data, &hash) {
-                    Ok(Outcome::Done(ev)) => {
-                        conn.execute_batch("RELEASE dmls_released")?;
-                        events.extend(ev);
-                    }
-                    Ok(Outcome::Wait(w)) => {
-                        conn.execute_batch("RELEASE dmls_released")?;
-                        self.store_waiting(&gid, &data, &hash, w)?;
-                    }
-                    Err(_) => {
+                match self.savepoint("dmls_released", |c| c.ingest(&sg, &data, &hash)) {
+                    Ok(Outcome::Done(ev)) => events.extend(ev),
+                    Ok(Outcome::Wait(w)) => self.store_waiting(&gid, &data, &hash, w)?,
+                    Err(e) if e.is_input_error() => {
                         // A bad message changes nothing; drop it for good.
-                        conn.execute_batch("ROLLBACK TO dmls_released; RELEASE dmls_released")?;
                         self.triggers.truncate(saved);
                         self.mark_seen(&hash)?;
                     }
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -225,7 +234,29 @@ impl Ctx<'_> {
         if epoch < sg.joined_epoch.unwrap_or(0) {
             return done_nothing(self);
         }
-        let mut group = self.load_group(&sg.group_id)?;
+        let mut group = self.take_group(&sg.group_id)?;
+        let result = self.ingest_into(&mut group, sg, data, hash, epoch, ct);
+        // On success the group in memory equals storage; on error the caller rolls back.
+        if result.is_ok() {
+            self.keep_group(sg.group_id, group);
+        }
+        result
+    }
+
+    /// [`Ctx::ingest`] once the group is at hand.
+    fn ingest_into(
+        &mut self,
+        group: &mut MlsGroup,
+        sg: &SendGroupRow,
+        data: &[u8],
+        hash: &[u8; 32],
+        epoch: u64,
+        ct: ContentType,
+    ) -> Result<Outcome, EngineError> {
+        let done_nothing = |c: &Ctx<'_>| -> Result<Outcome, EngineError> {
+            c.mark_seen(hash)?;
+            Ok(Outcome::Done(Vec::new()))
+        };
         if !group.is_active() {
             return done_nothing(self);
         }
@@ -240,7 +271,7 @@ impl Ctx<'_> {
                     return done_nothing(self);
                 }
                 // Read the dependency hint before decrypting (PROTOCOL.md "Dependency hint").
-                aad_psks = PskId::list_from_aad(pm.aad())?;
+                aad_psks = PskId::list_from_aad(parse_protocol(data)?.aad())?;
                 for p in &aad_psks {
                     if !self.has_psk(p)? {
                         return Ok(Outcome::Wait(Wait::Psk(*p)));
@@ -252,34 +283,47 @@ impl Ctx<'_> {
                     // A stale leaf refresh: its sender sends it again with its next update.
                     return done_nothing(self);
                 }
+                if !sg.is_own {
+                    // Only the owner commits it, so we need it only if the owner's commit of
+                    // this epoch references it; most never are (the owner commits first and
+                    // they go stale). Keep it unprocessed until then, and let a commit that
+                    // waits for a proposal of this epoch try again.
+                    self.triggers.push(Trigger::Proposal(sg.group_id, epoch));
+                    return Ok(Outcome::Wait(Wait::Commit(epoch)));
+                }
             }
             ContentType::Application => {}
         }
-        // Try openmls in a savepoint so a failure leaves its storage untouched.
-        self.counters.process_attempts += 1;
-        let conn = self.conn;
-        conn.execute_batch("SAVEPOINT dmls_process")?;
-        let processed = match group.process_message(&self.provider, pm) {
-            Ok(p) => {
-                conn.execute_batch("RELEASE dmls_process")?;
-                p
+        // A commit may reference deferred leaf refreshes of its epoch. Processing a few of
+        // them first costs little even when the commit does not use them; with many (in a
+        // round where everyone updates at once, the owner usually committed before it saw
+        // them) try the commit alone first, at the price of one failed attempt if it does.
+        if ct == ContentType::Commit
+            && !sg.is_own
+            && self.deferred_count(&sg.group_id, epoch)? <= FEED_DEFERRED_FIRST_MAX
+        {
+            self.process_deferred_proposals(group, sg, epoch)?;
+        }
+        let processed = match self.attempt(group, sg, data, epoch, current, ct)? {
+            Attempt::Processed(p) => *p,
+            Attempt::Replay => {
+                self.counters.duplicates += 1;
+                return done_nothing(self);
             }
-            Err(e) => {
-                conn.execute_batch("ROLLBACK TO dmls_process; RELEASE dmls_process")?;
-                if matches!(
-                    e,
-                    ProcessMessageError::InvalidCommit(StageCommitError::MissingProposal)
-                ) {
+            Attempt::MissingProposal => {
+                // The commit references leaf refreshes: process the deferred ones of this
+                // epoch, then the commit again.
+                if self.process_deferred_proposals(group, sg, epoch)? == 0 {
                     return Ok(Outcome::Wait(Wait::Proposal(epoch)));
                 }
-                if format!("{e:?}").contains("SecretReuseError") {
-                    // A replay of a generation already consumed: a duplicate.
-                    self.counters.duplicates += 1;
-                    return done_nothing(self);
+                match self.attempt(group, sg, data, epoch, current, ct)? {
+                    Attempt::Processed(p) => *p,
+                    Attempt::MissingProposal => return Ok(Outcome::Wait(Wait::Proposal(epoch))),
+                    Attempt::Replay => {
+                        self.counters.duplicates += 1;
+                        return done_nothing(self);
+                    }
                 }
-                return Err(EngineError::Rejected(format!(
-                    "cannot process {ct:?} message of epoch {epoch} (we are at {current}): {e}"
-                )));
             }
         };
         let sender = match processed.sender() {
@@ -332,7 +376,6 @@ impl Ctx<'_> {
                 group
                     .store_pending_proposal(&self.provider.storage, *qp)
                     .map_err(|e| EngineError::mls("storing proposal", e))?;
-                self.triggers.push(Trigger::Proposal(sg.group_id, epoch));
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 if !owner_sent || sender_id != sg.owner {
@@ -380,6 +423,11 @@ impl Ctx<'_> {
                     self.prune_psks(&sg.dgroup_id, &imported)?;
                 }
                 let new_epoch = group.epoch().as_u64();
+                // Deferred leaf refreshes of older epochs can no longer be committed.
+                self.conn.execute(
+                    "DELETE FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch < ?2",
+                    params![sg.group_id.as_slice(), new_epoch as i64],
+                )?;
                 if self_removed {
                     self.conn.execute(
                         "UPDATE dmls_dgroup SET we_removed = 1 WHERE dgroup_id = ?1 AND we_removed = 0",
@@ -392,7 +440,7 @@ impl Ctx<'_> {
                         });
                     }
                 } else {
-                    self.export_psk(&group, &sg.group_id)?;
+                    self.export_psk(group, &sg.group_id)?;
                     self.triggers.push(Trigger::Epoch(sg.group_id, new_epoch));
                     events.push(Event::SendGroupAdvanced {
                         dgroup: sg.dgroup_id,
@@ -415,6 +463,119 @@ impl Ctx<'_> {
         self.counters.processed += 1;
         self.mark_seen(hash)?;
         Ok(Outcome::Done(events))
+    }
+
+    /// One openmls `process_message` call in a savepoint: on failure openmls's writes are
+    /// rolled back and `group` is loaded again, so it still equals storage.
+    fn attempt(
+        &mut self,
+        group: &mut MlsGroup,
+        sg: &SendGroupRow,
+        data: &[u8],
+        epoch: u64,
+        current: u64,
+        ct: ContentType,
+    ) -> Result<Attempt, EngineError> {
+        self.counters.process_attempts += 1;
+        let pm = parse_protocol(data)?;
+        let conn = self.conn;
+        conn.execute_batch("SAVEPOINT dmls_process")?;
+        match group.process_message(&self.provider, pm) {
+            Ok(p) => {
+                conn.execute_batch("RELEASE dmls_process")?;
+                Ok(Attempt::Processed(Box::new(p)))
+            }
+            Err(e) => {
+                conn.execute_batch("ROLLBACK TO dmls_process; RELEASE dmls_process")?;
+                *group = self.load_group(&sg.group_id)?;
+                if matches!(
+                    e,
+                    ProcessMessageError::InvalidCommit(StageCommitError::MissingProposal)
+                ) {
+                    return Ok(Attempt::MissingProposal);
+                }
+                if format!("{e:?}").contains("SecretReuseError") {
+                    return Ok(Attempt::Replay);
+                }
+                Err(EngineError::Rejected(format!(
+                    "cannot process {ct:?} message of epoch {epoch} (we are at {current}): {e}"
+                )))
+            }
+        }
+    }
+
+    /// How many deferred leaf refreshes of `epoch` wait in a Send Group.
+    fn deferred_count(&self, gid: &[u8; 32], epoch: u64) -> Result<u64, EngineError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch = ?2",
+            params![gid.as_slice(), epoch as i64],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Processes the deferred leaf-refresh proposals of `epoch` of a Send Group we do not
+    /// own (see [`Wait::Commit`]) into openmls's proposal store. A bad one is dropped.
+    /// Returns how many were stored.
+    fn process_deferred_proposals(
+        &mut self,
+        group: &mut MlsGroup,
+        sg: &SendGroupRow,
+        epoch: u64,
+    ) -> Result<usize, EngineError> {
+        let rows: Vec<(i64, Vec<u8>)> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch = ?2 ORDER BY id",
+            )?;
+            st.query_map(params![sg.group_id.as_slice(), epoch as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut stored = 0;
+        for (id, data) in rows {
+            self.conn
+                .execute("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
+            let hash = message_hash(&data);
+            match self.savepoint("dmls_deferred", |c| {
+                c.store_deferred(group, sg, &data, epoch)
+            }) {
+                Ok(()) => stored += 1,
+                // A bad one changes nothing and is dropped.
+                Err(e) if e.is_input_error() => *group = self.load_group(&sg.group_id)?,
+                Err(e) => return Err(e),
+            }
+            self.mark_seen(&hash)?;
+        }
+        Ok(stored)
+    }
+
+    /// Processes one deferred proposal into openmls's proposal store.
+    fn store_deferred(
+        &mut self,
+        group: &mut MlsGroup,
+        sg: &SendGroupRow,
+        data: &[u8],
+        epoch: u64,
+    ) -> Result<(), EngineError> {
+        let reject = |why: &str| Err(EngineError::Rejected(format!("leaf refresh: {why}")));
+        let processed = match self.attempt(group, sg, data, epoch, epoch, ContentType::Proposal)? {
+            Attempt::Processed(p) => *p,
+            Attempt::MissingProposal | Attempt::Replay => return reject("not processable"),
+        };
+        let owner_sent =
+            matches!(processed.sender(), Sender::Member(l) if *l == LeafNodeIndex::new(0));
+        let ProcessedMessageContent::ProposalMessage(qp) = processed.into_content() else {
+            return reject("not a proposal");
+        };
+        // Only a member's own Update proposal (PROTOCOL.md "Leaf refresh").
+        if owner_sent || !matches!(qp.proposal(), Proposal::Update(_)) {
+            return reject("only a member's own Update proposal is accepted");
+        }
+        group
+            .store_pending_proposal(&self.provider.storage, *qp)
+            .map_err(|e| EngineError::mls("storing proposal", e))?;
+        self.counters.processed += 1;
+        Ok(())
     }
 
     /// A Welcome from our inbox (PROTOCOL.md "INIT" steps 2 and 3, "DGroup configuration").
@@ -541,6 +702,7 @@ impl Ctx<'_> {
             .map_err(|e| EngineError::mls("joining Send Group", e))?;
         let epoch = group.epoch().as_u64();
         self.export_psk(&group, &gid)?;
+        self.keep_group(gid, group);
         self.conn.execute(
             "UPDATE dmls_send_group SET joined = 1, joined_epoch = ?2 WHERE group_id = ?1",
             params![gid.as_slice(), epoch as i64],

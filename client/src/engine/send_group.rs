@@ -196,7 +196,7 @@ impl Ctx<'_> {
         let gid = own.group_id;
         if !kps.is_empty() {
             let signer = self.signer()?;
-            let mut group = self.load_group(&gid)?;
+            let mut group = self.take_group(&gid)?;
             // Every own commit has a path (PROTOCOL.md "DMLS Update and DMLS Commit").
             let bundle = group
                 .commit_builder()
@@ -216,6 +216,7 @@ impl Ctx<'_> {
                 .merge_pending_commit(&self.provider)
                 .map_err(|e| EngineError::mls("merging add commit", e))?;
             self.export_psk(&group, &gid)?;
+            self.keep_group(gid, group);
             // The add commit is not posted: nobody else is in epoch 0 (PROTOCOL.md "INIT").
             self.outbox_push(&Effect::PostWelcomes(
                 added.iter().map(|a| (a.clone(), welcome.clone())).collect(),
@@ -324,19 +325,16 @@ impl Ctx<'_> {
         let me = self.me()?;
         let signer = self.signer()?;
         let gid = own.group_id;
-        let mut group = self.load_group(&gid)?;
-        let imports = self.unimported(d)?;
-        let mut psk_proposals = Vec::new();
-        for p in &imports {
+        let mut group = self.take_group(&gid)?;
+        let mut imports = Vec::new();
+        for p in self.unimported(d)? {
             let id = PreSharedKeyId::new(
                 group.ciphersuite(),
                 self.provider.rand,
                 Psk::External(ExternalPsk::new(p.to_bytes().to_vec())),
             )
             .map_err(|e| EngineError::mls("PSK nonce", e))?;
-            psk_proposals.push(Proposal::PreSharedKey(Box::new(PreSharedKeyProposal::new(
-                id,
-            ))));
+            imports.push((p, id));
         }
         let pending: Vec<String> = self
             .removed(d)?
@@ -350,42 +348,32 @@ impl Ctx<'_> {
                 leaves.push(m.index);
             }
         }
-        // Dependency hint (PROTOCOL.md "Dependency hint").
-        group.set_aad(PskId::list_to_aad(&imports));
-        let bundle = group
-            .commit_builder()
-            .add_proposals(psk_proposals)
-            .propose_removals(leaves.clone())
-            .force_self_update(true)
-            .consume_proposal_store(true)
-            .load_psks(&self.provider.storage)
-            .map_err(|e| EngineError::mls("DMLS commit", e))?
-            .build(self.provider.rand, self.provider.crypto, &signer, |qp| {
-                // openmls filters our own proposals too; keep them, and keep received
-                // Updates only from members not removed by this commit.
-                match qp.proposal() {
-                    Proposal::Update(_) => {
-                        matches!(qp.sender(), Sender::Member(l) if !leaves.contains(l))
-                    }
-                    Proposal::PreSharedKey(_) | Proposal::Remove(_) => true,
-                    _ => false,
-                }
-            })
-            .map_err(|e| EngineError::mls("DMLS commit", e))?
-            .stage_commit(&self.provider)
-            .map_err(|e| EngineError::mls("DMLS commit", e))?;
-        let commit = encode(bundle.commit())?;
-        if let Some(staged) = group.pending_commit() {
-            let order = staged
-                .psk_proposals()
-                .map(|q| external_psk_id(q.psk_proposal()))
-                .collect::<Result<Vec<_>, _>>()?;
-            if order != imports {
+        let mut commit = self.build_commit(&mut group, &signer, &imports, &leaves)?;
+        // The AAD must list the PSKs in the order of the commit's PSK proposals (PROTOCOL.md
+        // "Dependency hint"). openmls keeps our order, but should it ever choose another one,
+        // rebuild the commit once with the AAD in its order instead of failing.
+        let order = self.staged_psk_order(&group)?;
+        if order != imports.iter().map(|(p, _)| *p).collect::<Vec<_>>() {
+            group
+                .clear_pending_commit(&self.provider.storage)
+                .map_err(|e| EngineError::mls("DMLS commit", e))?;
+            let mut reordered = Vec::with_capacity(order.len());
+            for p in &order {
+                let pos = imports.iter().position(|(q, _)| q == p).ok_or_else(|| {
+                    EngineError::Internal(format!("openmls added a PSK proposal for {p:?}"))
+                })?;
+                reordered.push(imports.remove(pos));
+            }
+            imports = reordered;
+            commit = self.build_commit(&mut group, &signer, &imports, &leaves)?;
+            let again = self.staged_psk_order(&group)?;
+            if again != order {
                 return Err(EngineError::Internal(format!(
-                    "PSK proposal order {order:?} differs from the AAD {imports:?}"
+                    "openmls orders PSK proposals unpredictably: {again:?} after {order:?}"
                 )));
             }
         }
+        let imports: Vec<PskId> = imports.into_iter().map(|(p, _)| p).collect();
         group
             .merge_pending_commit(&self.provider)
             .map_err(|e| EngineError::mls("merging our commit", e))?;
@@ -423,29 +411,84 @@ impl Ctx<'_> {
              WHERE group_id = ?1",
             params![gid.as_slice(), now_ms as i64],
         )?;
+        self.keep_group(gid, group);
         if leaf_refresh {
-            self.propose_leaf_refresh(d, &me)?;
+            self.propose_leaf_refresh(d)?;
         }
         Ok(())
     }
 
+    /// Builds and stages (does not merge) a commit with a path importing `imports` in this
+    /// order, with the AAD naming them in the same order, removing `leaves` and committing
+    /// received Update proposals. Returns the commit's bytes.
+    fn build_commit(
+        &mut self,
+        group: &mut MlsGroup,
+        signer: &openmls_basic_credential::SignatureKeyPair,
+        imports: &[(PskId, PreSharedKeyId)],
+        leaves: &[LeafNodeIndex],
+    ) -> Result<Vec<u8>, EngineError> {
+        let ids: Vec<PskId> = imports.iter().map(|(p, _)| *p).collect();
+        let psk_proposals = imports
+            .iter()
+            .map(|(_, id)| Proposal::PreSharedKey(Box::new(PreSharedKeyProposal::new(id.clone()))))
+            .collect::<Vec<_>>();
+        // Dependency hint (PROTOCOL.md "Dependency hint").
+        group.set_aad(PskId::list_to_aad(&ids));
+        let bundle = group
+            .commit_builder()
+            .add_proposals(psk_proposals)
+            .propose_removals(leaves.iter().copied())
+            .force_self_update(true)
+            .consume_proposal_store(true)
+            .load_psks(&self.provider.storage)
+            .map_err(|e| EngineError::mls("DMLS commit", e))?
+            .build(self.provider.rand, self.provider.crypto, signer, |qp| {
+                // openmls filters our own proposals too; keep them, and keep received
+                // Updates only from members not removed by this commit.
+                match qp.proposal() {
+                    Proposal::Update(_) => {
+                        matches!(qp.sender(), Sender::Member(l) if !leaves.contains(l))
+                    }
+                    Proposal::PreSharedKey(_) | Proposal::Remove(_) => true,
+                    _ => false,
+                }
+            })
+            .map_err(|e| EngineError::mls("DMLS commit", e))?
+            .stage_commit(&self.provider)
+            .map_err(|e| EngineError::mls("DMLS commit", e))?;
+        encode(bundle.commit())
+    }
+
+    /// The psk_ids of the staged commit's PSK proposals, in commit order.
+    fn staged_psk_order(&self, group: &MlsGroup) -> Result<Vec<PskId>, EngineError> {
+        let staged = group
+            .pending_commit()
+            .ok_or_else(|| EngineError::Internal("no staged commit".into()))?;
+        staged
+            .psk_proposals()
+            .map(|q| external_psk_id(q.psk_proposal()))
+            .collect()
+    }
+
     /// Update proposals for our own leaf in every other Send Group we are in (PROTOCOL.md "Leaf refresh").
-    fn propose_leaf_refresh(&mut self, d: &DGroupId, me: &str) -> Result<(), EngineError> {
+    fn propose_leaf_refresh(&mut self, d: &DGroupId) -> Result<(), EngineError> {
         let signer = self.signer()?;
         for sg in self.send_groups_of(d)? {
             if sg.is_own || !sg.joined || sg.stop_epoch.is_some() {
                 continue;
             }
-            let mut group = self.load_group(&sg.group_id)?;
+            let mut group = self.take_group(&sg.group_id)?;
             if !group.is_active() {
+                self.keep_group(sg.group_id, group);
                 continue;
             }
             let (msg, _) = group
                 .propose_self_update(&self.provider, &signer, LeafNodeParameters::default())
                 .map_err(|e| EngineError::mls("proposing leaf refresh", e))?;
+            self.keep_group(sg.group_id, group);
             let data = encode(&msg)?;
             self.mark_seen(&message_hash(&data))?;
-            let _ = me;
             self.outbox_push(&Effect::PostMessage {
                 owner: sg.owner.clone(),
                 group_id: hex::encode(sg.group_id),
@@ -468,17 +511,16 @@ impl Ctx<'_> {
         // Update policy (PROTOCOL.md "When to commit").
         let stale = now_ms.saturating_sub(own.last_update_ms) >= self.policy.max_update_age_ms
             || own.msgs_since_update >= self.policy.max_messages_per_update;
-        let group = self.load_group(&gid)?;
-        let has_proposals = group.pending_proposals().next().is_some();
+        let has_proposals =
+            self.with_group(&gid, |g| Ok(g.pending_proposals().next().is_some()))?;
         let has_removals = self.removed(d)?.iter().any(|r| r.1);
         let has_imports = self.policy.import_before_send && !self.unimported(d)?.is_empty();
-        drop(group);
         let mut own = own;
         if stale || has_proposals || has_removals || has_imports {
             self.dmls_commit(d, now_ms, stale)?;
             own = self.own_send_group(d)?;
         }
-        let mut group = self.load_group(&gid)?;
+        let mut group = self.take_group(&gid)?;
         let envelope = DmlsEnvelope {
             sent_at_ms: now_ms,
             message_id: MessageId(self.rand.bytes()?),
@@ -492,6 +534,7 @@ impl Ctx<'_> {
             .map_err(|e| EngineError::mls("encrypting message", e))?;
         let data = encode(&msg)?;
         let epoch = group.epoch().as_u64();
+        self.keep_group(gid, group);
         self.conn.execute(
             "INSERT INTO dmls_history(dgroup_id, sender, sent_at_ms, message_id, content_type, body, epoch, generation)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

@@ -1,7 +1,7 @@
 //! Our own tables next to openmls's, and the transaction helper.
 //!
 //! openmls_sqlite_storage runs no transactions itself, so every engine operation wraps
-//! openmls's writes and ours in one SAVEPOINT that is rolled back on error.
+//! openmls's writes and ours in one SAVEPOINT that is rolled back on error (`Ctx::savepoint`).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -101,27 +101,6 @@ CREATE TABLE IF NOT EXISTS dmls_outbox (
 pub(crate) fn migrate(conn: &Connection) -> Result<(), EngineError> {
     conn.execute_batch(SCHEMA)?;
     Ok(())
-}
-
-/// Runs `f` inside SAVEPOINT `name`; rolls everything back (openmls's writes included) when
-/// `f` fails. Savepoints nest, so this is also how one waiting message is tried in isolation.
-pub(crate) fn in_savepoint<T>(
-    conn: &Connection,
-    name: &str,
-    f: impl FnOnce() -> Result<T, EngineError>,
-) -> Result<T, EngineError> {
-    conn.execute_batch(&format!("SAVEPOINT {name}"))?;
-    match f() {
-        Ok(v) => {
-            conn.execute_batch(&format!("RELEASE {name}"))?;
-            Ok(v)
-        }
-        Err(e) => {
-            // If even the rollback fails the connection is unusable; report the first error.
-            let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
-            Err(e)
-        }
-    }
 }
 
 /// Reads a meta value.

@@ -209,6 +209,54 @@ impl Net {
         }
     }
 
+    /// Delivers the pool entries `ks` (all for the same member) in one
+    /// `Engine::handle_batch`, in the order given, removing them from the pool.
+    pub fn deliver_batch(&mut self, ks: &[usize], now_ms: u64) -> Result<(), String> {
+        let Some(&first) = ks.first() else {
+            return Ok(());
+        };
+        let to = self.pool[first].to;
+        let followed = self.engines[to].followed_groups().unwrap();
+        let mut take = Vec::new();
+        for &k in ks {
+            assert_eq!(self.pool[k].to, to, "a batch is for one member");
+            // As in `deliver`: a group is polled only once its DGroup is known.
+            let follows = match &self.pool[k].input {
+                Input::GroupMessage {
+                    owner, group_id, ..
+                } => followed
+                    .iter()
+                    .any(|f| f.owner == *owner && f.group_id == *group_id),
+                _ => true,
+            };
+            if follows {
+                take.push(k);
+            }
+        }
+        let inputs: Vec<Input> = take.iter().map(|&k| self.pool[k].input.clone()).collect();
+        let mut sorted = take.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        for k in sorted {
+            self.pool.remove(k);
+        }
+        let shorts: Vec<String> = inputs.iter().map(short).collect();
+        let results = self.engines[to]
+            .handle_batch(inputs, now_ms)
+            .map_err(|e| format!("{}: batch failed: {e}", self.names[to]))?;
+        for (r, what) in results.into_iter().zip(shorts) {
+            match r {
+                Ok(ev) => self.events[to].extend(ev),
+                Err(e) => {
+                    return Err(format!(
+                        "{} rejected {what} in a batch: {e}",
+                        self.names[to]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Delivers everything, draining outboxes, until nothing is left.
     pub fn settle(&mut self, now_ms: u64) {
         loop {
