@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
 use super::ids::{DGroupId, PskId};
 use super::provider::{DmlsRand, Provider};
+use super::state::CachedSql as _;
 use super::state::meta_get;
 use super::{Counters, Effect, EngineError, UpdatePolicy};
 
@@ -230,10 +231,10 @@ impl<'a> Ctx<'a> {
         f: impl FnOnce(&mut Self) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
         let conn = self.conn;
-        conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+        conn.exec_cached(&format!("SAVEPOINT {name}"), [])?;
         match f(self) {
             Ok(v) => {
-                conn.execute_batch(&format!("RELEASE {name}"))?;
+                conn.exec_cached(&format!("RELEASE {name}"), [])?;
                 Ok(v)
             }
             Err(e) => {
@@ -249,7 +250,7 @@ impl<'a> Ctx<'a> {
     pub(crate) fn send_group(&self, gid: &[u8; 32]) -> Result<Option<SendGroupRow>, EngineError> {
         Ok(self
             .conn
-            .query_row(
+            .row_cached(
                 &format!("SELECT {SG_COLS} FROM dmls_send_group WHERE group_id = ?1"),
                 [gid.as_slice()],
                 sg_from_row,
@@ -283,7 +284,7 @@ impl<'a> Ctx<'a> {
     ) -> Result<Option<(DGroupConfig, Vec<u8>, bool)>, EngineError> {
         let row: Option<(Vec<u8>, bool)> = self
             .conn
-            .query_row(
+            .row_cached(
                 "SELECT config, we_removed FROM dmls_dgroup WHERE dgroup_id = ?1",
                 [d.0.as_slice()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -308,18 +309,24 @@ impl<'a> Ctx<'a> {
 
     /// Appends an effect to the outbox.
     pub(crate) fn outbox_push(&self, effect: &Effect) -> Result<u64, EngineError> {
-        let json = serde_json::to_string(effect)
+        let bytes = rmp_serde::to_vec(effect)
             .map_err(|e| EngineError::Internal(format!("cannot encode outbox effect: {e}")))?;
         self.conn
-            .execute("INSERT INTO dmls_outbox(effect) VALUES (?1)", [json])?;
+            .exec_cached("INSERT INTO dmls_outbox(effect) VALUES (?1)", [bytes])?;
         Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// Decodes an outbox effect (MessagePack).
+    pub(crate) fn decode_effect(id: i64, bytes: &[u8]) -> Result<Effect, EngineError> {
+        rmp_serde::from_slice(bytes)
+            .map_err(|e| EngineError::Internal(format!("outbox item {id} unreadable: {e}")))
     }
 
     /// Whether a message was seen already.
     pub(crate) fn seen(&self, hash: &[u8; 32]) -> Result<bool, EngineError> {
         Ok(self
             .conn
-            .query_row(
+            .row_cached(
                 "SELECT 1 FROM dmls_seen WHERE hash = ?1",
                 [hash.as_slice()],
                 |_| Ok(()),
@@ -330,7 +337,7 @@ impl<'a> Ctx<'a> {
 
     /// Records a message as seen (processed, ignored for good, or sent by us).
     pub(crate) fn mark_seen(&self, hash: &[u8; 32]) -> Result<(), EngineError> {
-        self.conn.execute(
+        self.conn.exec_cached(
             "INSERT OR IGNORE INTO dmls_seen(hash) VALUES (?1)",
             [hash.as_slice()],
         )?;
@@ -360,7 +367,7 @@ impl<'a> Ctx<'a> {
         PreSharedKeyId::external(psk_id.to_bytes().to_vec(), Vec::new())
             .store(&self.provider, secret)
             .map_err(|e| EngineError::mls("storing PSK", e))?;
-        let n = self.conn.execute(
+        let n = self.conn.exec_cached(
             "INSERT OR IGNORE INTO dmls_psk(psk_id, group_id, epoch) VALUES (?1, ?2, ?3)",
             params![
                 psk_id.to_bytes().as_slice(),
@@ -378,7 +385,7 @@ impl<'a> Ctx<'a> {
     pub(crate) fn has_psk(&self, psk_id: &PskId) -> Result<bool, EngineError> {
         Ok(self
             .conn
-            .query_row(
+            .row_cached(
                 "SELECT 1 FROM dmls_psk WHERE psk_id = ?1",
                 [psk_id.to_bytes().as_slice()],
                 |_| Ok(()),
@@ -389,7 +396,7 @@ impl<'a> Ctx<'a> {
 
     /// Records that `acker` imported epoch `epoch` of Send Group `gid`.
     pub(crate) fn ack(&self, acker: &str, psk: &PskId) -> Result<(), EngineError> {
-        self.conn.execute(
+        self.conn.exec_cached(
             "INSERT INTO dmls_ack(acker, group_id, epoch) VALUES (?1, ?2, ?3)
              ON CONFLICT(acker, group_id) DO UPDATE SET epoch = MAX(epoch, excluded.epoch)",
             params![acker, psk.group_id.as_slice(), psk.epoch as i64],
@@ -401,7 +408,7 @@ impl<'a> Ctx<'a> {
     pub(crate) fn acked(&self, acker: &str, gid: &[u8; 32]) -> Result<Option<u64>, EngineError> {
         Ok(self
             .conn
-            .query_row(
+            .row_cached(
                 "SELECT epoch FROM dmls_ack WHERE acker = ?1 AND group_id = ?2",
                 params![acker, gid.as_slice()],
                 |r| r.get::<_, i64>(0),
@@ -414,7 +421,7 @@ impl<'a> Ctx<'a> {
     pub(crate) fn latest_psk_epoch(&self, gid: &[u8; 32]) -> Result<Option<u64>, EngineError> {
         Ok(self
             .conn
-            .query_row(
+            .row_cached(
                 "SELECT MAX(epoch) FROM dmls_psk WHERE group_id = ?1",
                 [gid.as_slice()],
                 |r| r.get::<_, Option<i64>>(0),
@@ -429,7 +436,7 @@ impl<'a> Ctx<'a> {
         if member == me {
             return Ok(false);
         }
-        let n = self.conn.execute(
+        let n = self.conn.exec_cached(
             "INSERT OR IGNORE INTO dmls_removed(dgroup_id, member, pending) VALUES (?1, ?2, 1)",
             params![d.0.as_slice(), member],
         )?;
@@ -443,12 +450,12 @@ impl<'a> Ctx<'a> {
             } else {
                 0
             };
-            self.conn.execute(
+            self.conn.exec_cached(
                 "UPDATE dmls_send_group SET stop_epoch = ?2 WHERE group_id = ?1",
                 params![gid.as_slice(), stop as i64],
             )?;
             // Waiting messages beyond the stop epoch will never be processed.
-            self.conn.execute(
+            self.conn.exec_cached(
                 "DELETE FROM dmls_waiting WHERE group_id = ?1 AND (epoch > ?2 OR (is_commit AND epoch >= ?2) OR wait_kind IN ('welcome', 'commit'))",
                 params![gid.as_slice(), stop as i64],
             )?;

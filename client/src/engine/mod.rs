@@ -403,6 +403,7 @@ impl Engine {
         mut conn: rusqlite::Connection,
         rand: provider::DmlsRand,
     ) -> Result<Engine, EngineError> {
+        conn.set_prepared_statement_cache_capacity(state::STATEMENT_CACHE);
         provider::migrate(&mut conn)?;
         state::migrate(&conn)?;
         match state::meta_get(&conn, "state_codec")? {

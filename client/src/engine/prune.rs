@@ -7,6 +7,7 @@ use rusqlite::params;
 use super::EngineError;
 use super::ctx::Ctx;
 use super::ids::{DGroupId, PskId, send_group_id};
+use super::state::CachedSql as _;
 
 impl Ctx<'_> {
     /// Deletes every stored PSK `(k, G)`, for the Send Groups G named in `imported`, such that
@@ -53,7 +54,7 @@ impl Ctx<'_> {
                     .delete_psk(&Psk::External(ExternalPsk::new(psk_id.to_bytes().to_vec())))
                     .map_err(|e| EngineError::mls("deleting PSK", e))?;
                 self.conn
-                    .execute("DELETE FROM dmls_psk WHERE psk_id = ?1", [id])?;
+                    .exec_cached("DELETE FROM dmls_psk WHERE psk_id = ?1", [id])?;
             }
         }
         Ok(())

@@ -4,6 +4,7 @@ use rusqlite::params;
 
 use super::ctx::{Ctx, credential_identity};
 use super::ids::{DGroupId, MessageId, PskId};
+use super::state::CachedSql as _;
 use super::{
     DGroupStatus, DGroupSummary, EngineError, FollowedGroup, OutboxItem, ReceivedMessage,
     SendGroupStatus, WaitReason, WaitingMessage,
@@ -14,14 +15,12 @@ impl Ctx<'_> {
         let mut st = self
             .conn
             .prepare_cached("SELECT id, effect FROM dmls_outbox ORDER BY id")?;
-        let rows: Vec<(i64, String)> = st
+        let rows: Vec<(i64, Vec<u8>)> = st
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         rows.into_iter()
-            .map(|(id, json)| {
-                let effect = serde_json::from_str(&json).map_err(|e| {
-                    EngineError::Internal(format!("outbox item {id} unreadable: {e}"))
-                })?;
+            .map(|(id, bytes)| {
+                let effect = Self::decode_effect(id, &bytes)?;
                 Ok(OutboxItem {
                     id: id as u64,
                     effect,
@@ -32,7 +31,7 @@ impl Ctx<'_> {
 
     pub(crate) fn outbox_done(&self, id: u64) -> Result<(), EngineError> {
         self.conn
-            .execute("DELETE FROM dmls_outbox WHERE id = ?1", [id as i64])?;
+            .exec_cached("DELETE FROM dmls_outbox WHERE id = ?1", [id as i64])?;
         Ok(())
     }
 
@@ -222,7 +221,7 @@ impl Ctx<'_> {
         let gid = hex::decode(group_id).map_err(|_| {
             EngineError::InvalidArgument(format!("group id {group_id:?} is not hex"))
         })?;
-        let n = self.conn.execute(
+        let n = self.conn.exec_cached(
             "UPDATE dmls_send_group SET after_seq = MAX(after_seq, ?3) WHERE group_id = ?1 AND owner = ?2",
             params![gid, owner, seq as i64],
         )?;

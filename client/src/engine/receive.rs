@@ -11,6 +11,7 @@ use super::ctx::{
 };
 use super::envelope::DmlsEnvelope;
 use super::ids::{PskId, send_group_id};
+use super::state::CachedSql as _;
 use super::state::meta_set;
 use super::{EngineError, Event, ReceivedMessage};
 
@@ -77,7 +78,7 @@ impl Ctx<'_> {
             return Err(unknown());
         }
         if let Some(seq) = seq {
-            self.conn.execute(
+            self.conn.exec_cached(
                 "UPDATE dmls_send_group SET after_seq = MAX(after_seq, ?2) WHERE group_id = ?1",
                 params![gid.as_slice(), seq as i64],
             )?;
@@ -101,7 +102,7 @@ impl Ctx<'_> {
     fn is_waiting(&self, hash: &[u8; 32]) -> Result<bool, EngineError> {
         Ok(self
             .conn
-            .query_row(
+            .row_cached(
                 "SELECT 1 FROM dmls_waiting WHERE hash = ?1",
                 [hash.as_slice()],
                 |_| Ok(()),
@@ -126,7 +127,7 @@ impl Ctx<'_> {
             Wait::Proposal(e) => ("proposal", Some(e as i64), None),
             Wait::Commit(e) => ("commit", Some(e as i64), None),
         };
-        self.conn.execute(
+        self.conn.exec_cached(
             "INSERT OR IGNORE INTO dmls_waiting(group_id, epoch, is_commit, wait_kind, wait_epoch, wait_psk, hash, data)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -178,7 +179,7 @@ impl Ctx<'_> {
             };
             for (id, gid, data) in rows {
                 self.conn
-                    .execute("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
+                    .exec_cached("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
                 let Ok(gid) = <[u8; 32]>::try_from(gid.as_slice()) else {
                     continue;
                 };
@@ -342,7 +343,7 @@ impl Ctx<'_> {
                     )));
                 }
                 let env = DmlsEnvelope::decode(&app.into_bytes())?;
-                self.conn.execute(
+                self.conn.exec_cached(
                     "INSERT INTO dmls_history(dgroup_id, sender, sent_at_ms, message_id, content_type, body, epoch, generation)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
                     params![
@@ -424,12 +425,12 @@ impl Ctx<'_> {
                 }
                 let new_epoch = group.epoch().as_u64();
                 // Deferred leaf refreshes of older epochs can no longer be committed.
-                self.conn.execute(
+                self.conn.exec_cached(
                     "DELETE FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch < ?2",
                     params![sg.group_id.as_slice(), new_epoch as i64],
                 )?;
                 if self_removed {
-                    self.conn.execute(
+                    self.conn.exec_cached(
                         "UPDATE dmls_dgroup SET we_removed = 1 WHERE dgroup_id = ?1 AND we_removed = 0",
                         [sg.dgroup_id.0.as_slice()],
                     )?;
@@ -479,14 +480,15 @@ impl Ctx<'_> {
         self.counters.process_attempts += 1;
         let pm = parse_protocol(data)?;
         let conn = self.conn;
-        conn.execute_batch("SAVEPOINT dmls_process")?;
+        conn.exec_cached("SAVEPOINT dmls_process", [])?;
         match group.process_message(&self.provider, pm) {
             Ok(p) => {
-                conn.execute_batch("RELEASE dmls_process")?;
+                conn.exec_cached("RELEASE dmls_process", [])?;
                 Ok(Attempt::Processed(Box::new(p)))
             }
             Err(e) => {
-                conn.execute_batch("ROLLBACK TO dmls_process; RELEASE dmls_process")?;
+                conn.exec_cached("ROLLBACK TO dmls_process", [])?;
+                conn.exec_cached("RELEASE dmls_process", [])?;
                 *group = self.load_group(&sg.group_id)?;
                 if matches!(
                     e,
@@ -506,7 +508,7 @@ impl Ctx<'_> {
 
     /// How many deferred leaf refreshes of `epoch` wait in a Send Group.
     fn deferred_count(&self, gid: &[u8; 32], epoch: u64) -> Result<u64, EngineError> {
-        Ok(self.conn.query_row(
+        Ok(self.conn.row_cached(
             "SELECT COUNT(*) FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch = ?2",
             params![gid.as_slice(), epoch as i64],
             |r| r.get::<_, i64>(0),
@@ -534,7 +536,7 @@ impl Ctx<'_> {
         let mut stored = 0;
         for (id, data) in rows {
             self.conn
-                .execute("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
+                .exec_cached("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
             let hash = message_hash(&data);
             match self.savepoint("dmls_deferred", |c| {
                 c.store_deferred(group, sg, &data, epoch)
@@ -703,7 +705,7 @@ impl Ctx<'_> {
         let epoch = group.epoch().as_u64();
         self.export_psk(&group, &gid)?;
         self.keep_group(gid, group);
-        self.conn.execute(
+        self.conn.exec_cached(
             "UPDATE dmls_send_group SET joined = 1, joined_epoch = ?2 WHERE group_id = ?1",
             params![gid.as_slice(), epoch as i64],
         )?;

@@ -14,6 +14,7 @@ use super::ctx::{
 use super::envelope::DmlsEnvelope;
 use super::identity::validate_client_id;
 use super::ids::{DGroupId, MessageId, PskId, send_group_id};
+use super::state::CachedSql as _;
 use super::{Effect, EngineError, Event};
 
 fn encode(m: &MlsMessageOut) -> Result<Vec<u8>, EngineError> {
@@ -56,12 +57,12 @@ impl Ctx<'_> {
     /// Stores a DGroup and one row per Send Group.
     pub(crate) fn insert_dgroup(&mut self, config: &DGroupConfig) -> Result<(), EngineError> {
         let me = self.me()?;
-        self.conn.execute(
+        self.conn.exec_cached(
             "INSERT INTO dmls_dgroup(dgroup_id, config, name) VALUES (?1, ?2, ?3)",
             params![config.dgroup_id.0.as_slice(), config.encode()?, config.name],
         )?;
         for m in &config.members {
-            self.conn.execute(
+            self.conn.exec_cached(
                 "INSERT INTO dmls_send_group(group_id, dgroup_id, owner, is_own) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     send_group_id(&config.dgroup_id, m).as_slice(),
@@ -114,7 +115,7 @@ impl Ctx<'_> {
         } else {
             "claiming"
         };
-        self.conn.execute(
+        self.conn.exec_cached(
             "UPDATE dmls_send_group SET joined = 1, joined_epoch = ?2, own_state = ?3, last_update_ms = ?4
              WHERE group_id = ?1",
             params![gid.as_slice(), group.epoch().as_u64() as i64, state, now_ms as i64],
@@ -141,9 +142,9 @@ impl Ctx<'_> {
         missing: Vec<String>,
         now_ms: u64,
     ) -> Result<Vec<Event>, EngineError> {
-        let json: String = self
+        let bytes: Vec<u8> = self
             .conn
-            .query_row(
+            .row_cached(
                 "SELECT effect FROM dmls_outbox WHERE id = ?1",
                 [outbox_id as i64],
                 |r| r.get(0),
@@ -151,9 +152,7 @@ impl Ctx<'_> {
             .map_err(|_| {
                 EngineError::InvalidArgument(format!("no pending outbox item {outbox_id}"))
             })?;
-        let effect: Effect = serde_json::from_str(&json).map_err(|e| {
-            EngineError::Internal(format!("outbox item {outbox_id} unreadable: {e}"))
-        })?;
+        let effect = Self::decode_effect(outbox_id as i64, &bytes)?;
         let Effect::ClaimKeyPackages {
             dgroup_id,
             client_ids,
@@ -164,7 +163,7 @@ impl Ctx<'_> {
             )));
         };
         self.conn
-            .execute("DELETE FROM dmls_outbox WHERE id = ?1", [outbox_id as i64])?;
+            .exec_cached("DELETE FROM dmls_outbox WHERE id = ?1", [outbox_id as i64])?;
         let own = self.own_send_group(&dgroup_id)?;
         if own.own_state.as_deref() != Some("claiming") {
             return Ok(Vec::new());
@@ -222,7 +221,7 @@ impl Ctx<'_> {
                 added.iter().map(|a| (a.clone(), welcome.clone())).collect(),
             ))?;
         }
-        self.conn.execute(
+        self.conn.exec_cached(
             "UPDATE dmls_send_group SET own_state = 'active', last_update_ms = ?2, msgs_since_update = 0,
              sent_in_epoch = 0 WHERE group_id = ?1",
             params![gid.as_slice(), now_ms as i64],
@@ -391,7 +390,7 @@ impl Ctx<'_> {
             data: commit,
         })?;
         if !pending.is_empty() {
-            self.conn.execute(
+            self.conn.exec_cached(
                 "UPDATE dmls_removed SET pending = 0 WHERE dgroup_id = ?1",
                 [d.0.as_slice()],
             )?;
@@ -406,7 +405,7 @@ impl Ctx<'_> {
                 members,
             })?;
         }
-        self.conn.execute(
+        self.conn.exec_cached(
             "UPDATE dmls_send_group SET last_update_ms = ?2, msgs_since_update = 0, sent_in_epoch = 0
              WHERE group_id = ?1",
             params![gid.as_slice(), now_ms as i64],
@@ -535,7 +534,7 @@ impl Ctx<'_> {
         let data = encode(&msg)?;
         let epoch = group.epoch().as_u64();
         self.keep_group(gid, group);
-        self.conn.execute(
+        self.conn.exec_cached(
             "INSERT INTO dmls_history(dgroup_id, sender, sent_at_ms, message_id, content_type, body, epoch, generation)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -549,7 +548,7 @@ impl Ctx<'_> {
                 own.sent_in_epoch as i64
             ],
         )?;
-        self.conn.execute(
+        self.conn.exec_cached(
             "UPDATE dmls_send_group SET msgs_since_update = msgs_since_update + 1,
              sent_in_epoch = sent_in_epoch + 1 WHERE group_id = ?1",
             [gid.as_slice()],

@@ -90,10 +90,10 @@ CREATE TABLE IF NOT EXISTS dmls_history (
     generation INTEGER
 );
 CREATE INDEX IF NOT EXISTS dmls_history_by_dgroup ON dmls_history(dgroup_id, id);
--- Durable outbox (effects as JSON), performed in id order by the shell.
+-- Durable outbox (effects as MessagePack), performed in id order by the shell.
 CREATE TABLE IF NOT EXISTS dmls_outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    effect TEXT NOT NULL
+    effect BLOB NOT NULL
 );
 ";
 
@@ -103,10 +103,43 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// `execute` and `query_row` through the connection's statement cache: openmls's storage and
+/// our tables run the same few dozen statements for every message, and parsing them again
+/// each time cost more than running them.
+pub(crate) trait CachedSql {
+    /// Like `Connection::execute`, with a cached statement.
+    fn exec_cached(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize>;
+    /// Like `Connection::query_row`, with a cached statement.
+    fn row_cached<T>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl CachedSql for Connection {
+    fn exec_cached(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(p)
+    }
+
+    fn row_cached<T>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(p, f)
+    }
+}
+
+/// Statements kept in the connection's cache (rusqlite's default is 16).
+pub(crate) const STATEMENT_CACHE: usize = 128;
+
 /// Reads a meta value.
 pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
     Ok(conn
-        .query_row("SELECT value FROM dmls_meta WHERE key = ?1", [key], |r| {
+        .row_cached("SELECT value FROM dmls_meta WHERE key = ?1", [key], |r| {
             r.get(0)
         })
         .optional()?)
@@ -114,7 +147,7 @@ pub(crate) fn meta_get(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, 
 
 /// Writes a meta value.
 pub(crate) fn meta_set(conn: &Connection, key: &str, value: &[u8]) -> Result<(), EngineError> {
-    conn.execute(
+    conn.exec_cached(
         "INSERT INTO dmls_meta(key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         params![key, value],
