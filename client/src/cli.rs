@@ -545,7 +545,7 @@ fn event_line(e: &Event, names: &[(String, String)]) -> Option<String> {
             )
         }
         Event::KeyPackagesMissing { dgroup, client_ids } => format!(
-            "[{}] warning: no key packages for {}; they cannot read your messages (make a new group once they are online).",
+            "[{}] warning: no key packages for {}; they cannot read your messages until they are added (retried when you sync, at most once a minute).",
             label(names, dgroup),
             client_ids.join(", ")
         ),

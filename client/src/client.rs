@@ -182,7 +182,13 @@ pub struct Client {
     sync_limit: u32,
     pending_events: Vec<Event>,
     barrier: Option<DurabilityBarrier>,
+    /// When [`Client::sync_step`] last asked the engine to retry missing members (late add).
+    missing_retried: Option<std::time::Instant>,
 }
+
+/// How often [`Client::sync_step`] claims key packages again for members missing from our
+/// Send Groups ([`Engine::retry_missing_members`]).
+const MISSING_RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -287,6 +293,7 @@ impl Client {
             sync_limit: dmls_api::limits::SYNC_LIMIT_DEFAULT,
             pending_events: Vec::new(),
             barrier,
+            missing_retried: None,
         }
     }
 
@@ -476,7 +483,9 @@ impl Client {
     /// One sync round trip: drains the outbox, asks the relay for everything new in every
     /// followed Send Group and the welcome inbox (holding the request up to `wait_ms` when
     /// nothing is new), feeds it all to the engine in relay order, then drains the outbox
-    /// again. After a round that saw removals it commits them in our own Send Group.
+    /// again. After a round that saw removals it commits them in our own Send Group. On the
+    /// first step and then at most once a minute it also claims key packages again for
+    /// members still missing from our Send Groups ([`Engine::retry_missing_members`]).
     pub async fn sync_step(&mut self, wait_ms: u64) -> Result<SyncStep, ClientError> {
         let mut events = std::mem::take(&mut self.pending_events);
         events.extend(self.flush_outbox().await?);
@@ -575,6 +584,15 @@ impl Client {
         // "Removal"); a no-op when there are none.
         if step.messages > 0 {
             self.engine.commit_pending_removals(now_ms())?;
+        }
+        // Late add: claim again for members whose key packages were missing, on the first
+        // step and then at most once a minute (each claim is a relay request).
+        if self
+            .missing_retried
+            .is_none_or(|t| t.elapsed() >= MISSING_RETRY_INTERVAL)
+        {
+            self.missing_retried = Some(std::time::Instant::now());
+            self.engine.retry_missing_members()?;
         }
         step.events.extend(self.flush_outbox().await?);
         if step.welcomes > 0 {

@@ -249,3 +249,170 @@ fn update_policy_commits_before_a_send_when_the_last_update_is_too_old_or_used_t
     assert_eq!(messages(&net, 2).len(), 4);
     assert!(net.engines[0].status(&d).unwrap().unimported.is_empty());
 }
+
+#[test]
+fn a_member_without_key_packages_is_added_late_once_it_has_some() {
+    use dmls_client::engine::send_group_id;
+    let mut net = Net::new(3, 4, 11);
+    // m2 has no key package when m0 creates the DGroup (and when m1 joins).
+    let spare = std::mem::take(&mut net.stock[2]);
+    let d = net.engines[0]
+        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
+        .unwrap();
+    net.settle(1000);
+    for i in 0..2 {
+        assert!(
+            net.events[i].iter().any(|e| matches!(
+                e,
+                Event::KeyPackagesMissing { client_ids, .. } if client_ids == &["m2".to_string()]
+            )),
+            "m{i}: {:?}",
+            net.events[i]
+        );
+        let st = net.engines[i].status(&d).unwrap();
+        for sg in st.send_groups.iter().filter(|s| s.owner != "m2") {
+            assert!(!sg.members.contains(&"m2".to_string()), "{sg:?}");
+        }
+    }
+    assert!(net.engines[2].dgroups().unwrap().is_empty());
+    // Messages before the late add are not for m2 (it reads them from the relay once it
+    // knows the DGroup, and ignores them: they are of epochs before it joined).
+    net.engines[0]
+        .send(&d, TEXT_PLAIN, b"before", 1500)
+        .unwrap();
+    assert_eq!(
+        net.settle_leaving(1500),
+        2,
+        "m0's commit and message for m2"
+    );
+    // Retrying with still no key package: claims again, adds nobody, reports again.
+    assert_eq!(net.engines[0].retry_missing_members().unwrap(), vec![d]);
+    // A claim is pending: no second one.
+    assert!(net.engines[0].retry_missing_members().unwrap().is_empty());
+    let before = net.events[0].len();
+    assert_eq!(net.settle_leaving(1600), 2);
+    assert!(
+        net.events[0][before..]
+            .iter()
+            .any(|e| matches!(e, Event::KeyPackagesMissing { .. }))
+    );
+    // m2 uploads key packages; m0 and m1 add it late.
+    net.stock[2] = spare;
+    for i in 0..3 {
+        let claimed = net.engines[i].retry_missing_members().unwrap();
+        assert_eq!(claimed, if i < 2 { vec![d] } else { vec![] }, "m{i}");
+    }
+    net.settle(2000);
+    let mut names = vec!["m0".to_string(), "m1".to_string(), "m2".to_string()];
+    names.sort();
+    for i in 0..3 {
+        let st = net.engines[i].status(&d).unwrap();
+        for sg in &st.send_groups {
+            assert!(sg.joined, "m{i} not in {}'s group", sg.owner);
+            let mut members = sg.members.clone();
+            members.sort();
+            assert_eq!(members, names, "{} at m{i}", sg.owner);
+            assert!(
+                sg.waiting.is_empty(),
+                "{} at m{i}: {:?}",
+                sg.owner,
+                sg.waiting
+            );
+        }
+    }
+    // Nothing is missing any more.
+    for i in 0..3 {
+        assert!(net.engines[i].retry_missing_members().unwrap().is_empty());
+    }
+    // Per member: (owner, epoch, epoch authenticator) of every Send Group.
+    type Auths = Vec<Vec<(String, Option<u64>, Option<String>)>>;
+    let auths = |net: &Net| -> Auths {
+        (0..3)
+            .map(|i| {
+                net.engines[i]
+                    .status(&d)
+                    .unwrap()
+                    .send_groups
+                    .into_iter()
+                    .map(|s| (s.owner, s.epoch, s.epoch_authenticator))
+                    .collect()
+            })
+            .collect()
+    };
+    let a = auths(&net);
+    assert_eq!(a[0], a[1]);
+    assert_eq!(a[0], a[2]);
+    let m0 = a[0].iter().find(|s| s.0 == "m0").unwrap();
+    assert_eq!(m0.1, Some(3), "m0's group: INIT, a send, the late add");
+    // m2 joined m0's group at the late-add epoch.
+    let st2 = net.engines[2].status(&d).unwrap();
+    let g0 = st2.send_groups.iter().find(|s| s.owner == "m0").unwrap();
+    assert_eq!(g0.group_id, hex::encode(send_group_id(&d, "m0")));
+    // The owner sends afterwards (committing its imports first): m2 reads it.
+    net.engines[0].send(&d, TEXT_PLAIN, b"after", 3000).unwrap();
+    net.engines[1]
+        .send(&d, TEXT_PLAIN, b"from m1", 3001)
+        .unwrap();
+    net.engines[2]
+        .send(&d, TEXT_PLAIN, b"from m2", 3002)
+        .unwrap();
+    net.settle(3000);
+    assert_eq!(
+        messages(&net, 2),
+        vec![b"after".to_vec(), b"from m1".to_vec()]
+    );
+    assert_eq!(
+        messages(&net, 1),
+        vec![b"before".to_vec(), b"after".to_vec(), b"from m2".to_vec()]
+    );
+    assert_eq!(
+        messages(&net, 0),
+        vec![b"from m1".to_vec(), b"from m2".to_vec()]
+    );
+    let a = auths(&net);
+    assert_eq!(a[0], a[1]);
+    assert_eq!(a[0], a[2]);
+}
+
+#[test]
+fn an_owner_does_not_import_an_epoch_a_late_added_member_cannot_hold() {
+    let mut net = Net::new(3, 4, 12);
+    let spare = std::mem::take(&mut net.stock[2]);
+    let d = net.engines[0]
+        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
+        .unwrap();
+    net.settle(1000);
+    net.stock[2] = spare;
+    // Only m0 adds m2 for now; m1's group still lacks it.
+    assert_eq!(net.engines[0].retry_missing_members().unwrap(), vec![d]);
+    net.settle(2000);
+    net.engines[1].update(&d, 2500).unwrap();
+    net.settle(2500);
+    // m1's epochs cannot be imported into m0's group while m2 is not in m1's group.
+    let st = net.engines[0].status(&d).unwrap();
+    assert!(
+        st.unimported
+            .iter()
+            .all(|p| p.group_id != dmls_client::engine::send_group_id(&d, "m1")),
+        "{:?}",
+        st.unimported
+    );
+    net.engines[0].send(&d, TEXT_PLAIN, b"one", 3000).unwrap();
+    net.settle(3000);
+    assert_eq!(messages(&net, 2), vec![b"one".to_vec()]);
+    // Once m1 added m2 too, m0 imports m1's latest epoch again.
+    assert_eq!(net.engines[1].retry_missing_members().unwrap(), vec![d]);
+    net.settle(4000);
+    let st = net.engines[0].status(&d).unwrap();
+    assert!(
+        st.unimported
+            .iter()
+            .any(|p| p.group_id == dmls_client::engine::send_group_id(&d, "m1")),
+        "{:?}",
+        st.unimported
+    );
+    net.engines[0].send(&d, TEXT_PLAIN, b"two", 5000).unwrap();
+    net.settle(5000);
+    assert_eq!(messages(&net, 2), vec![b"one".to_vec(), b"two".to_vec()]);
+    assert!(net.engines[0].status(&d).unwrap().unimported.is_empty());
+}

@@ -336,7 +336,12 @@ mod forge {
     impl Codec for Msgpack {
         type Error = std::io::Error;
         fn to_vec<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Self::Error> {
-            rmp_serde::to_vec(v).map_err(std::io::Error::other)
+            // As the engine: byte strings as `bin` (storage keys must match byte for byte).
+            let mut out = Vec::new();
+            let mut ser = rmp_serde::Serializer::new(&mut out)
+                .with_bytes(rmp_serde::config::BytesMode::ForceIterables);
+            v.serialize(&mut ser).map_err(std::io::Error::other)?;
+            Ok(out)
         }
         fn from_slice<T: serde::de::DeserializeOwned>(s: &[u8]) -> Result<T, Self::Error> {
             rmp_serde::from_slice(s).map_err(std::io::Error::other)
@@ -625,4 +630,52 @@ fn welcome_sent_by_a_non_owner_leaf_is_rejected() {
         },
     );
     assert!(err.contains("leaf 0"), "{err}");
+}
+
+#[test]
+fn commit_adding_a_client_outside_the_dgroup_config_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut net, d) = file_setup(dir.path());
+    let gid = send_group_id(&d, "m0");
+    // A well-formed key package of a client the config does not list.
+    let outsider = Attacker::new("evil");
+    let caps = Capabilities::builder()
+        .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
+        .build();
+    let kp = KeyPackage::builder()
+        .leaf_node_capabilities(caps)
+        .build(
+            CS,
+            &outsider.provider,
+            &outsider.signer,
+            outsider.cred.clone(),
+        )
+        .unwrap()
+        .key_package()
+        .clone();
+    // The owner adds it in an otherwise valid commit (path, empty AAD).
+    let data = forge_in(dir.path(), "m0", gid, |g, p, s| {
+        g.set_aad(Vec::new());
+        g.commit_builder()
+            .propose_adds(vec![kp])
+            .force_self_update(true)
+            .load_psks(p.storage())
+            .unwrap()
+            .build(p.rand(), p.crypto(), s, |_| true)
+            .unwrap()
+            .stage_commit(p)
+            .unwrap()
+            .into_commit()
+    });
+    let err = assert_rejected(
+        &mut net,
+        2,
+        Input::GroupMessage {
+            owner: "m0".into(),
+            group_id: hex::encode(gid),
+            seq: Some(9),
+            data,
+        },
+    );
+    assert!(err.contains("not a member of the DGroup config"), "{err}");
 }

@@ -101,12 +101,15 @@ pub enum Event {
         /// The owner whose commit removed us.
         by: String,
     },
-    /// A key-package claim came back without packages for these members, so they were not
-    /// added to our Send Group and will not read it (DMLS has no late add; make a new DGroup).
+    /// A key-package claim came back without (valid) packages for these members, so they
+    /// are not in our Send Group yet and cannot read it. The engine remembers them:
+    /// [`Engine::retry_missing_members`] claims for them again and adds those that got a key
+    /// package in one commit of our Send Group (late add); this event comes again for those
+    /// still missing.
     KeyPackagesMissing {
         /// The DGroup.
         dgroup: DGroupId,
-        /// Client ids the relay had no key package for.
+        /// Client ids the relay had no key package for (or whose key package was invalid).
         client_ids: Vec<String>,
     },
     /// An input was rejected or ignored without changing state, but that is worth telling
@@ -404,6 +407,11 @@ impl Engine {
         rand: provider::DmlsRand,
     ) -> Result<Engine, EngineError> {
         conn.set_prepared_statement_cache_capacity(state::STATEMENT_CACHE);
+        // Every input runs in a nested savepoint, whose undo journal is a temporary file
+        // unless temporary storage is in memory; and a batch of inputs changes many pages,
+        // which should not spill to disk before the commit.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "cache_size", -32_000)?;
         provider::migrate(&mut conn)?;
         state::migrate(&conn)?;
         match state::meta_get(&conn, "state_codec")? {
@@ -622,6 +630,21 @@ impl Engine {
     /// be applied to our own Send Group. Returns those DGroups.
     pub fn commit_pending_removals(&mut self, now_ms: u64) -> Result<Vec<DGroupId>, EngineError> {
         self.write(|c| c.commit_pending_removals(now_ms))
+    }
+
+    /// Late add: for every DGroup whose own Send Group is active and still lacks config
+    /// members whose key packages were missing at an earlier claim (see
+    /// [`Event::KeyPackagesMissing`]; members known to be removed do not count), queues a new
+    /// [`Effect::ClaimKeyPackages`] for them, unless a claim for that DGroup is already
+    /// pending in the outbox. Its answer ([`Input::ClaimedKeyPackages`]) adds the members that
+    /// got a key package in one DMLS commit of our Send Group (posted), then queues
+    /// [`Effect::PutRelayGroup`] with the new member list and [`Effect::PostWelcomes`] for
+    /// them; the others stay missing. Returns the DGroups claimed for.
+    ///
+    /// Each claim is a relay request (and consumes the key packages it finds), so call this
+    /// only now and then (the [`crate::client::Client`] facade does so at most once a minute).
+    pub fn retry_missing_members(&mut self) -> Result<Vec<DGroupId>, EngineError> {
+        self.write(|c| c.retry_missing_members())
     }
 
     /// All DGroups we know.

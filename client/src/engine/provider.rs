@@ -65,7 +65,16 @@ impl Codec for StateCodec {
     type Error = CodecError;
 
     fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        rmp_serde::to_vec(value).map_err(|e| CodecError(e.to_string()))
+        // openmls's byte strings serialize as sequences of u8; store them as MessagePack
+        // `bin` (one copy) instead of one integer per byte. rmp-serde reads `bin` back into
+        // any sequence of u8.
+        let mut out = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut out)
+            .with_bytes(rmp_serde::config::BytesMode::ForceIterables);
+        value
+            .serialize(&mut ser)
+            .map_err(|e| CodecError(e.to_string()))?;
+        Ok(out)
     }
 
     fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
@@ -80,7 +89,7 @@ pub(crate) struct CodecError(String);
 
 /// Name of the storage codec, recorded in `dmls_meta` so that a database written with
 /// another codec is refused with a clear error instead of failing to decode later.
-pub(crate) const STATE_CODEC_NAME: &[u8] = b"msgpack";
+pub(crate) const STATE_CODEC_NAME: &[u8] = b"msgpack-bin";
 
 /// The openmls storage over our connection.
 pub(crate) type Storage<'a> = SqliteStorageProvider<StateCodec, &'a rusqlite::Connection>;

@@ -394,10 +394,10 @@ impl Ctx<'_> {
                         "commit authenticated_data differs from its PSK proposals".into(),
                     ));
                 }
+                // Late add (ENGINE_NOTES.md "Late add"): only config members that are not
+                // removed and not in the group yet.
                 if staged.add_proposals().next().is_some() {
-                    return Err(EngineError::Rejected(
-                        "commit adds members after INIT".into(),
-                    ));
+                    self.check_late_adds(group, sg, &staged)?;
                 }
                 if staged
                     .queued_proposals()
@@ -464,6 +464,46 @@ impl Ctx<'_> {
         self.counters.processed += 1;
         self.mark_seen(hash)?;
         Ok(Outcome::Done(events))
+    }
+
+    /// Accepts the Add proposals of an owner's commit only when each adds a member of the
+    /// DGroup config that is not known to be removed and not in the Send Group already
+    /// (ENGINE_NOTES.md "Late add").
+    fn check_late_adds(
+        &self,
+        group: &MlsGroup,
+        sg: &SendGroupRow,
+        staged: &StagedCommit,
+    ) -> Result<(), EngineError> {
+        let (config, _, _) = self
+            .config(&sg.dgroup_id)?
+            .ok_or_else(|| EngineError::UnknownDGroup(sg.dgroup_id.to_hex()))?;
+        let removed: Vec<String> = self
+            .removed(&sg.dgroup_id)?
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        let mut present: Vec<String> = group
+            .members()
+            .filter_map(|m| credential_identity(&m.credential).ok())
+            .collect();
+        for a in staged.add_proposals() {
+            let id = credential_identity(a.add_proposal().key_package().leaf_node().credential())?;
+            let why = if !config.has_member(&id) {
+                "is not a member of the DGroup config"
+            } else if removed.contains(&id) {
+                "was removed from the DGroup"
+            } else if present.contains(&id) {
+                "is in the Send Group already"
+            } else {
+                present.push(id);
+                continue;
+            };
+            return Err(EngineError::Rejected(format!(
+                "commit adds {id:?}, who {why}: only missing DGroup members may be added late"
+            )));
+        }
+        Ok(())
     }
 
     /// One openmls `process_message` call in a savepoint: on failure openmls's writes are

@@ -133,8 +133,11 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// The relay answered a key-package claim: add everyone in one commit (not posted) and
-    /// queue the Welcomes (PROTOCOL.md "INIT").
+    /// The relay answered a key-package claim. For the INIT claim of a new Send Group: add
+    /// everyone in one commit (not posted) and queue the Welcomes (PROTOCOL.md "INIT"). For a
+    /// late-add claim of an active Send Group ([`Ctx::retry_missing_members`]): add the members
+    /// that got a key package in one posted DMLS commit ([`Ctx::dmls_commit_adding`]). Members
+    /// left without a valid key package are remembered as missing and reported.
     pub(crate) fn claimed_key_packages(
         &mut self,
         outbox_id: u64,
@@ -165,9 +168,25 @@ impl Ctx<'_> {
         self.conn
             .exec_cached("DELETE FROM dmls_outbox WHERE id = ?1", [outbox_id as i64])?;
         let own = self.own_send_group(&dgroup_id)?;
-        if own.own_state.as_deref() != Some("claiming") {
-            return Ok(Vec::new());
-        }
+        let late = match own.own_state.as_deref() {
+            Some("claiming") => false,
+            Some("active") => true,
+            _ => return Ok(Vec::new()),
+        };
+        let client_ids: Vec<String> = if late {
+            if self.active_own(&dgroup_id).is_err() {
+                // We were removed meanwhile: add nobody.
+                return Ok(Vec::new());
+            }
+            // Only members still missing (not removed, not added meanwhile).
+            let still = self.still_missing(&dgroup_id)?;
+            client_ids
+                .into_iter()
+                .filter(|c| still.contains(c))
+                .collect()
+        } else {
+            client_ids
+        };
         let mut missing: Vec<String> = missing
             .into_iter()
             .filter(|m| client_ids.contains(m))
@@ -175,7 +194,7 @@ impl Ctx<'_> {
         let mut kps = Vec::new();
         let mut added = Vec::new();
         for (cid, bytes) in key_packages {
-            if !client_ids.contains(&cid) || added.contains(&cid) {
+            if !client_ids.contains(&cid) || added.contains(&cid) || missing.contains(&cid) {
                 continue;
             }
             match self.validate_key_package(&cid, &bytes) {
@@ -193,39 +212,58 @@ impl Ctx<'_> {
         }
         let mut events = Vec::new();
         let gid = own.group_id;
-        if !kps.is_empty() {
-            let signer = self.signer()?;
-            let mut group = self.take_group(&gid)?;
-            // Every own commit has a path (PROTOCOL.md "DMLS Update and DMLS Commit").
-            let bundle = group
-                .commit_builder()
-                .propose_adds(kps)
-                .force_self_update(true)
-                .load_psks(&self.provider.storage)
-                .map_err(|e| EngineError::mls("adding members", e))?
-                .build(self.provider.rand, self.provider.crypto, &signer, |_| true)
-                .map_err(|e| EngineError::mls("adding members", e))?
-                .stage_commit(&self.provider)
-                .map_err(|e| EngineError::mls("adding members", e))?;
-            let welcome = bundle
-                .to_welcome_msg()
-                .ok_or_else(|| EngineError::Internal("add commit without Welcome".into()))?;
-            let welcome = encode(&welcome)?;
-            group
-                .merge_pending_commit(&self.provider)
-                .map_err(|e| EngineError::mls("merging add commit", e))?;
-            self.export_psk(&group, &gid)?;
-            self.keep_group(gid, group);
-            // The add commit is not posted: nobody else is in epoch 0 (PROTOCOL.md "INIT").
-            self.outbox_push(&Effect::PostWelcomes(
-                added.iter().map(|a| (a.clone(), welcome.clone())).collect(),
-            ))?;
+        if late {
+            if !kps.is_empty() {
+                let adds = added.iter().cloned().zip(kps).collect();
+                self.dmls_commit_adding(&dgroup_id, now_ms, adds)?;
+            }
+        } else {
+            if !kps.is_empty() {
+                let signer = self.signer()?;
+                let mut group = self.take_group(&gid)?;
+                // Every own commit has a path (PROTOCOL.md "DMLS Update and DMLS Commit").
+                let bundle = group
+                    .commit_builder()
+                    .propose_adds(kps)
+                    .force_self_update(true)
+                    .load_psks(&self.provider.storage)
+                    .map_err(|e| EngineError::mls("adding members", e))?
+                    .build(self.provider.rand, self.provider.crypto, &signer, |_| true)
+                    .map_err(|e| EngineError::mls("adding members", e))?
+                    .stage_commit(&self.provider)
+                    .map_err(|e| EngineError::mls("adding members", e))?;
+                let welcome = bundle
+                    .to_welcome_msg()
+                    .ok_or_else(|| EngineError::Internal("add commit without Welcome".into()))?;
+                let welcome = encode(&welcome)?;
+                group
+                    .merge_pending_commit(&self.provider)
+                    .map_err(|e| EngineError::mls("merging add commit", e))?;
+                self.export_psk(&group, &gid)?;
+                self.keep_group(gid, group);
+                // The add commit is not posted: nobody else is in epoch 0 (PROTOCOL.md "INIT").
+                self.outbox_push(&Effect::PostWelcomes(
+                    added.iter().map(|a| (a.clone(), welcome.clone())).collect(),
+                ))?;
+            }
+            self.conn.exec_cached(
+                "UPDATE dmls_send_group SET own_state = 'active', last_update_ms = ?2, msgs_since_update = 0,
+                 sent_in_epoch = 0 WHERE group_id = ?1",
+                params![gid.as_slice(), now_ms as i64],
+            )?;
         }
-        self.conn.exec_cached(
-            "UPDATE dmls_send_group SET own_state = 'active', last_update_ms = ?2, msgs_since_update = 0,
-             sent_in_epoch = 0 WHERE group_id = ?1",
-            params![gid.as_slice(), now_ms as i64],
-        )?;
+        for a in &added {
+            self.conn.exec_cached(
+                "DELETE FROM dmls_missing WHERE dgroup_id = ?1 AND member = ?2",
+                params![dgroup_id.0.as_slice(), a],
+            )?;
+        }
+        for m in &missing {
+            self.conn.exec_cached(
+                "INSERT OR IGNORE INTO dmls_missing(dgroup_id, member) VALUES (?1, ?2)",
+                params![dgroup_id.0.as_slice(), m],
+            )?;
+        }
         if !missing.is_empty() {
             events.push(Event::KeyPackagesMissing {
                 dgroup: dgroup_id,
@@ -233,6 +271,82 @@ impl Ctx<'_> {
             });
         }
         Ok(events)
+    }
+
+    /// Config members still missing from our own Send Group of `d`: recorded as missing at a
+    /// claim, not known to be removed and not in the group (ENGINE_NOTES.md "Late add").
+    pub(crate) fn still_missing(&self, d: &DGroupId) -> Result<Vec<String>, EngineError> {
+        let recorded: Vec<String> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT member FROM dmls_missing WHERE dgroup_id = ?1 ORDER BY member",
+            )?;
+            st.query_map([d.0.as_slice()], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        if recorded.is_empty() {
+            return Ok(recorded);
+        }
+        let removed: Vec<String> = self.removed(d)?.into_iter().map(|r| r.0).collect();
+        let own = self.own_send_group(d)?;
+        let present: Vec<String> = if own.joined {
+            self.members_of(&own.group_id)?
+        } else {
+            Vec::new()
+        };
+        Ok(recorded
+            .into_iter()
+            .filter(|m| !removed.contains(m) && !present.contains(m))
+            .collect())
+    }
+
+    /// Late add: queues a new key-package claim for the members still missing from our
+    /// active Send Group of each DGroup that has no claim pending in the outbox. Forgets
+    /// recorded members that were removed or added meanwhile. Returns the DGroups claimed for.
+    pub(crate) fn retry_missing_members(&mut self) -> Result<Vec<DGroupId>, EngineError> {
+        let ids: Vec<Vec<u8>> = {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT DISTINCT dgroup_id FROM dmls_missing ORDER BY dgroup_id")?;
+            st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pending: Vec<DGroupId> = self
+            .outbox()?
+            .into_iter()
+            .filter_map(|item| match item.effect {
+                Effect::ClaimKeyPackages { dgroup_id, .. } => Some(dgroup_id),
+                _ => None,
+            })
+            .collect();
+        let mut claimed = Vec::new();
+        for id in ids {
+            let d = DGroupId::from_slice(&id)?;
+            if pending.contains(&d) || self.active_own(&d).is_err() {
+                continue;
+            }
+            let still = self.still_missing(&d)?;
+            self.conn.exec_cached(
+                "DELETE FROM dmls_missing WHERE dgroup_id = ?1",
+                [d.0.as_slice()],
+            )?;
+            if still.is_empty() {
+                continue;
+            }
+            for m in &still {
+                self.conn.exec_cached(
+                    "INSERT INTO dmls_missing(dgroup_id, member) VALUES (?1, ?2)",
+                    params![d.0.as_slice(), m],
+                )?;
+            }
+            self.outbox_push(&Effect::ClaimKeyPackages {
+                dgroup_id: d,
+                client_ids: still,
+            })?;
+            claimed.push(d);
+        }
+        Ok(claimed)
     }
 
     fn validate_key_package(&self, cid: &str, bytes: &[u8]) -> Result<KeyPackage, EngineError> {
@@ -290,25 +404,58 @@ impl Ctx<'_> {
 
     /// Epochs of other Send Groups newer than what we imported: one per group, the latest
     /// (PROTOCOL.md "DMLS Commit").
+    ///
+    /// An epoch is left out while a member of our Send Group is not a member of that Send
+    /// Group (it was added late to ours but not yet to that one, ENGINE_NOTES.md "Late add"): it
+    /// cannot hold that PSK, so our commit would wait for it forever. It is imported once the
+    /// other owner has added the member and we merged that commit.
     pub(crate) fn unimported(&self, d: &DGroupId) -> Result<Vec<PskId>, EngineError> {
         let me = self.me()?;
         let removed: Vec<String> = self.removed(d)?.into_iter().map(|r| r.0).collect();
+        let groups = self.send_groups_of(d)?;
+        // Members of our Send Group that must be able to process our next commit.
+        let mut ours: Option<Vec<String>> = None;
         let mut out = Vec::new();
-        for sg in self.send_groups_of(d)? {
+        for sg in &groups {
             if sg.is_own || removed.contains(&sg.owner) {
                 continue;
             }
             let Some(latest) = self.latest_psk_epoch(&sg.group_id)? else {
                 continue;
             };
-            if self.acked(&me, &sg.group_id)?.is_none_or(|a| a < latest) {
-                out.push(PskId {
-                    epoch: latest,
-                    group_id: sg.group_id,
-                });
+            if self.acked(&me, &sg.group_id)?.is_some_and(|a| a >= latest) {
+                continue;
             }
+            if ours.is_none() {
+                let mut v = Vec::new();
+                if let Some(own) = groups.iter().find(|g| g.is_own && g.joined) {
+                    v = self.members_of(&own.group_id)?;
+                    v.retain(|m| !removed.contains(m));
+                }
+                ours = Some(v);
+            }
+            let theirs = self.members_of(&sg.group_id)?;
+            if ours
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|m| !theirs.contains(m)))
+            {
+                continue;
+            }
+            out.push(PskId {
+                epoch: latest,
+                group_id: sg.group_id,
+            });
         }
         Ok(out)
+    }
+
+    /// Client ids of the current members of a Send Group we hold.
+    fn members_of(&self, gid: &[u8; 32]) -> Result<Vec<String>, EngineError> {
+        self.with_group(gid, |g| {
+            Ok(g.members()
+                .filter_map(|m| credential_identity(&m.credential).ok())
+                .collect())
+        })
     }
 
     /// A DMLS Commit in our Send Group: path, PSK imports, received Update proposals,
@@ -320,13 +467,44 @@ impl Ctx<'_> {
         now_ms: u64,
         leaf_refresh: bool,
     ) -> Result<(), EngineError> {
+        self.dmls_commit_with(d, now_ms, leaf_refresh, Vec::new())
+    }
+
+    /// Late add (ENGINE_NOTES.md "Late add"): a DMLS Commit in our active Send Group that also
+    /// adds these members, posted like every commit, followed by the relay group's new member
+    /// list and then the Welcomes (so that a joiner can read the group once it joined).
+    /// It imports no PSK: the Welcome would name it, and a joiner holds no PSK of epochs
+    /// before it joined.
+    pub(crate) fn dmls_commit_adding(
+        &mut self,
+        d: &DGroupId,
+        now_ms: u64,
+        adds: Vec<(String, KeyPackage)>,
+    ) -> Result<(), EngineError> {
+        self.dmls_commit_with(d, now_ms, false, adds)
+    }
+
+    /// [`Ctx::dmls_commit`], adding `adds` (then without PSK imports).
+    fn dmls_commit_with(
+        &mut self,
+        d: &DGroupId,
+        now_ms: u64,
+        leaf_refresh: bool,
+        adds: Vec<(String, KeyPackage)>,
+    ) -> Result<(), EngineError> {
         let own = self.active_own(d)?;
         let me = self.me()?;
         let signer = self.signer()?;
         let gid = own.group_id;
         let mut group = self.take_group(&gid)?;
+        let (added, kps): (Vec<String>, Vec<KeyPackage>) = adds.into_iter().unzip();
+        let candidates = if kps.is_empty() {
+            self.unimported(d)?
+        } else {
+            Vec::new()
+        };
         let mut imports = Vec::new();
-        for p in self.unimported(d)? {
+        for p in candidates {
             let id = PreSharedKeyId::new(
                 group.ciphersuite(),
                 self.provider.rand,
@@ -347,7 +525,8 @@ impl Ctx<'_> {
                 leaves.push(m.index);
             }
         }
-        let mut commit = self.build_commit(&mut group, &signer, &imports, &leaves)?;
+        let (mut commit, mut welcome) =
+            self.build_commit(&mut group, &signer, &imports, &leaves, &kps)?;
         // The AAD must list the PSKs in the order of the commit's PSK proposals (PROTOCOL.md
         // "Dependency hint"). openmls keeps our order, but should it ever choose another one,
         // rebuild the commit once with the AAD in its order instead of failing.
@@ -364,7 +543,7 @@ impl Ctx<'_> {
                 reordered.push(imports.remove(pos));
             }
             imports = reordered;
-            commit = self.build_commit(&mut group, &signer, &imports, &leaves)?;
+            (commit, welcome) = self.build_commit(&mut group, &signer, &imports, &leaves, &kps)?;
             let again = self.staged_psk_order(&group)?;
             if again != order {
                 return Err(EngineError::Internal(format!(
@@ -394,7 +573,10 @@ impl Ctx<'_> {
                 "UPDATE dmls_removed SET pending = 0 WHERE dgroup_id = ?1",
                 [d.0.as_slice()],
             )?;
-            // Drop removed members from the relay group after the commit is posted.
+        }
+        if !pending.is_empty() || !added.is_empty() {
+            // Drop removed members from the relay group after the commit is posted; let
+            // added ones read it before their Welcome arrives.
             let members: Vec<String> = group
                 .members()
                 .filter_map(|m| credential_identity(&m.credential).ok())
@@ -404,6 +586,14 @@ impl Ctx<'_> {
                 group_id: hex::encode(gid),
                 members,
             })?;
+        }
+        if !added.is_empty() {
+            let welcome = welcome
+                .take()
+                .ok_or_else(|| EngineError::Internal("add commit without Welcome".into()))?;
+            self.outbox_push(&Effect::PostWelcomes(
+                added.iter().map(|a| (a.clone(), welcome.clone())).collect(),
+            ))?;
         }
         self.conn.exec_cached(
             "UPDATE dmls_send_group SET last_update_ms = ?2, msgs_since_update = 0, sent_in_epoch = 0
@@ -418,15 +608,17 @@ impl Ctx<'_> {
     }
 
     /// Builds and stages (does not merge) a commit with a path importing `imports` in this
-    /// order, with the AAD naming them in the same order, removing `leaves` and committing
-    /// received Update proposals. Returns the commit's bytes.
+    /// order, with the AAD naming them in the same order, removing `leaves`, adding `adds`
+    /// and committing received Update proposals. Returns the commit's bytes and, when it
+    /// adds members, the Welcome's.
     fn build_commit(
         &mut self,
         group: &mut MlsGroup,
         signer: &openmls_basic_credential::SignatureKeyPair,
         imports: &[(PskId, PreSharedKeyId)],
         leaves: &[LeafNodeIndex],
-    ) -> Result<Vec<u8>, EngineError> {
+        adds: &[KeyPackage],
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), EngineError> {
         let ids: Vec<PskId> = imports.iter().map(|(p, _)| *p).collect();
         let psk_proposals = imports
             .iter()
@@ -438,6 +630,7 @@ impl Ctx<'_> {
             .commit_builder()
             .add_proposals(psk_proposals)
             .propose_removals(leaves.iter().copied())
+            .propose_adds(adds.iter().cloned())
             .force_self_update(true)
             .consume_proposal_store(true)
             .load_psks(&self.provider.storage)
@@ -449,14 +642,18 @@ impl Ctx<'_> {
                     Proposal::Update(_) => {
                         matches!(qp.sender(), Sender::Member(l) if !leaves.contains(l))
                     }
-                    Proposal::PreSharedKey(_) | Proposal::Remove(_) => true,
+                    Proposal::PreSharedKey(_) | Proposal::Remove(_) | Proposal::Add(_) => true,
                     _ => false,
                 }
             })
             .map_err(|e| EngineError::mls("DMLS commit", e))?
             .stage_commit(&self.provider)
             .map_err(|e| EngineError::mls("DMLS commit", e))?;
-        encode(bundle.commit())
+        let welcome = match bundle.to_welcome_msg() {
+            Some(w) => Some(encode(&w)?),
+            None => None,
+        };
+        Ok((encode(bundle.commit())?, welcome))
     }
 
     /// The psk_ids of the staged commit's PSK proposals, in commit order.

@@ -45,6 +45,13 @@ CREATE TABLE IF NOT EXISTS dmls_removed (
     pending INTEGER NOT NULL,
     PRIMARY KEY (dgroup_id, member)
 );
+-- Config members missing from our own Send Group (no valid key package could be claimed
+-- for them); `Engine::retry_missing_members` claims again and adds them late.
+CREATE TABLE IF NOT EXISTS dmls_missing (
+    dgroup_id BLOB NOT NULL,
+    member TEXT NOT NULL,
+    PRIMARY KEY (dgroup_id, member)
+);
 -- Exported PSKs (the secret itself lives in openmls's PSK store) (PROTOCOL.md 'PSK export').
 CREATE TABLE IF NOT EXISTS dmls_psk (
     psk_id BLOB PRIMARY KEY,
