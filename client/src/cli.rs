@@ -628,6 +628,10 @@ fn wait_reason(w: &WaitReason) -> (String, String) {
             "commit".into(),
             format!("a commit of epoch {e} that uses this leaf refresh"),
         ),
+        WaitReason::Stopped => (
+            "stopped".into(),
+            "a commit importing a later epoch of this removed member's Send Group".into(),
+        ),
     }
 }
 

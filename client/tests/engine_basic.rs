@@ -416,3 +416,202 @@ fn an_owner_does_not_import_an_epoch_a_late_added_member_cannot_hold() {
     assert_eq!(messages(&net, 2), vec![b"one".to_vec(), b"two".to_vec()]);
     assert!(net.engines[0].status(&d).unwrap().unimported.is_empty());
 }
+
+/// In which order B (m2) sees A's commit, the removal of X and X's update commit.
+#[derive(Debug, Clone, Copy)]
+enum RaceOrder {
+    /// Removal, X's update commit (kept: beyond the stop epoch), then A's commit.
+    RemovalXThenA,
+    /// Removal, A's commit (raises the limit), then X's update commit.
+    RemovalAThenX,
+    /// A's commit (waits for the PSK), removal (raises the limit at once), X's commit.
+    ABeforeRemoval,
+}
+
+/// ENGINE_NOTES.md "Removal race": A (m1) imports a later epoch of removed X's (m3) Send
+/// Group before it learns of the removal; B (m2) learned of it (from the remover m0) before
+/// it processed that epoch of X's group. B still merges A's commit, gets X's later epoch only
+/// for its PSK, and neither imports it nor shows X's later messages.
+#[test]
+fn a_commit_importing_a_removed_members_later_epoch_is_still_merged() {
+    use dmls_client::engine::{PskId, WaitReason, send_group_id};
+    use engine_common::Delivery;
+
+    fn feed(net: &mut Net, ds: Vec<Delivery>, now_ms: u64) {
+        for d in ds {
+            let ev = net.engines[d.to].handle(d.input, now_ms).unwrap();
+            net.events[d.to].extend(ev);
+        }
+    }
+    fn epoch_of(net: &Net, i: usize, d: &dmls_client::engine::DGroupId, owner: &str) -> u64 {
+        let st = net.engines[i].status(d).unwrap();
+        st.send_groups
+            .iter()
+            .find(|s| s.owner == owner)
+            .unwrap()
+            .epoch
+            .unwrap()
+    }
+
+    for (seed, order) in [
+        (41, RaceOrder::RemovalXThenA),
+        (42, RaceOrder::RemovalAThenX),
+        (43, RaceOrder::ABeforeRemoval),
+    ] {
+        let mut net = Net::new(4, 6, seed);
+        let d = net.engines[0]
+            .create_dgroup(
+                "team",
+                &["m1".to_string(), "m2".to_string(), "m3".to_string()],
+                1000,
+            )
+            .unwrap();
+        net.settle(1000);
+        let gx = send_group_id(&d, "m3");
+        // X updates and then sends a message in its new epoch.
+        net.engines[3].update(&d, 2000).unwrap();
+        net.engines[3].send(&d, TEXT_PLAIN, b"late", 2100).unwrap();
+        net.drain_all(2100);
+        let (x_to_a, rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 1);
+        let (x_to_b, x_rest): (Vec<_>, Vec<_>) = rest.into_iter().partition(|p| p.to == 2);
+        // A processes it and imports X's new epoch in its next commit.
+        feed(&mut net, x_to_a, 2200);
+        let ex = epoch_of(&net, 1, &d, "m3");
+        let want = PskId {
+            epoch: ex,
+            group_id: gx,
+        };
+        assert!(
+            net.engines[1]
+                .status(&d)
+                .unwrap()
+                .unimported
+                .contains(&want),
+            "{order:?}"
+        );
+        net.engines[1].update(&d, 3000).unwrap();
+        net.drain_all(3000);
+        let ea = epoch_of(&net, 1, &d, "m1");
+        let (a_to_b, a_rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 2);
+        let stop = epoch_of(&net, 2, &d, "m3");
+        assert!(stop < ex);
+        assert!(epoch_of(&net, 2, &d, "m1") < ea);
+        let mut a_to_b = Some(a_to_b);
+        if let RaceOrder::ABeforeRemoval = order {
+            feed(&mut net, a_to_b.take().unwrap(), 3100);
+            let st = net.engines[2].status(&d).unwrap();
+            let a = st.send_groups.iter().find(|s| s.owner == "m1").unwrap();
+            assert!(
+                a.waiting
+                    .iter()
+                    .any(|w| w.is_commit && w.waits_for == WaitReason::Psk(want)),
+                "{:?}",
+                a.waiting
+            );
+        }
+        // The creator removes X; B learns it before it sees X's update.
+        net.engines[0].remove(&d, "m3", 4000).unwrap();
+        net.drain_all(4000);
+        let (r_to_b, r_rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 2);
+        feed(&mut net, r_to_b, 4100);
+        let st = net.engines[2].status(&d).unwrap();
+        assert_eq!(st.summary.removed, vec!["m3".to_string()], "{order:?}");
+        assert_eq!(epoch_of(&net, 2, &d, "m3"), stop);
+        match order {
+            RaceOrder::RemovalXThenA => {
+                feed(&mut net, x_to_b, 5000);
+                let st = net.engines[2].status(&d).unwrap();
+                let x = st.send_groups.iter().find(|s| s.owner == "m3").unwrap();
+                assert_eq!(x.epoch, Some(stop), "X's commit is kept, not processed");
+                assert!(
+                    x.waiting
+                        .iter()
+                        .any(|w| w.is_commit && w.waits_for == WaitReason::Stopped),
+                    "{:?}",
+                    x.waiting
+                );
+                feed(&mut net, a_to_b.take().unwrap(), 5100);
+            }
+            RaceOrder::RemovalAThenX => {
+                feed(&mut net, a_to_b.take().unwrap(), 5000);
+                feed(&mut net, x_to_b, 5100);
+            }
+            RaceOrder::ABeforeRemoval => feed(&mut net, x_to_b, 5100),
+        }
+        // B merged A's commit: X's later epoch was processed for its PSK alone.
+        let st = net.engines[2].status(&d).unwrap();
+        assert_eq!(epoch_of(&net, 2, &d, "m1"), ea, "{order:?}");
+        assert_eq!(epoch_of(&net, 2, &d, "m3"), ex, "{order:?}");
+        for sg in &st.send_groups {
+            assert!(
+                !sg.waiting
+                    .iter()
+                    .any(|w| matches!(w.waits_for, WaitReason::Psk(_))),
+                "{order:?}: {} {:?}",
+                sg.owner,
+                sg.waiting
+            );
+        }
+        // ...and does not import it, nor act on it.
+        assert!(
+            st.unimported.iter().all(|p| p.group_id != gx),
+            "{order:?}: {:?}",
+            st.unimported
+        );
+        assert!(!messages(&net, 2).contains(&b"late".to_vec()), "{order:?}");
+        assert!(messages(&net, 1).contains(&b"late".to_vec()), "{order:?}");
+        assert!(
+            !net.events[2].iter().any(|e| matches!(
+                e,
+                Event::SendGroupAdvanced { owner, epoch, .. } if owner == "m3" && *epoch == ex
+            )),
+            "{order:?}"
+        );
+        // Everything else arrives; the others remove X too.
+        net.pool.extend(x_rest);
+        net.pool.extend(a_rest);
+        net.pool.extend(r_rest);
+        net.settle(6000);
+        for i in 1..3 {
+            net.engines[i].commit_pending_removals(7000).unwrap();
+        }
+        net.settle(7000);
+        net.engines[2].send(&d, TEXT_PLAIN, b"after", 8000).unwrap();
+        net.settle(8000);
+        let sts: Vec<_> = (0..3).map(|i| net.engines[i].status(&d).unwrap()).collect();
+        for owner in ["m0", "m1", "m2"] {
+            let auths: Vec<_> = sts
+                .iter()
+                .map(|st| {
+                    let sg = st.send_groups.iter().find(|s| s.owner == owner).unwrap();
+                    assert!(
+                        !sg.members.contains(&"m3".to_string()),
+                        "{order:?}: {owner}"
+                    );
+                    assert!(
+                        !sg.waiting
+                            .iter()
+                            .any(|w| matches!(w.waits_for, WaitReason::Psk(_))),
+                        "{order:?}: {owner} {:?}",
+                        sg.waiting
+                    );
+                    sg.epoch_authenticator.clone().unwrap()
+                })
+                .collect();
+            assert!(
+                auths.iter().all(|a| *a == auths[0]),
+                "{order:?}: {owner} {auths:?}"
+            );
+        }
+        for (i, st) in sts.iter().enumerate() {
+            assert!(st.pending_removals.is_empty(), "{order:?} m{i}");
+            assert!(
+                st.unimported.iter().all(|p| p.group_id != gx),
+                "{order:?} m{i}: {:?}",
+                st.unimported
+            );
+        }
+        assert_eq!(messages(&net, 0).last(), Some(&b"after".to_vec()));
+        assert!(!messages(&net, 2).contains(&b"late".to_vec()), "{order:?}");
+    }
+}

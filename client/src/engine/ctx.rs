@@ -36,6 +36,9 @@ pub(crate) enum Trigger {
     Proposal([u8; 32], u64),
     /// We joined this Send Group.
     Joined([u8; 32]),
+    /// The processing limit of a removed owner's Send Group was raised to this epoch
+    /// (ENGINE_NOTES.md "Removal race"): its kept messages of earlier epochs may go on.
+    Limit([u8; 32], u64),
 }
 
 /// One row of `dmls_send_group`.
@@ -49,6 +52,8 @@ pub(crate) struct SendGroupRow {
     pub(crate) joined_epoch: Option<u64>,
     pub(crate) after_seq: u64,
     pub(crate) stop_epoch: Option<u64>,
+    /// Removed owner only: commits are processed up to this epoch (see [`SendGroupRow::limit`]).
+    pub(crate) psk_limit_epoch: Option<u64>,
     pub(crate) own_state: Option<String>,
     pub(crate) last_update_ms: u64,
     pub(crate) msgs_since_update: u64,
@@ -56,7 +61,7 @@ pub(crate) struct SendGroupRow {
 }
 
 const SG_COLS: &str = "group_id, dgroup_id, owner, is_own, joined, joined_epoch, after_seq, \
-    stop_epoch, own_state, last_update_ms, msgs_since_update, sent_in_epoch";
+    stop_epoch, own_state, last_update_ms, msgs_since_update, sent_in_epoch, psk_limit_epoch";
 
 fn sg_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SendGroupRow> {
     let gid: Vec<u8> = r.get(0)?;
@@ -84,7 +89,19 @@ fn sg_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SendGroupRow> {
         last_update_ms: r.get::<_, i64>(9)? as u64,
         msgs_since_update: r.get::<_, i64>(10)? as u64,
         sent_in_epoch: r.get::<_, i64>(11)? as u64,
+        psk_limit_epoch: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
     })
+}
+
+impl SendGroupRow {
+    /// For a removed owner's Send Group: the epoch its commits are processed up to (the
+    /// commit of epoch `limit - 1` is the last). That is `stop_epoch`, raised to the latest
+    /// epoch whose PSK a commit we process imports (ENGINE_NOTES.md "Removal race").
+    /// `None` when the owner is not known to be removed.
+    pub(crate) fn limit(&self) -> Option<u64> {
+        self.stop_epoch
+            .map(|s| s.max(self.psk_limit_epoch.unwrap_or(0)))
+    }
 }
 
 /// MLS groups kept in memory between operations, so that a group is not decoded from
@@ -454,11 +471,17 @@ impl<'a> Ctx<'a> {
                 "UPDATE dmls_send_group SET stop_epoch = ?2 WHERE group_id = ?1",
                 params![gid.as_slice(), stop as i64],
             )?;
-            // Waiting messages beyond the stop epoch will never be processed.
-            self.conn.exec_cached(
-                "DELETE FROM dmls_waiting WHERE group_id = ?1 AND (epoch > ?2 OR (is_commit AND epoch >= ?2) OR wait_kind IN ('welcome', 'commit'))",
-                params![gid.as_slice(), stop as i64],
-            )?;
+            if sg.joined {
+                // Its commits and proposals beyond the stop epoch are kept ('stopped'), in
+                // case a commit of another member imports a later epoch of its group.
+                self.stop_waiting(&gid, stop)?;
+            } else {
+                // Never joined: nothing of it will ever be processed.
+                self.conn.exec_cached(
+                    "DELETE FROM dmls_waiting WHERE group_id = ?1",
+                    [gid.as_slice()],
+                )?;
+            }
         }
         Ok(true)
     }

@@ -250,6 +250,12 @@ pub enum WaitReason {
     /// unprocessed until a commit of this epoch references it. Most never are: when the
     /// owner commits before receiving it, it goes stale and is dropped.
     Commit(u64),
+    /// A commit or leaf-refresh proposal of a removed member's Send Group beyond the epoch we
+    /// process it up to (the epoch we held when we learned of the removal). It is kept, not
+    /// processed: only if a commit of another Send Group imports the PSK of a later epoch of
+    /// the removed member's group (it did so before learning of the removal) are its commits
+    /// up to that epoch processed, for that PSK alone (ENGINE_NOTES.md "Removal race").
+    Stopped,
 }
 
 /// A received message that could not be processed yet.

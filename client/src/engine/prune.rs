@@ -24,21 +24,26 @@ impl Ctx<'_> {
             if !imported.iter().any(|p| p.group_id == gid) {
                 continue;
             }
-            let mut min_ack: Option<u64> = None;
-            let mut all = true;
-            for m in &config.members {
-                if m == owner || removed.contains(m) {
-                    continue;
-                }
-                match self.acked(m, &gid)? {
-                    Some(a) => min_ack = Some(min_ack.map_or(a, |x| x.min(a))),
-                    None => {
-                        all = false;
-                        break;
-                    }
-                }
+            // The oldest epoch of G acknowledged by its other current members, if they all
+            // acknowledged one: one query per group, not one per member (this runs for every
+            // merged commit, with one imported group per member).
+            let holders: Vec<&String> = config
+                .members
+                .iter()
+                .filter(|m| *m != owner && !removed.contains(m))
+                .collect();
+            let holders_json = serde_json::to_string(&holders)
+                .map_err(|e| EngineError::Internal(format!("encoding member list: {e}")))?;
+            let (acked, min_ack): (i64, Option<i64>) = self.conn.row_cached(
+                "SELECT COUNT(a.epoch), MIN(a.epoch) FROM json_each(?2) m
+                 LEFT JOIN dmls_ack a ON a.acker = m.value AND a.group_id = ?1",
+                params![gid.as_slice(), holders_json],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if holders.is_empty() || acked as usize != holders.len() {
+                continue;
             }
-            let Some(min_ack) = min_ack.filter(|_| all) else {
+            let Some(min_ack) = min_ack.map(|v| v as u64) else {
                 continue;
             };
             let mut st = self

@@ -103,6 +103,7 @@ impl Ctx<'_> {
                         "welcome" => WaitReason::Welcome,
                         "proposal" => WaitReason::Proposal(we.unwrap_or(0) as u64),
                         "commit" => WaitReason::Commit(we.unwrap_or(0) as u64),
+                        "stopped" => WaitReason::Stopped,
                         _ => WaitReason::Epoch(we.unwrap_or(0) as u64),
                     };
                     Ok(WaitingMessage {

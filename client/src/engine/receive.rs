@@ -24,6 +24,10 @@ enum Wait {
     /// A deferred leaf-refresh proposal of a Send Group we do not own: processed only when
     /// a commit of this epoch references it.
     Commit(u64),
+    /// A commit or proposal of a removed owner beyond its processing limit
+    /// ([`SendGroupRow::limit`]): kept until a commit we process imports a later epoch of
+    /// its group (ENGINE_NOTES.md "Removal race"), which raises the limit.
+    Stopped,
 }
 
 /// Up to this many deferred leaf refreshes of an epoch are processed before a commit of that
@@ -126,6 +130,7 @@ impl Ctx<'_> {
             Wait::Welcome => ("welcome", None, None),
             Wait::Proposal(e) => ("proposal", Some(e as i64), None),
             Wait::Commit(e) => ("commit", Some(e as i64), None),
+            Wait::Stopped => ("stopped", None, None),
         };
         self.conn.exec_cached(
             "INSERT OR IGNORE INTO dmls_waiting(group_id, epoch, is_commit, wait_kind, wait_epoch, wait_psk, hash, data)
@@ -171,6 +176,12 @@ impl Ctx<'_> {
                         "SELECT id, group_id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'welcome' AND (?2 IS NULL OR 1) ORDER BY is_commit, id",
                         g.to_vec(),
                         None,
+                    ),
+                    // Proposals first (a commit may reference them), commits in epoch order.
+                    Trigger::Limit(g, e) => (
+                        "SELECT id, group_id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'stopped' AND epoch < ?2 ORDER BY is_commit, epoch, id",
+                        g.to_vec(),
+                        Some(*e as i64),
                     ),
                 };
                 let mut st = self.conn.prepare_cached(sql)?;
@@ -225,11 +236,17 @@ impl Ctx<'_> {
             c.mark_seen(hash)?;
             Ok(Outcome::Done(Vec::new()))
         };
-        // Removed owner: nothing beyond its current epoch (PROTOCOL.md "Removal").
-        if let Some(stop) = sg.stop_epoch
-            && (epoch > stop || (ct == ContentType::Commit && epoch >= stop))
-        {
-            return done_nothing(self);
+        // Removed owner: nothing beyond the epoch we held when we learned of the removal
+        // (PROTOCOL.md "Removal"), except its commits up to an epoch that a commit we process
+        // imports (ENGINE_NOTES.md "Removal race"): those are kept until then.
+        if let (Some(stop), Some(limit)) = (sg.stop_epoch, sg.limit()) {
+            match ct {
+                ContentType::Application if epoch > stop => return done_nothing(self),
+                ContentType::Commit | ContentType::Proposal if epoch >= limit => {
+                    return Ok(Outcome::Wait(Wait::Stopped));
+                }
+                _ => {}
+            }
         }
         // Messages of epochs before we joined are ignored (PROTOCOL.md "INIT").
         if epoch < sg.joined_epoch.unwrap_or(0) {
@@ -275,6 +292,9 @@ impl Ctx<'_> {
                 aad_psks = PskId::list_from_aad(parse_protocol(data)?.aad())?;
                 for p in &aad_psks {
                     if !self.has_psk(p)? {
+                        if p.group_id != sg.group_id {
+                            self.raise_psk_limit(p)?;
+                        }
                         return Ok(Outcome::Wait(Wait::Psk(*p)));
                     }
                 }
@@ -414,14 +434,20 @@ impl Ctx<'_> {
                     }
                 }
                 let self_removed = staged.self_removed();
+                // A removed owner's commit beyond the epoch we stopped at is merged only for
+                // the PSK it lets us export (ENGINE_NOTES.md "Removal race"): none of its
+                // other effects (acks, removals, events) apply.
+                let beyond_stop = sg.stop_epoch.is_some_and(|s| epoch >= s);
                 group
                     .merge_staged_commit(&self.provider, *staged)
                     .map_err(|e| EngineError::mls("merging commit", e))?;
-                for p in &imported {
-                    self.ack(&sg.owner, p)?;
-                }
-                if !imported.is_empty() {
-                    self.prune_psks(&sg.dgroup_id, &imported)?;
+                if !beyond_stop {
+                    for p in &imported {
+                        self.ack(&sg.owner, p)?;
+                    }
+                    if !imported.is_empty() {
+                        self.prune_psks(&sg.dgroup_id, &imported)?;
+                    }
                 }
                 let new_epoch = group.epoch().as_u64();
                 // Deferred leaf refreshes of older epochs can no longer be committed.
@@ -429,7 +455,9 @@ impl Ctx<'_> {
                     "DELETE FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch < ?2",
                     params![sg.group_id.as_slice(), new_epoch as i64],
                 )?;
-                if self_removed {
+                if self_removed && beyond_stop {
+                    // Out of a group we stopped following anyway: nothing to export.
+                } else if self_removed {
                     self.conn.exec_cached(
                         "UPDATE dmls_dgroup SET we_removed = 1 WHERE dgroup_id = ?1 AND we_removed = 0",
                         [sg.dgroup_id.0.as_slice()],
@@ -443,11 +471,16 @@ impl Ctx<'_> {
                 } else {
                     self.export_psk(group, &sg.group_id)?;
                     self.triggers.push(Trigger::Epoch(sg.group_id, new_epoch));
-                    events.push(Event::SendGroupAdvanced {
-                        dgroup: sg.dgroup_id,
-                        owner: sg.owner.clone(),
-                        epoch: new_epoch,
-                    });
+                    if !beyond_stop {
+                        events.push(Event::SendGroupAdvanced {
+                            dgroup: sg.dgroup_id,
+                            owner: sg.owner.clone(),
+                            epoch: new_epoch,
+                        });
+                    }
+                }
+                if beyond_stop {
+                    removed.clear();
                 }
                 for x in removed {
                     if self.note_removed(&sg.dgroup_id, &x)? {
@@ -464,6 +497,75 @@ impl Ctx<'_> {
         self.counters.processed += 1;
         self.mark_seen(hash)?;
         Ok(Outcome::Done(events))
+    }
+
+    /// A commit we process waits for `psk` (ENGINE_NOTES.md "Removal race"): if it is an
+    /// epoch of a removed owner's Send Group beyond the limit we process that group up to,
+    /// raise the limit to it and release the group's kept commits and proposals before it.
+    /// Its commits then bring us to that epoch, whose PSK releases the waiting commit.
+    fn raise_psk_limit(&mut self, psk: &PskId) -> Result<(), EngineError> {
+        let Some(x) = self.send_group(&psk.group_id)? else {
+            return Ok(());
+        };
+        if !x.joined || x.limit().is_none_or(|l| psk.epoch <= l) {
+            return Ok(());
+        }
+        self.conn.exec_cached(
+            "UPDATE dmls_send_group SET psk_limit_epoch = ?2 WHERE group_id = ?1",
+            params![psk.group_id.as_slice(), psk.epoch as i64],
+        )?;
+        self.triggers.push(Trigger::Limit(psk.group_id, psk.epoch));
+        Ok(())
+    }
+
+    /// We learned that the owner of Send Group `gid` was removed and stop at `stop`
+    /// (see [`Ctx::note_removed`]): its waiting application messages beyond `stop` are
+    /// dropped, its commits and proposals beyond it are kept as [`Wait::Stopped`]. Commits
+    /// already waiting for the PSK of a later epoch of it raise the limit at once.
+    pub(crate) fn stop_waiting(&mut self, gid: &[u8; 32], stop: u64) -> Result<(), EngineError> {
+        let rows: Vec<(i64, i64, bool, Vec<u8>)> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT id, epoch, is_commit, data FROM dmls_waiting WHERE group_id = ?1
+                 AND (epoch > ?2 OR (is_commit AND epoch >= ?2) OR wait_kind = 'commit')",
+            )?;
+            st.query_map(params![gid.as_slice(), stop as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        for (id, epoch, is_commit, data) in rows {
+            let application = !is_commit
+                && parse_protocol(&data)
+                    .is_ok_and(|pm| pm.content_type() == ContentType::Application);
+            if application {
+                if epoch as u64 > stop {
+                    self.conn
+                        .exec_cached("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
+                    self.mark_seen(&message_hash(&data))?;
+                }
+            } else {
+                self.conn.exec_cached(
+                    "UPDATE dmls_waiting SET wait_kind = 'stopped', wait_epoch = NULL, wait_psk = NULL WHERE id = ?1",
+                    [id],
+                )?;
+            }
+        }
+        let waiting: Vec<Vec<u8>> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT wait_psk FROM dmls_waiting WHERE wait_kind = 'psk' AND substr(wait_psk, 9) = ?1",
+            )?;
+            st.query_map([gid.as_slice()], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        let latest = waiting
+            .iter()
+            .filter_map(|b| PskId::from_bytes(b).ok())
+            .filter(|p| p.group_id == *gid)
+            .max_by_key(|p| p.epoch);
+        if let Some(p) = latest {
+            self.raise_psk_limit(&p)?;
+        }
+        Ok(())
     }
 
     /// Accepts the Add proposals of an owner's commit only when each adds a member of the

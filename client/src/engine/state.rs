@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS dmls_send_group (
     after_seq INTEGER NOT NULL DEFAULT 0,
     -- set when the owner was removed: epochs beyond this one are not processed
     stop_epoch INTEGER,
+    -- removed owner only: its commits are processed up to this epoch (> stop_epoch) because
+    -- a commit of another Send Group imports the PSK of that epoch (ENGINE_NOTES.md 'Removal race')
+    psk_limit_epoch INTEGER,
     -- own group: 'claiming' until members are added, then 'active'
     own_state TEXT,
     last_update_ms INTEGER NOT NULL DEFAULT 0,
@@ -67,7 +70,8 @@ CREATE TABLE IF NOT EXISTS dmls_ack (
     PRIMARY KEY (acker, group_id)
 );
 -- Received messages that cannot be processed yet (PROTOCOL.md 'Receiving').
--- wait_kind: 'epoch' (wait_epoch), 'psk' (wait_psk), 'welcome', 'proposal' (wait_epoch).
+-- wait_kind: 'epoch' (wait_epoch), 'psk' (wait_psk), 'welcome', 'proposal' (wait_epoch),
+-- 'commit' (wait_epoch: deferred leaf refresh), 'stopped' (beyond a removed owner's limit).
 CREATE TABLE IF NOT EXISTS dmls_waiting (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     group_id BLOB NOT NULL,
@@ -107,6 +111,15 @@ CREATE TABLE IF NOT EXISTS dmls_outbox (
 /// Applies our schema.
 pub(crate) fn migrate(conn: &Connection) -> Result<(), EngineError> {
     conn.execute_batch(SCHEMA)?;
+    // Column added after the first release: add it to older databases.
+    let has_limit: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('dmls_send_group') WHERE name = 'psk_limit_epoch'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_limit {
+        conn.execute_batch("ALTER TABLE dmls_send_group ADD COLUMN psk_limit_epoch INTEGER")?;
+    }
     Ok(())
 }
 
