@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
-use crate::client::{Client, ClientError, Delivery, dgroup_hex};
+use crate::client::{Client, ClientError, Delivery, Durability, dgroup_hex};
 use crate::engine::{DGroupStatus, DGroupSummary, Event, ReceivedMessage, WaitReason};
 
 /// dmls: end-to-end encrypted group chat over Distributed MLS (draft-xue-distributed-mls).
@@ -30,6 +30,13 @@ pub struct Cli {
     /// Print one JSON document per command (for scripts) instead of human text.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// How state reaches the disk. `full`: every change is on disk before the command goes
+    /// on, so even a power loss never shows a message twice. `relaxed`: fsync only before
+    /// something is sent; after a power loss (not a crash of dmls) recently received
+    /// messages may be shown again.
+    #[arg(long, env = "DMLS_DURABILITY", global = true, value_enum, default_value_t = Durability::Full)]
+    pub durability: Durability,
 
     /// What to do.
     #[command(subcommand)]
@@ -155,7 +162,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Group(GroupCommand::Create { name, members }) => {
-            let mut client = open(&home)?;
+            let mut client = open(&home, cli.durability)?;
             let id = client
                 .create_group(&name, &members)
                 .await
@@ -182,7 +189,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Groups => {
-            let mut client = open(&home)?;
+            let mut client = open(&home, cli.durability)?;
             flush_quietly(&mut client).await?;
             let groups = client.groups().context("cannot list groups")?;
             if json {
@@ -209,7 +216,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Sync(args) => {
-            let mut client = open(&home)?;
+            let mut client = open(&home, cli.durability)?;
             if args.follow {
                 follow(&mut client, args.wait_ms, json).await?;
             } else {
@@ -230,7 +237,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             if text.is_empty() {
                 bail!("the message is empty: give TEXT or pipe it to standard input");
             }
-            let mut client = open(&home)?;
+            let mut client = open(&home, cli.durability)?;
             let delivery = client.send_text(&group, &text).await.with_context(|| {
                 format!("cannot send to {group:?} (try `dmls sync` and `dmls status {group}`)")
             })?;
@@ -242,7 +249,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Log { group, limit } => {
-            let mut client = open(&home)?;
+            let mut client = open(&home, cli.durability)?;
             flush_quietly(&mut client).await?;
             let messages = client
                 .log(&group, limit)
@@ -260,7 +267,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Update { group } => {
-            let mut client = open(&home)?;
+            let mut client = open(&home, cli.durability)?;
             let delivery = client
                 .update(&group)
                 .await
@@ -273,7 +280,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Remove { group, member } => {
-            let mut client = open(&home)?;
+            let mut client = open(&home, cli.durability)?;
             let delivery = client
                 .remove(&group, &member)
                 .await
@@ -286,7 +293,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Status { group } => {
-            let mut client = open(&home)?;
+            let mut client = open(&home, cli.durability)?;
             flush_quietly(&mut client).await?;
             let status = client
                 .status(&group)
@@ -339,8 +346,8 @@ fn default_home() -> Result<PathBuf> {
     Ok(dirs.data_dir().to_path_buf())
 }
 
-fn open(home: &std::path::Path) -> Result<Client> {
-    match Client::open(home) {
+fn open(home: &std::path::Path, durability: Durability) -> Result<Client> {
+    match Client::open_with(home, durability) {
         Ok(c) => Ok(c),
         Err(e @ ClientError::NoIdentity { .. }) => Err(e.into()),
         Err(e) => Err(anyhow::Error::new(e))

@@ -844,18 +844,22 @@ fn open_engine(
 /// Both modes keep the invariants crash safety rests on: every engine transaction is atomic
 /// (a relay cursor moves only with the state it produced) and nothing leaves the device (a
 /// post, a welcome deletion) before the state that produced it is on disk. They differ in
-/// what a power loss (not a process crash, which loses nothing in either mode) may undo.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// what a power loss or an operating-system crash (not a process crash, which loses nothing
+/// in either mode) may undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Durability {
-    /// `synchronous=FULL`: every engine transaction is fsynced before it returns, one fsync
-    /// per received message.
+    /// `synchronous=FULL` (the default): every engine transaction is on disk before it
+    /// returns. A sync answer is processed in one transaction, so this costs one fsync per
+    /// sync round trip, not one per message. Nothing received and shown is ever shown again.
+    #[default]
+    #[value(name = "full")]
     Full,
     /// `synchronous=NORMAL` (WAL) plus a barrier: before anything is sent to the relay, or
     /// welcomes are deleted there, a checkpoint fsyncs everything committed so far. A power
-    /// loss can only undo the processing of received messages since the last barrier, together
-    /// with their cursors, so they are fetched and processed again. Much faster when syncing
-    /// many messages (one fsync per batch instead of one per message).
-    #[default]
+    /// loss can undo the processing of messages received since the last barrier, together
+    /// with their cursors, so they are fetched, processed and shown again. Slightly faster
+    /// on slow disks.
+    #[value(name = "relaxed")]
     BeforeEffects,
 }
 

@@ -2,7 +2,7 @@
 //! steps 2 and 3, "Removal").
 
 use openmls::prelude::*;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use tls_codec::Deserialize as _;
 
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
@@ -88,7 +88,7 @@ impl Ctx<'_> {
             )?;
         }
         let hash = message_hash(data);
-        if self.seen(&hash)? || self.is_waiting(&hash)? {
+        if self.seen_or_waiting(&hash)? {
             self.counters.duplicates += 1;
             return Ok(Vec::new());
         }
@@ -103,16 +103,14 @@ impl Ctx<'_> {
         Ok(events)
     }
 
-    fn is_waiting(&self, hash: &[u8; 32]) -> Result<bool, EngineError> {
-        Ok(self
-            .conn
-            .row_cached(
-                "SELECT 1 FROM dmls_waiting WHERE hash = ?1",
-                [hash.as_slice()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+    /// Whether a message was processed (or ignored for good) already, or waits: one query.
+    fn seen_or_waiting(&self, hash: &[u8; 32]) -> Result<bool, EngineError> {
+        Ok(self.conn.row_cached(
+            "SELECT EXISTS (SELECT 1 FROM dmls_seen WHERE hash = ?1)
+                 OR EXISTS (SELECT 1 FROM dmls_waiting WHERE hash = ?1)",
+            [hash.as_slice()],
+            |r| r.get::<_, bool>(0),
+        )?)
     }
 
     fn store_waiting(
@@ -286,7 +284,8 @@ impl Ctx<'_> {
         match ct {
             ContentType::Commit => {
                 if epoch < current {
-                    return done_nothing(self);
+                    // Stale: recognised as such again at no cost, so not recorded as seen.
+                    return Ok(Outcome::Done(Vec::new()));
                 }
                 // Read the dependency hint before decrypting (PROTOCOL.md "Dependency hint").
                 aad_psks = PskId::list_from_aad(parse_protocol(data)?.aad())?;
@@ -302,7 +301,7 @@ impl Ctx<'_> {
             ContentType::Proposal => {
                 if epoch < current {
                     // A stale leaf refresh: its sender sends it again with its next update.
-                    return done_nothing(self);
+                    return Ok(Outcome::Done(Vec::new()));
                 }
                 if !sg.is_own {
                     // Only the owner commits it, so we need it only if the owner's commit of
