@@ -367,22 +367,47 @@ impl Client {
             }
             match item.effect {
                 Effect::ClaimKeyPackages { client_ids, .. } => {
-                    let (key_packages, missing) =
-                        match self.relay.claim_key_packages(&client_ids).await {
-                            Ok(r) => (
-                                r.key_packages
-                                    .into_iter()
-                                    .map(|k| (k.client_id, k.key_package.into_inner()))
-                                    .collect(),
-                                r.missing,
-                            ),
-                            // 404: some id is unknown to the relay, and nothing was claimed.
-                            Err(e) if e.is_not_found() => {
-                                tracing::warn!(error = %e, "key-package claim refused");
-                                (Vec::new(), client_ids)
+                    let (key_packages, missing) = match self
+                        .relay
+                        .claim_key_packages(&client_ids)
+                        .await
+                    {
+                        Ok(r) => (
+                            r.key_packages
+                                .into_iter()
+                                .map(|k| (k.client_id, k.key_package.into_inner()))
+                                .collect(),
+                            r.missing,
+                        ),
+                        // 404: some id is unknown to the relay, and nothing was claimed.
+                        // Claim for each id alone, so that one member who has not
+                        // registered yet does not hold back the others.
+                        Err(e) if e.is_not_found() => {
+                            tracing::warn!(error = %e, "key-package claim refused; claiming one by one");
+                            let mut kps = Vec::new();
+                            let mut missing = Vec::new();
+                            for c in client_ids {
+                                match self
+                                    .relay
+                                    .claim_key_packages(std::slice::from_ref(&c))
+                                    .await
+                                {
+                                    Ok(r) => {
+                                        kps.extend(
+                                            r.key_packages
+                                                .into_iter()
+                                                .map(|k| (k.client_id, k.key_package.into_inner())),
+                                        );
+                                        missing.extend(r.missing);
+                                    }
+                                    Err(e) if e.is_not_found() => missing.push(c),
+                                    Err(e) => return Err(e.into()),
+                                }
                             }
-                            Err(e) => return Err(e.into()),
-                        };
+                            (kps, missing)
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     let input = Input::ClaimedKeyPackages {
                         outbox_id: id,
                         key_packages,

@@ -359,3 +359,69 @@ async fn a_message_sent_while_the_relay_is_down_goes_out_later() {
     }
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_registers_late_is_added_by_the_next_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let url = relay.url();
+    let mut a = Client::init(&dir.path().join("alice"), &url, "alice")
+        .await
+        .unwrap();
+    let mut b = Client::init(&dir.path().join("bob"), &url, "bob")
+        .await
+        .unwrap();
+    // dave is not registered yet: the relay refuses a claim naming him (404), so the client
+    // claims one by one and adds bob now.
+    a.create_group("late", &["bob".to_string(), "dave".to_string()])
+        .await
+        .unwrap();
+    let events = settle(&mut [&mut a, &mut b], 3).await;
+    for e in events.iter().flatten() {
+        assert!(!matches!(e, Event::Ignored { .. }), "{e:?}");
+    }
+    assert!(
+        events[0].iter().any(|e| matches!(
+            e,
+            Event::KeyPackagesMissing { client_ids, .. } if client_ids == &["dave".to_string()]
+        )),
+        "{:?}",
+        events[0]
+    );
+    for x in [&a, &b] {
+        for sg in x.status("late").unwrap().send_groups {
+            if sg.owner != "dave" {
+                assert!(sg.joined, "{}: {sg:?}", x.client_id());
+                assert_eq!(sg.members.len(), 2, "{}: {sg:?}", x.client_id());
+            }
+        }
+    }
+    a.send_text("late", "before dave").await.unwrap();
+    // dave registers; the next sync of a fresh client (the CLI runs one per command) retries.
+    let mut d = Client::init(&dir.path().join("dave"), &url, "dave")
+        .await
+        .unwrap();
+    let mut a = Client::open(&dir.path().join("alice")).unwrap();
+    let mut b = Client::open(&dir.path().join("bob")).unwrap();
+    let ev = settle(&mut [&mut a, &mut b, &mut d], 4).await;
+    for e in ev.iter().flatten() {
+        assert!(!matches!(e, Event::Ignored { .. }), "{e:?}");
+    }
+    for x in [&a, &b, &d] {
+        let s = x.status("late").unwrap();
+        for sg in &s.send_groups {
+            assert!(sg.joined, "{}: {sg:?}", x.client_id());
+            assert_eq!(sg.members.len(), 3, "{}: {sg:?}", x.client_id());
+        }
+    }
+    a.send_text("late", "welcome dave").await.unwrap();
+    settle(&mut [&mut a, &mut b, &mut d], 2).await;
+    let seen = texts(&d, "late");
+    assert!(
+        seen.contains(&("alice".into(), "welcome dave".into())),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|(_, t)| t == "before dave"), "{seen:?}");
+    assert!(texts(&b, "late").contains(&("alice".into(), "before dave".into())));
+    relay.shutdown().await.unwrap();
+}

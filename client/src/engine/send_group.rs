@@ -120,11 +120,14 @@ impl Ctx<'_> {
              WHERE group_id = ?1",
             params![gid.as_slice(), group.epoch().as_u64() as i64, state, now_ms as i64],
         )?;
-        self.outbox_push(&Effect::PutRelayGroup {
-            group_id: hex::encode(gid),
-            members: others.clone(),
-        })?;
-        if !others.is_empty() {
+        if others.is_empty() {
+            self.outbox_push(&Effect::PutRelayGroup {
+                group_id: hex::encode(gid),
+                members: Vec::new(),
+            })?;
+        } else {
+            // The relay group is created once the claim is answered, with the members we
+            // could add: the relay refuses a member list naming an account it does not know.
             self.outbox_push(&Effect::ClaimKeyPackages {
                 dgroup_id: config.dgroup_id,
                 client_ids: others,
@@ -218,6 +221,11 @@ impl Ctx<'_> {
                 self.dmls_commit_adding(&dgroup_id, now_ms, adds)?;
             }
         } else {
+            // The relay group, with the members we add, before their Welcomes go out.
+            self.outbox_push(&Effect::PutRelayGroup {
+                group_id: hex::encode(gid),
+                members: added.clone(),
+            })?;
             if !kps.is_empty() {
                 let signer = self.signer()?;
                 let mut group = self.take_group(&gid)?;
