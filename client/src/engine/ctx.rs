@@ -122,6 +122,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) policy: UpdatePolicy,
     pub(crate) triggers: Vec<Trigger>,
     pub(crate) groups: &'a mut GroupCache,
+    /// PSKs imported by commits merged in this operation, whose older PSKs may now be
+    /// deleted: see [`Ctx::prune_deferred`].
+    pub(crate) prune_later: Vec<(DGroupId, PskId)>,
 }
 
 /// SHA-256 of message bytes, the duplicate-detection key.

@@ -382,8 +382,13 @@ impl Engine {
             policy: self.policy,
             triggers: Vec::new(),
             groups: &mut self.groups,
+            prune_later: Vec::new(),
         };
-        c.savepoint("dmls_op", f)
+        c.savepoint("dmls_op", |c| {
+            let v = f(c)?;
+            c.prune_deferred()?;
+            Ok(v)
+        })
     }
 
     /// Runs a read-only query.
@@ -404,6 +409,7 @@ impl Engine {
             policy: self.policy,
             triggers: Vec::new(),
             groups: &mut groups,
+            prune_later: Vec::new(),
         };
         f(&c)
     }

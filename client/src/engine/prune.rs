@@ -10,6 +10,27 @@ use super::ids::{DGroupId, PskId, send_group_id};
 use super::state::CachedSql as _;
 
 impl Ctx<'_> {
+    /// Runs [`Ctx::prune_psks`] once per DGroup for everything merged commits imported
+    /// during this operation. Acks are read from the database, so inputs rolled back since
+    /// count for nothing.
+    pub(crate) fn prune_deferred(&mut self) -> Result<(), EngineError> {
+        let mut pending = std::mem::take(&mut self.prune_later);
+        pending.sort_by_key(|(d, p)| (d.0, p.group_id));
+        pending.dedup_by(|a, b| a.0 == b.0 && a.1.group_id == b.1.group_id);
+        let mut start = 0;
+        while start < pending.len() {
+            let d = pending[start].0;
+            let end = pending[start..]
+                .iter()
+                .position(|(x, _)| *x != d)
+                .map_or(pending.len(), |n| start + n);
+            let imported: Vec<PskId> = pending[start..end].iter().map(|(_, p)| *p).collect();
+            self.prune_psks(&d, &imported)?;
+            start = end;
+        }
+        Ok(())
+    }
+
     /// Deletes every stored PSK `(k, G)`, for the Send Groups G named in `imported`, such that
     /// every current member other than G's owner has acknowledged (imported) an epoch of G
     /// newer than `k`. The latest PSK of each group is always kept, so [`Ctx::unimported`]

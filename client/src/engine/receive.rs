@@ -445,7 +445,10 @@ impl Ctx<'_> {
                         self.ack(&sg.owner, p)?;
                     }
                     if !imported.is_empty() {
-                        self.prune_psks(&sg.dgroup_id, &imported)?;
+                        // Pruned once at the end of the operation (one batch of inputs), not
+                        // per commit: every commit of a round names every group.
+                        self.prune_later
+                            .extend(imported.iter().map(|p| (sg.dgroup_id, *p)));
                     }
                 }
                 let new_epoch = group.epoch().as_u64();
