@@ -230,20 +230,9 @@ impl Ctx<'_> {
                 let signer = self.signer()?;
                 let mut group = self.take_group(&gid)?;
                 // Every own commit has a path (PROTOCOL.md "DMLS Update and DMLS Commit").
-                let bundle = group
-                    .commit_builder()
-                    .propose_adds(kps)
-                    .force_self_update(true)
-                    .load_psks(&self.provider.storage)
-                    .map_err(|e| EngineError::mls("adding members", e))?
-                    .build(self.provider.rand, self.provider.crypto, &signer, |_| true)
-                    .map_err(|e| EngineError::mls("adding members", e))?
-                    .stage_commit(&self.provider)
-                    .map_err(|e| EngineError::mls("adding members", e))?;
-                let welcome = bundle
-                    .to_welcome_msg()
+                let (_, welcome) = self.build_commit(&mut group, &signer, &[], &[], &kps)?;
+                let welcome = welcome
                     .ok_or_else(|| EngineError::Internal("add commit without Welcome".into()))?;
-                let welcome = encode(&welcome)?;
                 group
                     .merge_pending_commit(&self.provider)
                     .map_err(|e| EngineError::mls("merging add commit", e))?;
