@@ -3,7 +3,7 @@
 
 mod engine_common;
 
-use dmls_client::engine::{Event, TEXT_PLAIN};
+use dmls_client::engine::{DGroupId, Event, TEXT_PLAIN};
 use engine_common::Net;
 
 fn messages(net: &Net, i: usize) -> Vec<Vec<u8>> {
@@ -250,16 +250,22 @@ fn update_policy_commits_before_a_send_when_the_last_update_is_too_old_or_used_t
     assert!(net.engines[0].status(&d).unwrap().unimported.is_empty());
 }
 
-#[test]
-fn a_member_without_key_packages_is_added_late_once_it_has_some() {
-    use dmls_client::engine::send_group_id;
-    let mut net = Net::new(3, 4, 11);
-    // m2 has no key package when m0 creates the DGroup (and when m1 joins).
+/// m0 creates a DGroup with m1 and m2 while m2 has no key packages; returns m2's stock.
+fn trio_without_m2_key_packages(seed: u64) -> (Net, DGroupId, Vec<Vec<u8>>) {
+    let mut net = Net::new(3, 4, seed);
     let spare = std::mem::take(&mut net.stock[2]);
     let d = net.engines[0]
         .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
         .unwrap();
     net.settle(1000);
+    (net, d, spare)
+}
+
+#[test]
+fn a_member_without_key_packages_is_added_late_once_it_has_some() {
+    use dmls_client::engine::send_group_id;
+    // m2 has no key package when m0 creates the DGroup (and when m1 joins).
+    let (mut net, d, spare) = trio_without_m2_key_packages(11);
     for i in 0..2 {
         assert!(
             net.events[i].iter().any(|e| matches!(
@@ -372,12 +378,7 @@ fn a_member_without_key_packages_is_added_late_once_it_has_some() {
 
 #[test]
 fn an_owner_does_not_import_an_epoch_a_late_added_member_cannot_hold() {
-    let mut net = Net::new(3, 4, 12);
-    let spare = std::mem::take(&mut net.stock[2]);
-    let d = net.engines[0]
-        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
-        .unwrap();
-    net.settle(1000);
+    let (mut net, d, spare) = trio_without_m2_key_packages(12);
     net.stock[2] = spare;
     // Only m0 adds m2 for now; m1's group still lacks it.
     assert_eq!(net.engines[0].retry_missing_members().unwrap(), vec![d]);

@@ -50,6 +50,16 @@ fn assert_rejected(net: &mut Net, i: usize, input: Input) -> String {
     err.to_string()
 }
 
+/// Message `data` as read from m0's Send Group `gid` on the relay.
+fn in_m0_group(gid: [u8; 32], data: Vec<u8>) -> Input {
+    Input::GroupMessage {
+        owner: "m0".into(),
+        group_id: hex::encode(gid),
+        seq: Some(9),
+        data,
+    }
+}
+
 /// A three-member DGroup, fully set up.
 fn setup() -> (Net, DGroupId) {
     let mut net = Net::new(3, 4, 7);
@@ -422,16 +432,7 @@ fn application_message_from_a_non_owner_is_rejected() {
     let data = forge_in(dir.path(), "m1", gid, |g, p, s| {
         g.create_message(p, s, &env).unwrap()
     });
-    let err = assert_rejected(
-        &mut net,
-        2,
-        Input::GroupMessage {
-            owner: "m0".into(),
-            group_id: hex::encode(gid),
-            seq: Some(9),
-            data,
-        },
-    );
+    let err = assert_rejected(&mut net, 2, in_m0_group(gid, data));
     assert!(err.contains("non-owner"), "{err}");
 }
 
@@ -451,16 +452,7 @@ fn commit_from_a_non_owner_is_rejected() {
             .unwrap()
             .into_commit()
     });
-    let err = assert_rejected(
-        &mut net,
-        2,
-        Input::GroupMessage {
-            owner: "m0".into(),
-            group_id: hex::encode(gid),
-            seq: Some(9),
-            data,
-        },
-    );
+    let err = assert_rejected(&mut net, 2, in_m0_group(gid, data));
     assert!(err.contains("non-owner"), "{err}");
 }
 
@@ -475,16 +467,7 @@ fn remove_proposal_from_a_non_owner_is_rejected_by_the_owner() {
             .0
     });
     // The owner processes proposals in its own Send Group at once.
-    let err = assert_rejected(
-        &mut net,
-        0,
-        Input::GroupMessage {
-            owner: "m0".into(),
-            group_id: hex::encode(gid),
-            seq: Some(9),
-            data,
-        },
-    );
+    let err = assert_rejected(&mut net, 0, in_m0_group(gid, data));
     assert!(err.contains("Update proposal"), "{err}");
 }
 
@@ -574,16 +557,7 @@ fn commit_whose_aad_differs_from_its_psk_proposals_is_rejected() {
             .unwrap()
             .into_commit()
     });
-    let err = assert_rejected(
-        &mut net,
-        2,
-        Input::GroupMessage {
-            owner: "m0".into(),
-            group_id: hex::encode(gid),
-            seq: Some(9),
-            data,
-        },
-    );
+    let err = assert_rejected(&mut net, 2, in_m0_group(gid, data));
     assert!(err.contains("differs from its PSK proposals"), "{err}");
 }
 
@@ -667,15 +641,6 @@ fn commit_adding_a_client_outside_the_dgroup_config_is_rejected() {
             .unwrap()
             .into_commit()
     });
-    let err = assert_rejected(
-        &mut net,
-        2,
-        Input::GroupMessage {
-            owner: "m0".into(),
-            group_id: hex::encode(gid),
-            seq: Some(9),
-            data,
-        },
-    );
+    let err = assert_rejected(&mut net, 2, in_m0_group(gid, data));
     assert!(err.contains("not a member of the DGroup config"), "{err}");
 }
