@@ -3,7 +3,7 @@
 use openmls::prelude::*;
 use openmls::schedule::PreSharedKeyId;
 use openmls_basic_credential::SignatureKeyPair;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -60,8 +60,18 @@ pub(crate) struct SendGroupRow {
     pub(crate) sent_in_epoch: u64,
 }
 
-const SG_COLS: &str = "group_id, dgroup_id, owner, is_own, joined, joined_epoch, after_seq, \
-    stop_epoch, own_state, last_update_ms, msgs_since_update, sent_in_epoch, psk_limit_epoch";
+/// `SELECT` of every [`SendGroupRow`] column, followed by `$tail` (a literal, so that the
+/// whole statement is a constant).
+macro_rules! select_send_group {
+    ($tail:literal) => {
+        concat!(
+            "SELECT group_id, dgroup_id, owner, is_own, joined, joined_epoch, after_seq, \
+             stop_epoch, own_state, last_update_ms, msgs_since_update, sent_in_epoch, \
+             psk_limit_epoch FROM dmls_send_group ",
+            $tail
+        )
+    };
+}
 
 fn sg_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SendGroupRow> {
     let gid: Vec<u8> = r.get(0)?;
@@ -125,6 +135,13 @@ pub(crate) struct Ctx<'a> {
     /// PSKs imported by commits merged in this operation, whose older PSKs may now be
     /// deleted: see [`Ctx::prune_deferred`].
     pub(crate) prune_later: Vec<(DGroupId, PskId)>,
+    /// Relay read cursors reached in this operation (Send Group id to `seq`), written once at
+    /// its end by [`Ctx::flush_cursors`], in the same transaction as everything else.
+    cursors: BTreeMap<[u8; 32], u64>,
+    /// Per Send Group: whether a commit may wait for a leaf-refresh proposal in it
+    /// ([`Trigger::Proposal`] is queued only then). Looked up once per group and operation;
+    /// `true` may be stale (rows released since), `false` never is: storing such a wait sets it.
+    proposal_waits: HashMap<[u8; 32], bool>,
 }
 
 /// SHA-256 of message bytes, the duplicate-detection key.
@@ -177,6 +194,67 @@ pub(crate) fn external_psk_id(p: &PreSharedKeyProposal) -> Result<PskId, EngineE
 }
 
 impl<'a> Ctx<'a> {
+    /// A context for one engine operation.
+    pub(crate) fn new(
+        conn: &'a Connection,
+        crypto: &'a openmls_rust_crypto::RustCrypto,
+        rand: &'a DmlsRand,
+        counters: &'a mut Counters,
+        policy: UpdatePolicy,
+        groups: &'a mut GroupCache,
+    ) -> Ctx<'a> {
+        Ctx {
+            conn,
+            provider: Provider::new(conn, crypto, rand),
+            rand,
+            counters,
+            policy,
+            triggers: Vec::new(),
+            groups,
+            prune_later: Vec::new(),
+            cursors: BTreeMap::new(),
+            proposal_waits: HashMap::new(),
+        }
+    }
+
+    /// Records that the relay cursor of Send Group `gid` reached `seq`; stored at the end
+    /// of the operation ([`Ctx::flush_cursors`]), so a batch of inputs writes each cursor once.
+    pub(crate) fn note_cursor(&mut self, gid: [u8; 32], seq: u64) {
+        let c = self.cursors.entry(gid).or_insert(seq);
+        *c = (*c).max(seq);
+    }
+
+    /// Writes the cursors noted in this operation.
+    pub(crate) fn flush_cursors(&mut self) -> Result<(), EngineError> {
+        for (gid, seq) in std::mem::take(&mut self.cursors) {
+            self.conn.exec_cached(
+                "UPDATE dmls_send_group SET after_seq = MAX(after_seq, ?2) WHERE group_id = ?1",
+                params![gid.as_slice(), seq as i64],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Whether a commit in Send Group `gid` may wait for one of its proposals (see
+    /// [`Ctx::proposal_waits`]).
+    pub(crate) fn may_wait_for_proposal(&mut self, gid: &[u8; 32]) -> Result<bool, EngineError> {
+        if let Some(v) = self.proposal_waits.get(gid) {
+            return Ok(*v);
+        }
+        let v = self.conn.row_cached(
+            "SELECT EXISTS (SELECT 1 FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'proposal')",
+            [gid.as_slice()],
+            |r| r.get::<_, bool>(0),
+        )?;
+        self.proposal_waits.insert(*gid, v);
+        Ok(v)
+    }
+
+    /// Notes that a commit in Send Group `gid` now waits for a proposal.
+    pub(crate) fn set_proposal_wait(&mut self, gid: [u8; 32]) {
+        self.proposal_waits.insert(gid, true);
+    }
+
     /// Our client id.
     pub(crate) fn me(&self) -> Result<String, EngineError> {
         let v = meta_get(self.conn, "client_id")?.ok_or(EngineError::NoIdentity)?;
@@ -243,8 +321,9 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Runs `f` inside SAVEPOINT `name`; on error rolls back (openmls's writes included)
-    /// and drops the group cache, which may hold groups changed inside the savepoint.
+    /// Runs `f` inside SAVEPOINT `name`; on error rolls back (openmls's writes included),
+    /// drops the group cache, which may hold groups changed inside the savepoint, and forgets
+    /// the triggers and prunes queued inside it.
     pub(crate) fn savepoint<T>(
         &mut self,
         name: &str,
@@ -252,6 +331,7 @@ impl<'a> Ctx<'a> {
     ) -> Result<T, EngineError> {
         let conn = self.conn;
         conn.exec_cached(&format!("SAVEPOINT {name}"), [])?;
+        let (triggers, prune_later) = (self.triggers.len(), self.prune_later.len());
         match f(self) {
             Ok(v) => {
                 conn.exec_cached(&format!("RELEASE {name}"), [])?;
@@ -259,6 +339,9 @@ impl<'a> Ctx<'a> {
             }
             Err(e) => {
                 self.groups.clear();
+                // What the rolled-back work queued is void too.
+                self.triggers.truncate(triggers);
+                self.prune_later.truncate(prune_later);
                 // If even the rollback fails the connection is unusable; report the first error.
                 let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
                 Err(e)
@@ -271,7 +354,7 @@ impl<'a> Ctx<'a> {
         Ok(self
             .conn
             .row_cached(
-                &format!("SELECT {SG_COLS} FROM dmls_send_group WHERE group_id = ?1"),
+                select_send_group!("WHERE group_id = ?1"),
                 [gid.as_slice()],
                 sg_from_row,
             )
@@ -280,9 +363,9 @@ impl<'a> Ctx<'a> {
 
     /// All Send Group rows of a DGroup (config order is not kept; sorted by owner).
     pub(crate) fn send_groups_of(&self, d: &DGroupId) -> Result<Vec<SendGroupRow>, EngineError> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {SG_COLS} FROM dmls_send_group WHERE dgroup_id = ?1 ORDER BY owner"
-        ))?;
+        let mut st = self
+            .conn
+            .prepare_cached(select_send_group!("WHERE dgroup_id = ?1 ORDER BY owner"))?;
         let rows = st
             .query_map([d.0.as_slice()], sg_from_row)?
             .collect::<Result<Vec<_>, _>>()?;

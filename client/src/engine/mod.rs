@@ -373,20 +373,18 @@ impl Engine {
         &mut self,
         f: impl FnOnce(&mut ctx::Ctx<'_>) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
-        let conn = &self.conn;
-        let mut c = ctx::Ctx {
-            conn,
-            provider: provider::Provider::new(conn, &self.crypto, &self.rand),
-            rand: &self.rand,
-            counters: &mut self.counters,
-            policy: self.policy,
-            triggers: Vec::new(),
-            groups: &mut self.groups,
-            prune_later: Vec::new(),
-        };
+        let mut c = ctx::Ctx::new(
+            &self.conn,
+            &self.crypto,
+            &self.rand,
+            &mut self.counters,
+            self.policy,
+            &mut self.groups,
+        );
         c.savepoint("dmls_op", |c| {
             let v = f(c)?;
             c.prune_deferred()?;
+            c.flush_cursors()?;
             Ok(v)
         })
     }
@@ -396,21 +394,18 @@ impl Engine {
         &self,
         f: impl FnOnce(&ctx::Ctx<'_>) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
-        let conn = &self.conn;
         let mut counters = self.counters;
         // Queries see the cache through `Ctx::with_group` only; a copy is not needed, an
         // empty map loads from storage.
         let mut groups = ctx::GroupCache::new();
-        let c = ctx::Ctx {
-            conn,
-            provider: provider::Provider::new(conn, &self.crypto, &self.rand),
-            rand: &self.rand,
-            counters: &mut counters,
-            policy: self.policy,
-            triggers: Vec::new(),
-            groups: &mut groups,
-            prune_later: Vec::new(),
-        };
+        let c = ctx::Ctx::new(
+            &self.conn,
+            &self.crypto,
+            &self.rand,
+            &mut counters,
+            self.policy,
+            &mut groups,
+        );
         f(&c)
     }
 
@@ -529,42 +524,31 @@ impl Engine {
         self.write(|c| {
             let mut results = Vec::with_capacity(inputs.len());
             for input in inputs {
-                // Where a rejected input's cursor goes, so it is not fetched again.
-                enum Skip {
-                    Group(String, String, u64),
-                    Welcome(u64),
-                    Nothing,
-                }
-                let skip = match &input {
+                let result = match input {
+                    // Atomic by itself: a rejected message changes nothing but its cursor,
+                    // and only its expensive part needs a savepoint (most messages of a
+                    // round are stale or deferred leaf refreshes, decided by reading alone).
                     Input::GroupMessage {
                         owner,
                         group_id,
-                        seq: Some(seq),
-                        ..
-                    } => Skip::Group(owner.clone(), group_id.clone(), *seq),
+                        seq,
+                        data,
+                    } => c.group_message(&owner, &group_id, seq, &data),
                     Input::Welcome {
                         inbox_id: Some(id), ..
-                    } => Skip::Welcome(*id),
-                    _ => Skip::Nothing,
-                };
-                let saved = c.triggers.len();
-                match c.savepoint("dmls_input", |c| Self::dispatch(c, input, now_ms)) {
-                    Ok(events) => results.push(Ok(events)),
-                    Err(e) if e.is_input_error() => {
-                        c.triggers.truncate(saved);
-                        match skip {
-                            // An unknown group has no cursor to move.
-                            Skip::Group(..)
-                                if matches!(e, EngineError::UnknownSendGroup { .. }) => {}
-                            Skip::Group(owner, group_id, seq) => {
-                                c.set_group_cursor(&owner, &group_id, seq)?
-                            }
-                            Skip::Welcome(id) => c.set_welcome_cursor(id)?,
-                            Skip::Nothing => {}
+                    } => {
+                        let r = c.savepoint("dmls_input", |c| Self::dispatch(c, input, now_ms));
+                        if r.as_ref().is_err_and(EngineError::is_input_error) {
+                            // Not fetched again.
+                            c.set_welcome_cursor(id)?;
                         }
-                        results.push(Err(e));
+                        r
                     }
-                    Err(e) => return Err(e),
+                    input => c.savepoint("dmls_input", |c| Self::dispatch(c, input, now_ms)),
+                };
+                match result {
+                    Err(e) if !e.is_input_error() => return Err(e),
+                    r => results.push(r),
                 }
             }
             Ok(results)

@@ -43,6 +43,17 @@ enum Attempt {
     Replay,
 }
 
+/// What [`Ctx::quick_class`] tells of a message before any processing.
+enum Quick {
+    /// A commit or proposal of an epoch the group has left: nothing to do, nothing to record
+    /// (it is recognised as stale again at no cost).
+    Stale,
+    /// A leaf refresh to keep unprocessed ([`Wait::Commit`]).
+    Defer,
+    /// Everything else: [`Ctx::ingest`] decides, in a savepoint.
+    Full,
+}
+
 /// What happened to one message.
 enum Outcome {
     Done(Vec<Event>),
@@ -61,7 +72,9 @@ fn parse_protocol(data: &[u8]) -> Result<PrivateMessageIn, EngineError> {
 }
 
 impl Ctx<'_> {
-    /// A message from a Send Group on the relay.
+    /// A message from a Send Group on the relay. Atomic on its own: on an input error nothing
+    /// changed except the noted cursor (the caller's transaction drops that too, unless it
+    /// is [`super::Engine::handle_batch`], which moves past a rejected message).
     pub(crate) fn group_message(
         &mut self,
         owner: &str,
@@ -82,25 +95,87 @@ impl Ctx<'_> {
             return Err(unknown());
         }
         if let Some(seq) = seq {
-            self.conn.exec_cached(
-                "UPDATE dmls_send_group SET after_seq = MAX(after_seq, ?2) WHERE group_id = ?1",
-                params![gid.as_slice(), seq as i64],
-            )?;
+            self.note_cursor(gid, seq);
+        }
+        let pm = parse_protocol(data)?;
+        if pm.group_id().as_slice() != gid.as_slice() {
+            return Err(EngineError::Rejected(
+                "message names another group than the relay group it came from".into(),
+            ));
+        }
+        let (epoch, ct) = (pm.epoch().as_u64(), pm.content_type());
+        // Most messages of a round are stale or deferred leaf refreshes: decided by reading
+        // alone, and stored (if at all) by one statement, with no savepoint.
+        let quick = self.quick_class(&sg, epoch, ct);
+        if let Quick::Stale = quick {
+            return Ok(Vec::new());
         }
         let hash = message_hash(data);
         if self.seen_or_waiting(&hash)? {
             self.counters.duplicates += 1;
             return Ok(Vec::new());
         }
-        let mut events = match self.ingest(&sg, data, &hash)? {
-            Outcome::Done(ev) => ev,
-            Outcome::Wait(w) => {
-                self.store_waiting(&sg.group_id, data, &hash, w)?;
+        let mut events = match quick {
+            Quick::Defer => {
+                self.defer_proposal(&sg.group_id, data, &hash, epoch)?;
                 Vec::new()
             }
+            Quick::Stale | Quick::Full => self.savepoint("dmls_input", |c| {
+                Ok(match c.ingest(&sg, data, &hash)? {
+                    Outcome::Done(ev) => ev,
+                    Outcome::Wait(w) => {
+                        let is_commit = ct == ContentType::Commit;
+                        c.store_waiting(&sg.group_id, data, &hash, w, epoch, is_commit)?;
+                        Vec::new()
+                    }
+                })
+            })?,
         };
         events.extend(self.run_triggers()?);
         Ok(events)
+    }
+
+    /// What [`Ctx::ingest`] would decide for a commit or proposal, when that can be told from
+    /// the message header and the cached group alone and needs no processing:
+    /// [`Quick::Full`] whenever in doubt.
+    fn quick_class(&self, sg: &SendGroupRow, epoch: u64, ct: ContentType) -> Quick {
+        if !sg.joined
+            || sg.stop_epoch.is_some()
+            || ct == ContentType::Application
+            || epoch < sg.joined_epoch.unwrap_or(0)
+        {
+            return Quick::Full;
+        }
+        let Some(group) = self.groups.get(&sg.group_id) else {
+            return Quick::Full;
+        };
+        let current = group.epoch().as_u64();
+        if !group.is_active() {
+            Quick::Full
+        } else if epoch < current {
+            Quick::Stale
+        } else if epoch == current && ct == ContentType::Proposal && !sg.is_own {
+            Quick::Defer
+        } else {
+            Quick::Full
+        }
+    }
+
+    /// Keeps a leaf-refresh proposal of the current epoch of a Send Group we do not own
+    /// unprocessed ([`Wait::Commit`]), and lets a commit that waits for a proposal of that
+    /// epoch try again.
+    fn defer_proposal(
+        &mut self,
+        gid: &[u8; 32],
+        data: &[u8],
+        hash: &[u8; 32],
+        epoch: u64,
+    ) -> Result<(), EngineError> {
+        self.store_waiting(gid, data, hash, Wait::Commit(epoch), epoch, false)?;
+        if self.may_wait_for_proposal(gid)? {
+            self.triggers.push(Trigger::Proposal(*gid, epoch));
+        }
+        Ok(())
     }
 
     /// Whether a message was processed (or ignored for good) already, or waits: one query.
@@ -114,19 +189,22 @@ impl Ctx<'_> {
     }
 
     fn store_waiting(
-        &self,
+        &mut self,
         gid: &[u8; 32],
         data: &[u8],
         hash: &[u8; 32],
         w: Wait,
+        epoch: u64,
+        is_commit: bool,
     ) -> Result<(), EngineError> {
-        let pm = parse_protocol(data)?;
-        let is_commit = pm.content_type() == ContentType::Commit;
         let (kind, we, wp): (&str, Option<i64>, Option<Vec<u8>>) = match w {
             Wait::Epoch(e) => ("epoch", Some(e as i64), None),
             Wait::Psk(p) => ("psk", None, Some(p.to_bytes().to_vec())),
             Wait::Welcome => ("welcome", None, None),
-            Wait::Proposal(e) => ("proposal", Some(e as i64), None),
+            Wait::Proposal(e) => {
+                self.set_proposal_wait(*gid);
+                ("proposal", Some(e as i64), None)
+            }
             Wait::Commit(e) => ("commit", Some(e as i64), None),
             Wait::Stopped => ("stopped", None, None),
         };
@@ -135,7 +213,7 @@ impl Ctx<'_> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 gid.as_slice(),
-                pm.epoch().as_u64() as i64,
+                epoch as i64,
                 is_commit,
                 kind,
                 we,
@@ -153,40 +231,42 @@ impl Ctx<'_> {
         let mut events = Vec::new();
         while !self.triggers.is_empty() {
             let t = self.triggers.remove(0);
-            let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = {
+            let rows: Vec<(i64, Vec<u8>, Vec<u8>, i64, bool)> = {
                 let (sql, p1, p2): (&str, Vec<u8>, Option<i64>) = match &t {
                     Trigger::Epoch(g, e) => (
-                        "SELECT id, group_id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'epoch' AND wait_epoch = ?2 ORDER BY is_commit, id",
+                        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'epoch' AND wait_epoch = ?2 ORDER BY is_commit, id",
                         g.to_vec(),
                         Some(*e as i64),
                     ),
                     Trigger::Proposal(g, e) => (
-                        "SELECT id, group_id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'proposal' AND wait_epoch = ?2 ORDER BY id",
+                        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'proposal' AND wait_epoch = ?2 ORDER BY id",
                         g.to_vec(),
                         Some(*e as i64),
                     ),
                     Trigger::Psk(p) => (
-                        "SELECT id, group_id, data FROM dmls_waiting WHERE wait_psk = ?1 AND (?2 IS NULL OR 1) ORDER BY id",
+                        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE wait_psk = ?1 AND (?2 IS NULL OR 1) ORDER BY id",
                         p.to_bytes().to_vec(),
                         None,
                     ),
                     Trigger::Joined(g) => (
-                        "SELECT id, group_id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'welcome' AND (?2 IS NULL OR 1) ORDER BY is_commit, id",
+                        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'welcome' AND (?2 IS NULL OR 1) ORDER BY is_commit, id",
                         g.to_vec(),
                         None,
                     ),
                     // Proposals first (a commit may reference them), commits in epoch order.
                     Trigger::Limit(g, e) => (
-                        "SELECT id, group_id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'stopped' AND epoch < ?2 ORDER BY is_commit, epoch, id",
+                        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'stopped' AND epoch < ?2 ORDER BY is_commit, epoch, id",
                         g.to_vec(),
                         Some(*e as i64),
                     ),
                 };
                 let mut st = self.conn.prepare_cached(sql)?;
-                st.query_map(params![p1, p2], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                st.query_map(params![p1, p2], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
                     .collect::<Result<Vec<_>, _>>()?
             };
-            for (id, gid, data) in rows {
+            for (id, gid, data, epoch, is_commit) in rows {
                 self.conn
                     .exec_cached("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
                 let Ok(gid) = <[u8; 32]>::try_from(gid.as_slice()) else {
@@ -196,13 +276,13 @@ impl Ctx<'_> {
                     continue;
                 };
                 let hash = message_hash(&data);
-                let saved = self.triggers.len();
                 match self.savepoint("dmls_released", |c| c.ingest(&sg, &data, &hash)) {
                     Ok(Outcome::Done(ev)) => events.extend(ev),
-                    Ok(Outcome::Wait(w)) => self.store_waiting(&gid, &data, &hash, w)?,
+                    Ok(Outcome::Wait(w)) => {
+                        self.store_waiting(&gid, &data, &hash, w, epoch as u64, is_commit)?
+                    }
                     Err(e) if e.is_input_error() => {
                         // A bad message changes nothing; drop it for good.
-                        self.triggers.truncate(saved);
                         self.mark_seen(&hash)?;
                     }
                     Err(e) => return Err(e),
@@ -308,7 +388,9 @@ impl Ctx<'_> {
                     // this epoch references it; most never are (the owner commits first and
                     // they go stale). Keep it unprocessed until then, and let a commit that
                     // waits for a proposal of this epoch try again.
-                    self.triggers.push(Trigger::Proposal(sg.group_id, epoch));
+                    if self.may_wait_for_proposal(&sg.group_id)? {
+                        self.triggers.push(Trigger::Proposal(sg.group_id, epoch));
+                    }
                     return Ok(Outcome::Wait(Wait::Commit(epoch)));
                 }
             }
