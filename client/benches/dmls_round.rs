@@ -48,65 +48,78 @@ struct Net {
 }
 
 impl Net {
-    /// Carries out `m`'s outbox until it is empty.
+    /// Carries out `m`'s outbox until it is empty, as the facade does: one snapshot of the
+    /// outbox at a time, performed items marked done in one transaction.
     fn drain(&mut self, m: &mut Member) -> Result<()> {
         loop {
             let items = m.engine.outbox()?;
-            let Some(item) = items.into_iter().next() else {
+            if items.is_empty() {
                 return Ok(());
-            };
-            // As the facade does: what is posted must be on disk first.
-            if !matches!(item.effect, Effect::ClaimKeyPackages { .. })
-                && let Some(b) = &mut m.barrier
-            {
-                b.sync()?;
             }
-            match item.effect {
-                Effect::ClaimKeyPackages { client_ids, .. } => {
-                    let mut kps = Vec::new();
-                    let mut missing = Vec::new();
-                    for c in client_ids {
-                        let kp = self.stock.get_mut(&c).and_then(|s| s.pop_front());
-                        match kp.or_else(|| self.last_resort.get(&c).cloned()) {
-                            Some(kp) => {
-                                self.bytes += kp.len() as u64;
-                                kps.push((c, kp));
-                            }
-                            None => missing.push(c),
+            let mut done_ids = Vec::new();
+            for item in items {
+                // As the facade does: what is posted must be on disk first.
+                if !matches!(item.effect, Effect::ClaimKeyPackages { .. })
+                    && let Some(b) = &mut m.barrier
+                {
+                    b.sync()?;
+                }
+                match item.effect {
+                    Effect::ClaimKeyPackages { client_ids, .. } => {
+                        done(m, &done_ids)?;
+                        let input = self.claim(item.id, client_ids);
+                        m.engine.handle(input, NOW)?;
+                        // The answer queued new items: read the outbox again.
+                        done_ids.clear();
+                        break;
+                    }
+                    Effect::PutRelayGroup { .. } => {}
+                    Effect::PostWelcomes(ws) => {
+                        for (to, data) in ws {
+                            self.next_welcome += 1;
+                            self.messages += 1;
+                            self.bytes += data.len() as u64;
+                            self.inbox.entry(to).or_default().push((
+                                self.next_welcome,
+                                m.id.clone(),
+                                data,
+                            ));
                         }
                     }
-                    let input = Input::ClaimedKeyPackages {
-                        outbox_id: item.id,
-                        key_packages: kps,
-                        missing,
-                    };
-                    m.engine.handle(input, NOW)?;
-                }
-                Effect::PutRelayGroup { .. } => done(m, item.id)?,
-                Effect::PostWelcomes(ws) => {
-                    for (to, data) in ws {
-                        self.next_welcome += 1;
-                        self.messages += 1;
+                    Effect::PostMessage {
+                        owner,
+                        group_id,
+                        data,
+                    } => {
                         self.bytes += data.len() as u64;
-                        self.inbox.entry(to).or_default().push((
-                            self.next_welcome,
-                            m.id.clone(),
-                            data,
-                        ));
+                        self.messages += 1;
+                        self.groups.entry((owner, group_id)).or_default().push(data);
                     }
-                    done(m, item.id)?;
                 }
-                Effect::PostMessage {
-                    owner,
-                    group_id,
-                    data,
-                } => {
-                    self.bytes += data.len() as u64;
-                    self.messages += 1;
-                    self.groups.entry((owner, group_id)).or_default().push(data);
-                    done(m, item.id)?;
-                }
+                done_ids.push(item.id);
             }
+            done(m, &done_ids)?;
+        }
+    }
+
+    /// Answers a key-package claim from the stock (falling back to last-resort packages).
+    fn claim(&mut self, outbox_id: u64, client_ids: Vec<String>) -> Input {
+        let mut kps = Vec::new();
+        let mut missing = Vec::new();
+        for c in client_ids {
+            let kp = self.stock.get_mut(&c).and_then(|s| s.pop_front());
+            match kp.or_else(|| self.last_resort.get(&c).cloned()) {
+                Some(kp) => {
+                    self.bytes += kp.len() as u64;
+                    kps.push((c, kp));
+                }
+                None => missing.push(c),
+            }
+        }
+        Input::ClaimedKeyPackages {
+            outbox_id,
+            key_packages: kps,
+            missing,
         }
     }
 
@@ -150,10 +163,13 @@ impl Net {
     }
 }
 
-/// Marks an outbox item done; losing that mark is harmless (the post is repeated with the same
-/// idempotency key), so it needs no barrier, as in the facade.
-fn done(m: &mut Member, id: u64) -> Result<()> {
-    m.engine.outbox_done(id)?;
+/// Marks performed outbox items done; losing that mark is harmless (the post is repeated with
+/// the same idempotency key), so it needs no barrier, as in the facade.
+fn done(m: &mut Member, ids: &[u64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    m.engine.outbox_done_many(ids)?;
     if let Some(b) = &mut m.barrier {
         b.skip_pending()?;
     }

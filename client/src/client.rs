@@ -347,15 +347,35 @@ impl Client {
     /// network errors and 5xx keep it for the next command.
     pub async fn flush_outbox(&mut self) -> Result<Vec<Event>, ClientError> {
         let mut events = Vec::new();
+        let mut done = Vec::new();
+        let result = self.perform_outbox(&mut events, &mut done).await;
+        // Marked done even when a later item failed: they were performed.
+        self.mark_done(&mut done)?;
+        result.map(|()| events)
+    }
+
+    /// Items performed but not yet marked done are marked in batches of this many: each mark
+    /// is a database commit (an fsync with [`Durability::Full`]). A crash before the mark
+    /// posts them again with the same idempotency keys, which the relay stores once.
+    const DONE_BATCH: usize = 64;
+
+    /// [`Client::flush_outbox`]'s loop; performed items are collected in `done`.
+    async fn perform_outbox(
+        &mut self,
+        events: &mut Vec<Event>,
+        done: &mut Vec<u64>,
+    ) -> Result<(), ClientError> {
         // Work through one snapshot of the outbox; read it again only after a claim answer
         // (which queues new items), so that a long outbox is read a few times, not once per item.
         let mut queue = std::collections::VecDeque::new();
         loop {
             if queue.is_empty() {
+                // What was performed must not be read (and performed) again.
+                self.mark_done(done)?;
                 queue.extend(self.engine.outbox()?);
             }
             let Some(item) = queue.pop_front() else {
-                return Ok(events);
+                return Ok(());
             };
             let id = item.id;
             if matches!(item.effect, Effect::ClaimKeyPackages { .. }) {
@@ -413,6 +433,7 @@ impl Client {
                         key_packages,
                         missing,
                     };
+                    self.mark_done(done)?;
                     events.extend(self.engine.handle(input, now_ms())?);
                 }
                 Effect::PutRelayGroup { group_id, members } => {
@@ -420,11 +441,11 @@ impl Client {
                         .relay
                         .put_group(&self.config.client_id, &group_id, &members)
                         .await;
-                    self.finish_item(id, r.map(|_| ()), &mut events)?;
+                    self.finish_item(id, r.map(|_| ()), events, done)?;
                 }
                 Effect::PostWelcomes(welcomes) => {
                     let r = self.relay.post_welcomes(welcomes).await;
-                    self.finish_item(id, r.map(|_| ()), &mut events)?;
+                    self.finish_item(id, r.map(|_| ()), events, done)?;
                 }
                 Effect::PostMessage {
                     owner,
@@ -436,7 +457,7 @@ impl Client {
                         .relay
                         .post_message(&owner, &group_id, &data, Some(&key))
                         .await;
-                    self.finish_item(id, r.map(|_| ()), &mut events)?;
+                    self.finish_item(id, r.map(|_| ()), events, done)?;
                 }
             }
         }
@@ -451,12 +472,14 @@ impl Client {
         Ok(())
     }
 
-    /// Marks outbox item `id` done after success or a permanent refusal; keeps it otherwise.
+    /// Queues outbox item `id` to be marked done after success or a permanent refusal;
+    /// keeps it otherwise.
     fn finish_item(
         &mut self,
         id: u64,
         result: Result<(), RelayError>,
         events: &mut Vec<Event>,
+        done: &mut Vec<u64>,
     ) -> Result<(), ClientError> {
         match result {
             Ok(()) => {}
@@ -468,7 +491,20 @@ impl Client {
             }
             Err(e) => return Err(e.into()),
         }
-        self.engine.outbox_done(id)?;
+        done.push(id);
+        if done.len() >= Self::DONE_BATCH {
+            self.mark_done(done)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the performed outbox items in `done` done, in one transaction, and empties it.
+    fn mark_done(&mut self, done: &mut Vec<u64>) -> Result<(), ClientError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.engine.outbox_done_many(done)?;
+        done.clear();
         if let Some(b) = &mut self.barrier {
             b.skip_pending()?;
         }

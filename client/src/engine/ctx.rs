@@ -3,6 +3,7 @@
 use openmls::prelude::*;
 use openmls::schedule::PreSharedKeyId;
 use openmls_basic_credential::SignatureKeyPair;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -142,6 +143,9 @@ pub(crate) struct Ctx<'a> {
     /// ([`Trigger::Proposal`] is queued only then). Looked up once per group and operation;
     /// `true` may be stale (rows released since), `false` never is: storing such a wait sets it.
     proposal_waits: HashMap<[u8; 32], bool>,
+    /// Send Group rows read in this operation: every write to `dmls_send_group` goes through
+    /// [`Ctx::write_send_group`], which empties it, as does a savepoint rollback.
+    send_groups: RefCell<HashMap<[u8; 32], SendGroupRow>>,
 }
 
 /// SHA-256 of message bytes, the duplicate-detection key.
@@ -214,6 +218,7 @@ impl<'a> Ctx<'a> {
             prune_later: Vec::new(),
             cursors: BTreeMap::new(),
             proposal_waits: HashMap::new(),
+            send_groups: RefCell::new(HashMap::new()),
         }
     }
 
@@ -227,7 +232,7 @@ impl<'a> Ctx<'a> {
     /// Writes the cursors noted in this operation.
     pub(crate) fn flush_cursors(&mut self) -> Result<(), EngineError> {
         for (gid, seq) in std::mem::take(&mut self.cursors) {
-            self.conn.exec_cached(
+            self.write_send_group(
                 "UPDATE dmls_send_group SET after_seq = MAX(after_seq, ?2) WHERE group_id = ?1",
                 params![gid.as_slice(), seq as i64],
             )?;
@@ -339,6 +344,7 @@ impl<'a> Ctx<'a> {
             }
             Err(e) => {
                 self.groups.clear();
+                self.send_groups.get_mut().clear();
                 // What the rolled-back work queued is void too.
                 self.triggers.truncate(triggers);
                 self.prune_later.truncate(prune_later);
@@ -349,16 +355,33 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// One Send Group row.
+    /// One Send Group row (read once per operation; see [`Ctx::write_send_group`]).
     pub(crate) fn send_group(&self, gid: &[u8; 32]) -> Result<Option<SendGroupRow>, EngineError> {
-        Ok(self
+        if let Some(row) = self.send_groups.borrow().get(gid) {
+            return Ok(Some(row.clone()));
+        }
+        let row = self
             .conn
             .row_cached(
                 select_send_group!("WHERE group_id = ?1"),
                 [gid.as_slice()],
                 sg_from_row,
             )
-            .optional()?)
+            .optional()?;
+        if let Some(row) = &row {
+            self.send_groups.borrow_mut().insert(*gid, row.clone());
+        }
+        Ok(row)
+    }
+
+    /// Runs a statement that writes `dmls_send_group`, and forgets the rows read so far.
+    pub(crate) fn write_send_group(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+    ) -> Result<usize, EngineError> {
+        self.send_groups.borrow_mut().clear();
+        Ok(self.conn.exec_cached(sql, p)?)
     }
 
     /// All Send Group rows of a DGroup (config order is not kept; sorted by owner).
@@ -553,7 +576,7 @@ impl<'a> Ctx<'a> {
             } else {
                 0
             };
-            self.conn.exec_cached(
+            self.write_send_group(
                 "UPDATE dmls_send_group SET stop_epoch = ?2 WHERE group_id = ?1",
                 params![gid.as_slice(), stop as i64],
             )?;

@@ -592,6 +592,12 @@ impl Engine {
         self.write(|c| c.outbox_done(id))
     }
 
+    /// Marks several outbox items as performed in one transaction (idempotent). Cheaper than
+    /// [`Engine::outbox_done`] per item: one database commit for all.
+    pub fn outbox_done_many(&mut self, ids: &[u64]) -> Result<(), EngineError> {
+        self.write(|c| ids.iter().try_for_each(|id| c.outbox_done(*id)))
+    }
+
     /// Sends an application message in our Send Group of `dgroup`, committing first when
     /// the [`UpdatePolicy`] asks for it. Returns the envelope's message id.
     pub fn send(

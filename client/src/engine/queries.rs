@@ -222,7 +222,7 @@ impl Ctx<'_> {
         let gid = hex::decode(group_id).map_err(|_| {
             EngineError::InvalidArgument(format!("group id {group_id:?} is not hex"))
         })?;
-        let n = self.conn.exec_cached(
+        let n = self.write_send_group(
             "UPDATE dmls_send_group SET after_seq = MAX(after_seq, ?3) WHERE group_id = ?1 AND owner = ?2",
             params![gid, owner, seq as i64],
         )?;

@@ -594,7 +594,7 @@ impl Ctx<'_> {
         if !x.joined || x.limit().is_none_or(|l| psk.epoch <= l) {
             return Ok(());
         }
-        self.conn.exec_cached(
+        self.write_send_group(
             "UPDATE dmls_send_group SET psk_limit_epoch = ?2 WHERE group_id = ?1",
             params![psk.group_id.as_slice(), psk.epoch as i64],
         )?;
@@ -931,7 +931,7 @@ impl Ctx<'_> {
         let epoch = group.epoch().as_u64();
         self.export_psk(&group, &gid)?;
         self.keep_group(gid, group);
-        self.conn.exec_cached(
+        self.write_send_group(
             "UPDATE dmls_send_group SET joined = 1, joined_epoch = ?2 WHERE group_id = ?1",
             params![gid.as_slice(), epoch as i64],
         )?;

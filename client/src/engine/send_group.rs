@@ -62,7 +62,7 @@ impl Ctx<'_> {
             params![config.dgroup_id.0.as_slice(), config.encode()?, config.name],
         )?;
         for m in &config.members {
-            self.conn.exec_cached(
+            self.write_send_group(
                 "INSERT INTO dmls_send_group(group_id, dgroup_id, owner, is_own) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     send_group_id(&config.dgroup_id, m).as_slice(),
@@ -115,7 +115,7 @@ impl Ctx<'_> {
         } else {
             "claiming"
         };
-        self.conn.exec_cached(
+        self.write_send_group(
             "UPDATE dmls_send_group SET joined = 1, joined_epoch = ?2, own_state = ?3, last_update_ms = ?4
              WHERE group_id = ?1",
             params![gid.as_slice(), group.epoch().as_u64() as i64, state, now_ms as i64],
@@ -243,7 +243,7 @@ impl Ctx<'_> {
                     added.iter().map(|a| (a.clone(), welcome.clone())).collect(),
                 ))?;
             }
-            self.conn.exec_cached(
+            self.write_send_group(
                 "UPDATE dmls_send_group SET own_state = 'active', last_update_ms = ?2, msgs_since_update = 0,
                  sent_in_epoch = 0 WHERE group_id = ?1",
                 params![gid.as_slice(), now_ms as i64],
@@ -592,7 +592,7 @@ impl Ctx<'_> {
                 added.iter().map(|a| (a.clone(), welcome.clone())).collect(),
             ))?;
         }
-        self.conn.exec_cached(
+        self.write_send_group(
             "UPDATE dmls_send_group SET last_update_ms = ?2, msgs_since_update = 0, sent_in_epoch = 0
              WHERE group_id = ?1",
             params![gid.as_slice(), now_ms as i64],
@@ -742,7 +742,7 @@ impl Ctx<'_> {
                 own.sent_in_epoch as i64
             ],
         )?;
-        self.conn.exec_cached(
+        self.write_send_group(
             "UPDATE dmls_send_group SET msgs_since_update = msgs_since_update + 1,
              sent_in_epoch = sent_in_epoch + 1 WHERE group_id = ?1",
             [gid.as_slice()],
