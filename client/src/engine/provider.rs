@@ -1,5 +1,6 @@
 //! The openmls provider: RustCrypto for cryptography, a ChaCha20 stream for randomness
-//! (seedable for simulations), and openmls_sqlite_storage over the caller's connection.
+//! (seedable for simulations), and openmls_sqlite_storage's tables over the caller's
+//! connection, read and written through [`DmlsStorage`] with cached statements.
 
 use std::sync::Mutex;
 
@@ -11,6 +12,11 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::EngineError;
+
+#[path = "storage.rs"]
+mod storage;
+
+pub(crate) use storage::DmlsStorage;
 
 /// openmls's randomness: a ChaCha20 stream, seeded from the OS or by a simulation.
 pub(crate) struct DmlsRand(Mutex<ChaCha20Rng>);
@@ -91,8 +97,9 @@ pub(crate) struct CodecError(String);
 /// another codec is refused with a clear error instead of failing to decode later.
 pub(crate) const STATE_CODEC_NAME: &[u8] = b"msgpack-bin";
 
-/// The openmls storage over our connection.
-pub(crate) type Storage<'a> = SqliteStorageProvider<StateCodec, &'a rusqlite::Connection>;
+/// The openmls storage over our connection: openmls_sqlite_storage's tables and encoding,
+/// with cached statements.
+pub(crate) type Storage<'a> = DmlsStorage<'a>;
 
 /// The provider handed to openmls for one operation.
 pub(crate) struct Provider<'a> {
@@ -110,7 +117,7 @@ impl<'a> Provider<'a> {
         Provider {
             crypto,
             rand,
-            storage: SqliteStorageProvider::new(conn),
+            storage: DmlsStorage::new(conn),
         }
     }
 }

@@ -43,6 +43,9 @@ enum Attempt {
     Replay,
 }
 
+/// A released `dmls_waiting` row: id, group id, message bytes, epoch, whether a commit.
+type WaitingRow = (i64, Vec<u8>, Vec<u8>, i64, bool);
+
 /// What [`Ctx::quick_class`] tells of a message before any processing.
 enum Quick {
     /// A commit or proposal of an epoch the group has left: nothing to do, nothing to record
@@ -231,7 +234,7 @@ impl Ctx<'_> {
         let mut events = Vec::new();
         while !self.triggers.is_empty() {
             let t = self.triggers.remove(0);
-            let rows: Vec<(i64, Vec<u8>, Vec<u8>, i64, bool)> = {
+            let rows: Vec<WaitingRow> = {
                 let (sql, p1, p2): (&str, Vec<u8>, Option<i64>) = match &t {
                     Trigger::Epoch(g, e) => (
                         "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'epoch' AND wait_epoch = ?2 ORDER BY is_commit, id",
@@ -264,7 +267,7 @@ impl Ctx<'_> {
                 st.query_map(params![p1, p2], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
-                    .collect::<Result<Vec<_>, _>>()?
+                .collect::<Result<Vec<_>, _>>()?
             };
             for (id, gid, data, epoch, is_commit) in rows {
                 self.conn
