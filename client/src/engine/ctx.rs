@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
+use super::identity::DmlsSigner;
 use super::ids::{DGroupId, PskId};
 use super::provider::{DmlsRand, Provider};
 use super::state::CachedSql as _;
@@ -267,22 +268,20 @@ impl<'a> Ctx<'a> {
             .map_err(|_| EngineError::Internal("stored client id is not UTF-8".into()))
     }
 
-    /// Our signature key pair.
-    pub(crate) fn signer(&self) -> Result<SignatureKeyPair, EngineError> {
+    /// Our signature key.
+    pub(crate) fn signer(&self) -> Result<DmlsSigner, EngineError> {
         let public = meta_get(self.conn, "signature_public")?.ok_or(EngineError::NoIdentity)?;
         SignatureKeyPair::read(
             &self.provider.storage,
             &public,
             CIPHERSUITE.signature_algorithm(),
         )
+        .map(DmlsSigner::new)
         .ok_or_else(|| EngineError::Internal("signature key missing from storage".into()))
     }
 
     /// Our credential with key.
-    pub(crate) fn credential(
-        &self,
-        signer: &SignatureKeyPair,
-    ) -> Result<CredentialWithKey, EngineError> {
+    pub(crate) fn credential(&self, signer: &DmlsSigner) -> Result<CredentialWithKey, EngineError> {
         Ok(CredentialWithKey {
             credential: BasicCredential::new(self.me()?.into_bytes()).into(),
             signature_key: signer.public().into(),

@@ -1,8 +1,11 @@
 //! Our identity and key packages (PROTOCOL.md "Terms", "DGroup configuration").
 
+use ed25519_dalek::Signer as _;
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::signatures::{Signer, SignerError};
 use tls_codec::Serialize as _;
+use zeroize::Zeroize as _;
 
 use super::EngineError;
 use super::ctx::{CIPHERSUITE, Ctx, capabilities};
@@ -21,6 +24,57 @@ pub(crate) fn validate_client_id(id: &str) -> Result<(), EngineError> {
         Err(EngineError::InvalidArgument(format!(
             "client id {id:?} must be 1 to 64 characters of a-z 0-9 . _ -"
         )))
+    }
+}
+
+/// Our signature key for one engine operation: the stored key pair, with its Ed25519 signing
+/// key expanded once. `SignatureKeyPair::sign` expands the key again for every signature (a
+/// scalar multiplication as costly as the signature itself), and a DMLS Update signs about
+/// twice per member (PROTOCOL.md "Leaf refresh"). No `Debug`: it holds the private key.
+pub(crate) struct DmlsSigner {
+    pair: SignatureKeyPair,
+    ed25519: Option<ed25519_dalek::SigningKey>,
+}
+
+impl DmlsSigner {
+    /// Wraps a key pair; a key that is not Ed25519, or whose private half does not match its
+    /// public key, signs through `SignatureKeyPair` itself.
+    pub(crate) fn new(pair: SignatureKeyPair) -> Self {
+        let ed25519 = (pair.signature_scheme() == SignatureScheme::ED25519)
+            .then(|| expand_ed25519(&pair))
+            .flatten();
+        DmlsSigner { pair, ed25519 }
+    }
+
+    /// The public key.
+    pub(crate) fn public(&self) -> &[u8] {
+        self.pair.public()
+    }
+}
+
+/// The Ed25519 signing key of a key pair. openmls_basic_credential exposes the private key
+/// only through the pair's TLS encoding (`opaque private<V>; opaque public<V>; scheme`).
+fn expand_ed25519(pair: &SignatureKeyPair) -> Option<ed25519_dalek::SigningKey> {
+    let mut encoded = pair.tls_serialize_detached().ok()?;
+    let key = super::codec::Reader::new(&encoded, "SignatureKeyPair")
+        .opaque("private")
+        .ok()
+        .and_then(|private| <&[u8; 32]>::try_from(private).ok())
+        .map(ed25519_dalek::SigningKey::from_bytes);
+    encoded.zeroize();
+    key.filter(|k| k.verifying_key().as_bytes().as_slice() == pair.public())
+}
+
+impl Signer for DmlsSigner {
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
+        match &self.ed25519 {
+            Some(key) => Ok(key.sign(payload).to_bytes().to_vec()),
+            None => self.pair.sign(payload),
+        }
+    }
+
+    fn signature_scheme(&self) -> SignatureScheme {
+        self.pair.signature_scheme()
     }
 }
 
@@ -54,5 +108,40 @@ impl Ctx<'_> {
         MlsMessageOut::from(bundle.key_package().clone())
             .tls_serialize_detached()
             .map_err(|e| EngineError::Internal(format!("encoding key package: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_expanded_ed25519_key_signs_exactly_like_the_key_pair() {
+        let pair = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+        let expected = pair.sign(b"payload").unwrap();
+        let signer = DmlsSigner::new(pair);
+        assert!(signer.ed25519.is_some(), "the Ed25519 key was not expanded");
+        // Ed25519 signatures are deterministic: the same key gives the same bytes.
+        assert_eq!(signer.sign(b"payload").unwrap(), expected);
+        assert_eq!(signer.signature_scheme(), SignatureScheme::ED25519);
+    }
+
+    #[test]
+    fn a_key_pair_whose_halves_do_not_match_signs_through_the_key_pair() {
+        let a = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+        let b = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+        // a's private key with b's public key: the expansion must notice and not be used.
+        let encoded = a.tls_serialize_detached().unwrap();
+        let private = super::super::codec::Reader::new(&encoded, "test")
+            .opaque("private")
+            .unwrap()
+            .to_vec();
+        let mixed =
+            SignatureKeyPair::from_raw(SignatureScheme::ED25519, private, b.to_public_vec());
+        let expected = mixed.sign(b"payload").unwrap();
+        let signer = DmlsSigner::new(mixed);
+        assert!(signer.ed25519.is_none());
+        assert_eq!(signer.sign(b"payload").unwrap(), expected);
     }
 }

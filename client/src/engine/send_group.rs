@@ -611,7 +611,7 @@ impl Ctx<'_> {
     fn build_commit(
         &mut self,
         group: &mut MlsGroup,
-        signer: &openmls_basic_credential::SignatureKeyPair,
+        signer: &super::identity::DmlsSigner,
         imports: &[(PskId, PreSharedKeyId)],
         leaves: &[LeafNodeIndex],
         adds: &[KeyPackage],

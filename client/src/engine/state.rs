@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS dmls_waiting (
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dmls_waiting_by_epoch ON dmls_waiting(group_id, wait_kind, wait_epoch);
-CREATE INDEX IF NOT EXISTS dmls_waiting_by_psk ON dmls_waiting(wait_psk);
+-- Only commits waiting for a PSK are looked up by it (most rows are deferred leaf refreshes).
+CREATE INDEX IF NOT EXISTS dmls_waiting_by_psk ON dmls_waiting(wait_psk) WHERE wait_psk IS NOT NULL;
 -- Hashes of messages already processed or sent, for duplicate detection.
 CREATE TABLE IF NOT EXISTS dmls_seen (
     hash BLOB PRIMARY KEY
