@@ -353,6 +353,10 @@ fn main() -> Result<()> {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
+    anyhow::ensure!(
+        sizes.iter().all(|&n| n >= 2),
+        "DMLS_BENCH_SIZES: a DGroup needs at least 2 members (leave the list empty, e.g. \",\", to run the backlog only)"
+    );
     let backlog: usize = std::env::var("DMLS_BENCH_BACKLOG")
         .ok()
         .and_then(|s| s.parse().ok())
