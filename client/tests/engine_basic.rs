@@ -612,3 +612,26 @@ fn a_commit_importing_a_removed_members_later_epoch_is_still_merged() {
         assert!(!messages(&net, 2).contains(&b"late".to_vec()), "{order:?}");
     }
 }
+
+#[test]
+fn outbox_items_marked_done_together_leave_the_rest_in_order() {
+    let (mut net, d) = three();
+    // An update queues the commit and one leaf refresh per other Send Group.
+    net.engines[0].update(&d, 2000).unwrap();
+    let items = net.engines[0].outbox().unwrap();
+    assert!(items.len() >= 3, "expected a commit and two leaf refreshes");
+    let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
+    // The first two marked done in one call; an unknown id and a repeat change nothing.
+    net.engines[0]
+        .outbox_done_many(&[ids[0], ids[1], ids[1], u64::MAX])
+        .unwrap();
+    let left: Vec<u64> = net.engines[0]
+        .outbox()
+        .unwrap()
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(left, ids[2..].to_vec());
+    net.engines[0].outbox_done_many(&[]).unwrap();
+    assert_eq!(net.engines[0].outbox().unwrap().len(), ids.len() - 2);
+}
