@@ -22,6 +22,7 @@ mod queries;
 mod receive;
 mod send_group;
 mod state;
+mod storage;
 
 pub use config::{DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
 pub use envelope::{DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN};
@@ -589,7 +590,7 @@ impl Engine {
 
     /// Marks outbox item `id` as performed (idempotent).
     pub fn outbox_done(&mut self, id: u64) -> Result<(), EngineError> {
-        self.write(|c| c.outbox_done(id))
+        self.outbox_done_many(&[id])
     }
 
     /// Marks several outbox items as performed in one transaction (idempotent). Cheaper than

@@ -13,10 +13,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::EngineError;
 
-#[path = "storage.rs"]
-mod storage;
-
-pub(crate) use storage::DmlsStorage;
+use super::storage::DmlsStorage;
 
 /// openmls's randomness: a ChaCha20 stream, seeded from the OS or by a simulation.
 pub(crate) struct DmlsRand(Mutex<ChaCha20Rng>);

@@ -1,7 +1,7 @@
 //! openmls's storage over our connection, with cached statements.
 //!
 //! [`DmlsStorage`] reads and writes exactly the tables of openmls_sqlite_storage (created by
-//! its migrations, see [`super::migrate`]), with the same keys, values and `provider_version`,
+//! its migrations, see [`super::provider::migrate`]), with the same keys, values and `provider_version`,
 //! so a database written by one is read by the other. The only difference: every statement
 //! goes through the connection's statement cache instead of being parsed again on each call.
 //! openmls reads and writes a few dozen rows for every message it processes (63 PSK look-ups
@@ -17,7 +17,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Value, 
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use serde::Serialize;
 
-use super::StateCodec;
+use super::provider::StateCodec;
 
 /// The `provider_version` openmls_sqlite_storage stores in (and filters on in) every row.
 /// It is private there; it equals the version of the storage trait we implement, so a change
@@ -179,7 +179,7 @@ pub(crate) struct DmlsStorage<'a> {
 }
 
 impl<'a> DmlsStorage<'a> {
-    /// The storage over `conn`, whose openmls tables exist (see [`super::migrate`]).
+    /// The storage over `conn`, whose openmls tables exist (see [`super::provider::migrate`]).
     pub(crate) fn new(conn: &'a Connection) -> Self {
         DmlsStorage { conn }
     }
@@ -873,7 +873,7 @@ mod tests {
     /// An in-memory database with openmls_sqlite_storage's tables.
     fn db() -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut conn).unwrap();
+        super::super::provider::migrate(&mut conn).unwrap();
         conn
     }
 
