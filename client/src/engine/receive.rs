@@ -47,6 +47,7 @@ enum Attempt {
 type WaitingRow = (i64, Vec<u8>, Vec<u8>, i64, bool);
 
 /// What [`Ctx::quick_class`] tells of a message before any processing.
+#[derive(PartialEq, Eq)]
 enum Quick {
     /// A commit or proposal of an epoch the group has left: nothing to do, nothing to record
     /// (it is recognised as stale again at no cost).
@@ -110,7 +111,7 @@ impl Ctx<'_> {
         // Most messages of a round are stale or deferred leaf refreshes: decided by reading
         // alone, and stored (if at all) by one statement, with no savepoint.
         let quick = self.quick_class(&sg, epoch, ct);
-        if let Quick::Stale = quick {
+        if quick == Quick::Stale {
             return Ok(Vec::new());
         }
         let hash = message_hash(data);
@@ -118,12 +119,12 @@ impl Ctx<'_> {
             self.counters.duplicates += 1;
             return Ok(Vec::new());
         }
-        let mut events = match quick {
-            Quick::Defer => {
-                self.defer_proposal(&sg.group_id, data, &hash, epoch)?;
-                Vec::new()
-            }
-            Quick::Stale | Quick::Full => self.savepoint("dmls_input", |c| {
+        let mut events = if quick == Quick::Defer {
+            self.store_waiting(&sg.group_id, data, &hash, Wait::Commit(epoch), epoch, false)?;
+            self.proposal_deferred(&sg.group_id, epoch)?;
+            Vec::new()
+        } else {
+            self.savepoint("dmls_input", |c| {
                 Ok(match c.ingest(&sg, data, &hash)? {
                     Outcome::Done(ev) => ev,
                     Outcome::Wait(w) => {
@@ -132,7 +133,7 @@ impl Ctx<'_> {
                         Vec::new()
                     }
                 })
-            })?,
+            })?
         };
         events.extend(self.run_triggers()?);
         Ok(events)
@@ -164,17 +165,9 @@ impl Ctx<'_> {
         }
     }
 
-    /// Keeps a leaf-refresh proposal of the current epoch of a Send Group we do not own
-    /// unprocessed ([`Wait::Commit`]), and lets a commit that waits for a proposal of that
-    /// epoch try again.
-    fn defer_proposal(
-        &mut self,
-        gid: &[u8; 32],
-        data: &[u8],
-        hash: &[u8; 32],
-        epoch: u64,
-    ) -> Result<(), EngineError> {
-        self.store_waiting(gid, data, hash, Wait::Commit(epoch), epoch, false)?;
+    /// A leaf refresh of `epoch` is kept unprocessed ([`Wait::Commit`]): a commit that waits
+    /// for a proposal of that epoch may try again.
+    fn proposal_deferred(&mut self, gid: &[u8; 32], epoch: u64) -> Result<(), EngineError> {
         if self.may_wait_for_proposal(gid)? {
             self.triggers.push(Trigger::Proposal(*gid, epoch));
         }
@@ -391,9 +384,7 @@ impl Ctx<'_> {
                     // this epoch references it; most never are (the owner commits first and
                     // they go stale). Keep it unprocessed until then, and let a commit that
                     // waits for a proposal of this epoch try again.
-                    if self.may_wait_for_proposal(&sg.group_id)? {
-                        self.triggers.push(Trigger::Proposal(sg.group_id, epoch));
-                    }
+                    self.proposal_deferred(&sg.group_id, epoch)?;
                     return Ok(Outcome::Wait(Wait::Commit(epoch)));
                 }
             }
