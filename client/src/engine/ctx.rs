@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
+use super::deferred::DeferredRefreshes;
 use super::identity::DmlsSigner;
 use super::ids::{DGroupId, PskId};
 use super::provider::{DmlsRand, Provider};
@@ -147,6 +148,9 @@ pub(crate) struct Ctx<'a> {
     /// Send Group rows read in this operation: every write to `dmls_send_group` goes through
     /// [`Ctx::write_send_group`], which empties it, as does a savepoint rollback.
     send_groups: RefCell<HashMap<[u8; 32], SendGroupRow>>,
+    /// Deferred leaf refreshes received in this operation, written to `dmls_waiting` at its
+    /// end by [`Ctx::flush_deferred`] if still deferred then (most are dropped before).
+    pub(crate) deferred: DeferredRefreshes,
 }
 
 /// SHA-256 of message bytes, the duplicate-detection key.
@@ -220,6 +224,7 @@ impl<'a> Ctx<'a> {
             cursors: BTreeMap::new(),
             proposal_waits: HashMap::new(),
             send_groups: RefCell::new(HashMap::new()),
+            deferred: DeferredRefreshes::default(),
         }
     }
 
@@ -336,6 +341,7 @@ impl<'a> Ctx<'a> {
         let conn = self.conn;
         conn.exec_cached(&format!("SAVEPOINT {name}"), [])?;
         let (triggers, prune_later) = (self.triggers.len(), self.prune_later.len());
+        let deferred = self.deferred.mark();
         match f(self) {
             Ok(v) => {
                 conn.exec_cached(&format!("RELEASE {name}"), [])?;
@@ -347,6 +353,7 @@ impl<'a> Ctx<'a> {
                 // What the rolled-back work queued is void too.
                 self.triggers.truncate(triggers);
                 self.prune_later.truncate(prune_later);
+                self.deferred.rollback_to(deferred);
                 // If even the rollback fails the connection is unusable; report the first error.
                 let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
                 Err(e)
@@ -585,6 +592,7 @@ impl<'a> Ctx<'a> {
                 self.stop_waiting(&gid, stop)?;
             } else {
                 // Never joined: nothing of it will ever be processed.
+                self.deferred.take_group(&gid);
                 self.conn.exec_cached(
                     "DELETE FROM dmls_waiting WHERE group_id = ?1",
                     [gid.as_slice()],

@@ -12,6 +12,7 @@
 mod codec;
 mod config;
 mod ctx;
+mod deferred;
 mod envelope;
 mod error;
 mod identity;
@@ -384,6 +385,7 @@ impl Engine {
         );
         c.savepoint("dmls_op", |c| {
             let v = f(c)?;
+            c.flush_deferred()?;
             c.prune_deferred()?;
             c.flush_cursors()?;
             Ok(v)

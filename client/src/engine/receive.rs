@@ -9,6 +9,7 @@ use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
 use super::ctx::{
     Ctx, SendGroupRow, Trigger, credential_identity, external_psk_id, join_config, message_hash,
 };
+use super::deferred::Refresh;
 use super::envelope::DmlsEnvelope;
 use super::ids::{PskId, send_group_id};
 use super::state::CachedSql as _;
@@ -57,6 +58,9 @@ enum Quick {
     /// Everything else: [`Ctx::ingest`] decides, in a savepoint.
     Full,
 }
+
+/// The `wait_kind`, `wait_epoch` and `wait_psk` columns of a `dmls_waiting` row.
+type WaitCols = (&'static str, Option<i64>, Option<Vec<u8>>);
 
 /// What happened to one message.
 enum Outcome {
@@ -174,8 +178,12 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Whether a message was processed (or ignored for good) already, or waits: one query.
+    /// Whether a message was processed (or ignored for good) already, or waits: one query
+    /// (and a look at the deferred leaf refreshes of this operation).
     fn seen_or_waiting(&self, hash: &[u8; 32]) -> Result<bool, EngineError> {
+        if self.deferred.contains(hash) {
+            return Ok(true);
+        }
         Ok(self.conn.row_cached(
             "SELECT EXISTS (SELECT 1 FROM dmls_seen WHERE hash = ?1)
                  OR EXISTS (SELECT 1 FROM dmls_waiting WHERE hash = ?1)",
@@ -193,7 +201,7 @@ impl Ctx<'_> {
         epoch: u64,
         is_commit: bool,
     ) -> Result<(), EngineError> {
-        let (kind, we, wp): (&str, Option<i64>, Option<Vec<u8>>) = match w {
+        let cols: WaitCols = match w {
             Wait::Epoch(e) => ("epoch", Some(e as i64), None),
             Wait::Psk(p) => ("psk", None, Some(p.to_bytes().to_vec())),
             Wait::Welcome => ("welcome", None, None),
@@ -201,9 +209,40 @@ impl Ctx<'_> {
                 self.set_proposal_wait(*gid);
                 ("proposal", Some(e as i64), None)
             }
-            Wait::Commit(e) => ("commit", Some(e as i64), None),
+            Wait::Commit(e) => {
+                // In memory until the end of the operation (see `deferred.rs`).
+                self.deferred.insert(*gid, e, *hash, data.to_vec());
+                return Ok(());
+            }
             Wait::Stopped => ("stopped", None, None),
         };
+        self.insert_waiting(gid, epoch, is_commit, cols, hash, data)
+    }
+
+    /// Writes the deferred leaf refreshes still held in memory to `dmls_waiting`: at the end
+    /// of every operation, in its transaction.
+    pub(crate) fn flush_deferred(&mut self) -> Result<(), EngineError> {
+        for ((gid, epoch), r) in self.deferred.take_all() {
+            self.insert_deferred(&gid, epoch, &r)?;
+        }
+        Ok(())
+    }
+
+    /// One deferred leaf refresh as a `dmls_waiting` row.
+    fn insert_deferred(&self, gid: &[u8; 32], epoch: u64, r: &Refresh) -> Result<(), EngineError> {
+        let cols = ("commit", Some(epoch as i64), None);
+        self.insert_waiting(gid, epoch, false, cols, &r.hash, &r.data)
+    }
+
+    fn insert_waiting(
+        &self,
+        gid: &[u8; 32],
+        epoch: u64,
+        is_commit: bool,
+        (kind, wait_epoch, wait_psk): WaitCols,
+        hash: &[u8; 32],
+        data: &[u8],
+    ) -> Result<(), EngineError> {
         self.conn.exec_cached(
             "INSERT OR IGNORE INTO dmls_waiting(group_id, epoch, is_commit, wait_kind, wait_epoch, wait_psk, hash, data)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -212,8 +251,8 @@ impl Ctx<'_> {
                 epoch as i64,
                 is_commit,
                 kind,
-                we,
-                wp,
+                wait_epoch,
+                wait_psk,
                 hash.as_slice(),
                 data
             ],
@@ -529,6 +568,7 @@ impl Ctx<'_> {
                 }
                 let new_epoch = group.epoch().as_u64();
                 // Deferred leaf refreshes of older epochs can no longer be committed.
+                self.deferred.drop_older(&sg.group_id, new_epoch);
                 self.conn.exec_cached(
                     "DELETE FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch < ?2",
                     params![sg.group_id.as_slice(), new_epoch as i64],
@@ -601,6 +641,10 @@ impl Ctx<'_> {
     /// dropped, its commits and proposals beyond it are kept as [`Wait::Stopped`]. Commits
     /// already waiting for the PSK of a later epoch of it raise the limit at once.
     pub(crate) fn stop_waiting(&mut self, gid: &[u8; 32], stop: u64) -> Result<(), EngineError> {
+        // Its deferred leaf refreshes held in memory are kept like the stored ones.
+        for (epoch, r) in self.deferred.take_group(gid) {
+            self.insert_deferred(gid, epoch, &r)?;
+        }
         let rows: Vec<(i64, i64, bool, Vec<u8>)> = {
             let mut st = self.conn.prepare_cached(
                 "SELECT id, epoch, is_commit, data FROM dmls_waiting WHERE group_id = ?1
@@ -728,11 +772,12 @@ impl Ctx<'_> {
 
     /// How many deferred leaf refreshes of `epoch` wait in a Send Group.
     fn deferred_count(&self, gid: &[u8; 32], epoch: u64) -> Result<u64, EngineError> {
-        Ok(self.conn.row_cached(
+        let stored = self.conn.row_cached(
             "SELECT COUNT(*) FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch = ?2",
             params![gid.as_slice(), epoch as i64],
             |r| r.get::<_, i64>(0),
-        )? as u64)
+        )? as u64;
+        Ok(stored + self.deferred.count(gid, epoch) as u64)
     }
 
     /// Processes the deferred leaf-refresh proposals of `epoch` of a Send Group we do not
@@ -753,10 +798,21 @@ impl Ctx<'_> {
             })?
             .collect::<Result<_, _>>()?
         };
-        let mut stored = 0;
+        // Stored ones arrived in earlier operations, before those held in memory.
+        let mut all: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
         for (id, data) in rows {
             self.conn
                 .exec_cached("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
+            all.push(data);
+        }
+        all.extend(
+            self.deferred
+                .take(&sg.group_id, epoch)
+                .into_iter()
+                .map(|r| r.data),
+        );
+        let mut stored = 0;
+        for data in all {
             let hash = message_hash(&data);
             match self.savepoint("dmls_deferred", |c| {
                 c.store_deferred(group, sg, &data, epoch)
