@@ -635,3 +635,105 @@ fn outbox_items_marked_done_together_leave_the_rest_in_order() {
     net.engines[0].outbox_done_many(&[]).unwrap();
     assert_eq!(net.engines[0].outbox().unwrap().len(), ids.len() - 2);
 }
+
+/// m1 updates (its leaf refresh reaches m0's group), then m0 updates, committing that leaf
+/// refresh. Returns m2's deliveries from m1 and from m0, in posting order.
+fn refresh_committed_by_m0() -> (Net, DGroupId, Vec<usize>, Vec<usize>) {
+    let (mut net, d) = three();
+    net.engines[1].update(&d, 2000).unwrap();
+    net.drain_all(2000);
+    let to_m0: Vec<usize> = (0..net.pool.len())
+        .filter(|&k| net.pool[k].to == 0)
+        .collect();
+    net.deliver_batch(&to_m0, 2000).unwrap();
+    let from_m1 = net.pool.len();
+    net.engines[0].update(&d, 3000).unwrap();
+    net.drain_all(3000);
+    let pick = |net: &Net, r: std::ops::Range<usize>| -> Vec<usize> {
+        r.filter(|&k| net.pool[k].to == 2).collect()
+    };
+    let (a, b) = (pick(&net, 0..from_m1), pick(&net, from_m1..net.pool.len()));
+    (net, d, a, b)
+}
+
+/// Whether every member holds the same epoch and epoch authenticator of every Send Group.
+fn all_agree(net: &Net, d: &DGroupId) -> bool {
+    let view = |i: usize| {
+        net.engines[i]
+            .status(d)
+            .unwrap()
+            .send_groups
+            .into_iter()
+            .map(|s| (s.owner, s.epoch, s.epoch_authenticator))
+            .collect::<Vec<_>>()
+    };
+    (1..3).all(|i| view(i) == view(0))
+}
+
+/// The waiting messages m2 holds in `owner`'s Send Group.
+fn waiting_in(net: &Net, d: &DGroupId, owner: &str) -> Vec<dmls_client::engine::WaitingMessage> {
+    let st = net.engines[2].status(d).unwrap();
+    st.send_groups
+        .into_iter()
+        .find(|s| s.owner == owner)
+        .unwrap()
+        .waiting
+}
+
+#[test]
+fn a_commit_uses_a_deferred_leaf_refresh_received_in_the_same_batch() {
+    use dmls_client::engine::WaitReason;
+    let (mut net, d, from_m1, from_m0) = refresh_committed_by_m0();
+    let before = net.engines[2].counters().processed;
+    // One batch: m1's commit, its refreshes in m0's and m2's groups, m0's commit (which
+    // references m1's refresh in m0's group), m0's refreshes in m1's and m2's groups.
+    let all: Vec<usize> = from_m1.iter().chain(&from_m0).copied().collect();
+    assert_eq!(all.len(), 6);
+    net.deliver_batch(&all, 4000).unwrap();
+    // Everything but m0's refresh in m1's group was processed, the deferred refresh in m0's
+    // group included: m0's commit could not have been merged without it.
+    assert_eq!(net.engines[2].counters().processed - before, 5);
+    assert!(waiting_in(&net, &d, "m0").is_empty());
+    // m0's refresh in m1's group is still deferred (m1 has not committed it): written to
+    // the database at the end of the batch, it survives reopening.
+    let w = waiting_in(&net, &d, "m1");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(!w[0].is_commit && w[0].waits_for == WaitReason::Commit(2));
+    net.settle(5000);
+    assert!(all_agree(&net, &d));
+}
+
+#[test]
+fn a_commit_uses_a_deferred_leaf_refresh_stored_by_an_earlier_batch() {
+    use dmls_client::engine::WaitReason;
+    let (mut net, d, from_m1, from_m0) = refresh_committed_by_m0();
+    let before = net.engines[2].counters().processed;
+    net.deliver_batch(&from_m1, 4000).unwrap();
+    // m1's refresh in m0's group waits for m0's commit of epoch 1, in the database.
+    let w = waiting_in(&net, &d, "m0");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(!w[0].is_commit && w[0].waits_for == WaitReason::Commit(1));
+    let from_m0: Vec<usize> = from_m0.iter().map(|k| k - from_m1.len()).collect();
+    net.deliver_batch(&from_m0, 5000).unwrap();
+    assert_eq!(net.engines[2].counters().processed - before, 5);
+    assert!(waiting_in(&net, &d, "m0").is_empty());
+    net.settle(6000);
+    assert!(all_agree(&net, &d));
+}
+
+#[test]
+fn a_commit_that_arrives_before_the_leaf_refresh_it_references_waits_for_it() {
+    let (mut net, d, from_m1, from_m0) = refresh_committed_by_m0();
+    let before = net.engines[2].counters().processed;
+    // m0's messages first: its commit waits for the PSK of m1's epoch 2, then (once m1's
+    // commit is in) for m1's refresh in m0's group, which comes last.
+    let refresh_in_g0 = from_m1[1];
+    let mut order: Vec<usize> = from_m0.clone();
+    order.extend(from_m1.iter().filter(|&&k| k != refresh_in_g0));
+    order.push(refresh_in_g0);
+    net.deliver_batch(&order, 4000).unwrap();
+    assert_eq!(net.engines[2].counters().processed - before, 5);
+    assert!(waiting_in(&net, &d, "m0").is_empty());
+    net.settle(5000);
+    assert!(all_agree(&net, &d));
+}
