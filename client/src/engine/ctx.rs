@@ -350,6 +350,7 @@ impl<'a> Ctx<'a> {
             Err(e) => {
                 self.groups.clear();
                 self.send_groups.get_mut().clear();
+                self.provider.storage.forget_cached();
                 // What the rolled-back work queued is void too.
                 self.triggers.truncate(triggers);
                 self.prune_later.truncate(prune_later);

@@ -114,7 +114,7 @@ impl<'a> Provider<'a> {
         Provider {
             crypto,
             rand,
-            storage: DmlsStorage::new(conn),
+            storage: DmlsStorage::caching_psks(conn),
         }
     }
 }

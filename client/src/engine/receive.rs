@@ -753,6 +753,7 @@ impl Ctx<'_> {
             Err(e) => {
                 conn.exec_cached("ROLLBACK TO dmls_process", [])?;
                 conn.exec_cached("RELEASE dmls_process", [])?;
+                self.provider.storage.forget_cached();
                 *group = self.load_group(&sg.group_id)?;
                 if matches!(
                     e,

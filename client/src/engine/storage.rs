@@ -11,11 +11,15 @@
 //! openmls_sqlite_storage does with the codec it is given. A value that does not decode is an
 //! error, never a panic.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use openmls_sqlite_storage::Codec;
 use openmls_traits::storage::{StorageProvider, traits};
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Value, ValueRef};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use super::provider::StateCodec;
 
@@ -176,12 +180,47 @@ const LEAF_NODES_DELETE: &str =
 pub(crate) struct DmlsStorage<'a> {
     /// The connection; its statement cache holds our statements.
     conn: &'a Connection,
+    /// With [`DmlsStorage::caching_psks`]: PSK bundles read through this storage, by encoded
+    /// PSK id. Every commit of a round imports the same PSKs, so within one engine operation
+    /// (one storage per operation) each is read from the database once. Writes and deletes
+    /// of a PSK through this storage drop its entry; [`DmlsStorage::forget_cached`] drops all
+    /// of them when a savepoint is rolled back. Zeroed when dropped.
+    psks: Option<RefCell<HashMap<Vec<u8>, Zeroizing<Vec<u8>>>>>,
 }
 
 impl<'a> DmlsStorage<'a> {
     /// The storage over `conn`, whose openmls tables exist (see [`super::provider::migrate`]).
     pub(crate) fn new(conn: &'a Connection) -> Self {
-        DmlsStorage { conn }
+        DmlsStorage { conn, psks: None }
+    }
+
+    /// Like [`DmlsStorage::new`], keeping the PSKs it reads in memory. Only for a storage
+    /// that is the only writer of PSKs while it lives, and whose owner calls
+    /// [`DmlsStorage::forget_cached`] after every rollback (the engine: one per operation).
+    pub(crate) fn caching_psks(conn: &'a Connection) -> Self {
+        DmlsStorage {
+            conn,
+            psks: Some(RefCell::new(HashMap::new())),
+        }
+    }
+
+    /// Forgets everything read so far: the database may have been rolled back under it.
+    pub(crate) fn forget_cached(&self) {
+        if let Some(c) = &self.psks {
+            c.borrow_mut().clear();
+        }
+    }
+
+    /// Drops the cached PSK of `key`, if any.
+    fn forget_psk(&self, key: &[u8]) {
+        if let Some(c) = &self.psks {
+            c.borrow_mut().remove(key);
+        }
+    }
+
+    /// The encoded PSK id, the key of [`DmlsStorage::psks`] and of `openmls_psks`.
+    fn psk_key<K: Serialize>(psk_id: &K) -> rusqlite::Result<Vec<u8>> {
+        StateCodec::to_vec(psk_id).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
     }
 
     /// Runs a cached statement that returns no rows.
@@ -478,6 +517,7 @@ impl StorageProvider<VERSION> for DmlsStorage<'_> {
         psk_id: &PskId,
         psk: &PskBundle,
     ) -> Result<(), Self::Error> {
+        self.forget_psk(&Self::psk_key(psk_id)?);
         self.write_keyed(&PSKS, psk_id, psk)
     }
 
@@ -661,7 +701,28 @@ impl StorageProvider<VERSION> for DmlsStorage<'_> {
         &self,
         psk_id: &PskId,
     ) -> Result<Option<PskBundle>, Self::Error> {
-        self.keyed(&PSKS, psk_id)
+        let Some(cache) = &self.psks else {
+            return self.keyed(&PSKS, psk_id);
+        };
+        let key = Self::psk_key(psk_id)?;
+        let decode = |bytes: &[u8]| {
+            StateCodec::from_slice(bytes)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, Type::Blob, Box::new(e)))
+        };
+        if let Some(bytes) = cache.borrow().get(&key) {
+            return decode(bytes).map(Some);
+        }
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached(PSKS.select)?
+            .query_row(params![key, VERSION], |r| r.get(0))
+            .optional()?;
+        let Some(bytes) = bytes.map(Zeroizing::new) else {
+            return Ok(None);
+        };
+        let bundle = decode(&bytes)?;
+        cache.borrow_mut().insert(key, bytes);
+        Ok(Some(bundle))
     }
 
     fn remove_proposal<
@@ -805,6 +866,7 @@ impl StorageProvider<VERSION> for DmlsStorage<'_> {
         &self,
         psk_id: &PskKey,
     ) -> Result<(), Self::Error> {
+        self.forget_psk(&Self::psk_key(psk_id)?);
         self.delete_keyed(&PSKS, psk_id)
     }
 }
@@ -1218,5 +1280,39 @@ mod tests {
         let b = plain.tree::<K, V>(&k(b"g")).unwrap_err();
         assert!(matches!(a, rusqlite::Error::InvalidColumnType(..)), "{a:?}");
         assert!(matches!(b, rusqlite::Error::InvalidColumnType(..)), "{b:?}");
+    }
+    #[test]
+    fn cached_psks_follow_writes_deletes_and_rollbacks() {
+        let conn = db();
+        let a = k(b"a");
+        // Reads what openmls_sqlite_storage wrote.
+        Plain::new(&conn).write_psk(&a, &v("plain", 0)).unwrap();
+        let st = DmlsStorage::caching_psks(&conn);
+        assert_eq!(st.psk(&a).unwrap(), Some(v("plain", 0)));
+        st.write_psk(&a, &v("psk", 1)).unwrap();
+        assert_eq!(st.psk(&a).unwrap(), Some(v("psk", 1)));
+        // Read from the cache: the row is gone behind the storage's back.
+        conn.execute("DELETE FROM openmls_psks", []).unwrap();
+        assert_eq!(st.psk(&a).unwrap(), Some(v("psk", 1)));
+        // A write through the storage replaces the cached value, a delete drops it.
+        st.write_psk(&a, &v("psk'", 2)).unwrap();
+        assert_eq!(st.psk(&a).unwrap(), Some(v("psk'", 2)));
+        st.delete_psk(&a).unwrap();
+        assert_eq!(st.psk::<V, K>(&a).unwrap(), None);
+        // Rolled back under the cache: forgotten, read again.
+        conn.execute_batch("SAVEPOINT t").unwrap();
+        st.write_psk(&a, &v("gone", 3)).unwrap();
+        assert_eq!(st.psk(&a).unwrap(), Some(v("gone", 3)));
+        conn.execute_batch("ROLLBACK TO t; RELEASE t").unwrap();
+        st.forget_cached();
+        assert_eq!(st.psk::<V, K>(&a).unwrap(), None);
+        // An undecodable row is an error, not a panic, and is not cached.
+        conn.execute(
+            "INSERT INTO openmls_psks (psk_id, psk_bundle, provider_version) VALUES (?1, x'c1', ?2)",
+            rusqlite::params![StateCodec::to_vec(&a).unwrap(), VERSION],
+        )
+        .unwrap();
+        assert!(st.psk::<V, K>(&a).is_err());
+        assert!(st.psks.as_ref().is_some_and(|c| c.borrow().is_empty()));
     }
 }
