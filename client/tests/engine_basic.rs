@@ -737,3 +737,58 @@ fn a_commit_that_arrives_before_the_leaf_refresh_it_references_waits_for_it() {
     net.settle(5000);
     assert!(all_agree(&net, &d));
 }
+
+#[test]
+fn psks_are_deleted_once_every_other_member_imported_a_newer_epoch() {
+    use dmls_client::engine::send_group_id;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Net::with_files(3, 4, 21, dir.path());
+    let d = net.engines[0]
+        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
+        .unwrap();
+    net.settle(1000);
+    let g0 = send_group_id(&d, "m0");
+    // Epochs of m0's Send Group whose PSK member `i` still stores.
+    let stored = |i: usize| -> Vec<i64> {
+        let db = rusqlite::Connection::open(dir.path().join(format!("m{i}.db"))).unwrap();
+        let mut st = db
+            .prepare("SELECT epoch FROM dmls_psk WHERE group_id = ?1 ORDER BY epoch")
+            .unwrap();
+        st.query_map([g0.as_slice()], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let holders = |net: &Net, i: usize| -> Vec<String> {
+        let st = net.engines[i].status(&d).unwrap();
+        let g = st
+            .send_groups
+            .into_iter()
+            .find(|g| g.owner == "m0")
+            .unwrap();
+        g.psk_deletion_holders
+    };
+    // m0 advances its group twice; nobody imported anything of it yet.
+    for t in [2000, 3000] {
+        net.engines[0].update(&d, t).unwrap();
+        net.settle(t);
+    }
+    for i in 0..3 {
+        assert_eq!(stored(i), vec![1, 2, 3], "member {i}");
+        assert_eq!(holders(&net, i), vec!["m1", "m2"], "member {i}");
+    }
+    // m1 imports epoch 3: m2 still holds back deletion.
+    net.engines[1].update(&d, 4000).unwrap();
+    net.settle(4000);
+    for i in 0..3 {
+        assert_eq!(stored(i), vec![1, 2, 3], "member {i}");
+        assert_eq!(holders(&net, i), vec!["m2"], "member {i}");
+    }
+    // m2 imports it too: every member deletes the PSKs of epochs 1 and 2 and keeps the latest.
+    net.engines[2].update(&d, 5000).unwrap();
+    net.settle(5000);
+    for i in 0..3 {
+        assert_eq!(stored(i), vec![3], "member {i}");
+        assert!(holders(&net, i).is_empty(), "member {i}");
+    }
+}

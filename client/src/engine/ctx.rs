@@ -527,29 +527,6 @@ impl<'a> Ctx<'a> {
             .is_some())
     }
 
-    /// Records that `acker` imported epoch `epoch` of Send Group `gid`.
-    pub(crate) fn ack(&self, acker: &str, psk: &PskId) -> Result<(), EngineError> {
-        self.conn.exec_cached(
-            "INSERT INTO dmls_ack(acker, group_id, epoch) VALUES (?1, ?2, ?3)
-             ON CONFLICT(acker, group_id) DO UPDATE SET epoch = MAX(epoch, excluded.epoch)",
-            params![acker, psk.group_id.as_slice(), psk.epoch as i64],
-        )?;
-        Ok(())
-    }
-
-    /// The latest epoch of `gid` that `acker` imported.
-    pub(crate) fn acked(&self, acker: &str, gid: &[u8; 32]) -> Result<Option<u64>, EngineError> {
-        Ok(self
-            .conn
-            .row_cached(
-                "SELECT epoch FROM dmls_ack WHERE acker = ?1 AND group_id = ?2",
-                params![acker, gid.as_slice()],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()?
-            .map(|v| v as u64))
-    }
-
     /// The latest epoch of `gid` we hold a PSK for.
     pub(crate) fn latest_psk_epoch(&self, gid: &[u8; 32]) -> Result<Option<u64>, EngineError> {
         Ok(self

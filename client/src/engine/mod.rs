@@ -9,6 +9,7 @@
 //! parameters, randomness through the openmls provider, storage through the
 //! [`rusqlite::Connection`] the caller opens.
 
+mod acks;
 mod codec;
 mod config;
 mod ctx;

@@ -40,31 +40,24 @@ impl Ctx<'_> {
             return Ok(());
         };
         let removed: Vec<String> = self.removed(d)?.into_iter().map(|r| r.0).collect();
+        let acks = self.dgroup_acks(d)?;
         for owner in &config.members {
             let gid = send_group_id(d, owner);
             if !imported.iter().any(|p| p.group_id == gid) {
                 continue;
             }
             // The oldest epoch of G acknowledged by its other current members, if they all
-            // acknowledged one: one query per group, not one per member (this runs for every
-            // merged commit, with one imported group per member).
-            let holders: Vec<&String> = config
+            // acknowledged one.
+            let min_ack = config
                 .members
                 .iter()
                 .filter(|m| *m != owner && !removed.contains(m))
-                .collect();
-            let holders_json = serde_json::to_string(&holders)
-                .map_err(|e| EngineError::Internal(format!("encoding member list: {e}")))?;
-            let (acked, min_ack): (i64, Option<i64>) = self.conn.row_cached(
-                "SELECT COUNT(a.epoch), MIN(a.epoch) FROM json_each(?2) m
-                 LEFT JOIN dmls_ack a ON a.acker = m.value AND a.group_id = ?1",
-                params![gid.as_slice(), holders_json],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            if holders.is_empty() || acked as usize != holders.len() {
-                continue;
-            }
-            let Some(min_ack) = min_ack.map(|v| v as u64) else {
+                .map(|m| acks.get(m).and_then(|a| a.get(&gid)).copied())
+                .try_fold(None, |min: Option<u64>, a| {
+                    a.map(|a| Some(min.map_or(a, |m| m.min(a))))
+                });
+            // No holder at all, or one that acknowledged nothing of G.
+            let Some(Some(min_ack)) = min_ack else {
                 continue;
             };
             let mut st = self

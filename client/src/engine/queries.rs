@@ -60,6 +60,7 @@ impl Ctx<'_> {
 
     pub(crate) fn status(&self, d: &DGroupId) -> Result<DGroupStatus, EngineError> {
         let summary = self.summary(d)?;
+        let acks = self.dgroup_acks(d)?;
         let mut send_groups = Vec::new();
         for owner in &summary.members {
             let gid = super::ids::send_group_id(d, owner);
@@ -122,7 +123,8 @@ impl Ctx<'_> {
                     if *m == sg.owner || summary.removed.contains(m) {
                         continue;
                     }
-                    if self.acked(m, &gid)?.is_none_or(|a| a < latest) {
+                    let acked = acks.get(m).and_then(|a| a.get(&gid));
+                    if acked.is_none_or(|a| *a < latest) {
                         holders.push(m.clone());
                     }
                 }

@@ -556,9 +556,7 @@ impl Ctx<'_> {
                     .merge_staged_commit(&self.provider, *staged)
                     .map_err(|e| EngineError::mls("merging commit", e))?;
                 if !beyond_stop {
-                    for p in &imported {
-                        self.ack(&sg.owner, p)?;
-                    }
+                    self.ack(&sg.dgroup_id, &sg.owner, &imported)?;
                     if !imported.is_empty() {
                         // Pruned once at the end of the operation (one batch of inputs), not
                         // per commit: every commit of a round names every group.

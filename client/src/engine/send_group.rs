@@ -413,6 +413,7 @@ impl Ctx<'_> {
         // Members of our Send Group that must be able to process our next commit.
         let mut ours: Option<Vec<String>> = None;
         let mut out = Vec::new();
+        let acked = self.acks_of(d, &me)?;
         for sg in &groups {
             if sg.is_own || removed.contains(&sg.owner) {
                 continue;
@@ -420,7 +421,7 @@ impl Ctx<'_> {
             let Some(latest) = self.latest_psk_epoch(&sg.group_id)? else {
                 continue;
             };
-            if self.acked(&me, &sg.group_id)?.is_some_and(|a| a >= latest) {
+            if acked.get(&sg.group_id).is_some_and(|a| *a >= latest) {
                 continue;
             }
             if ours.is_none() {
@@ -553,9 +554,7 @@ impl Ctx<'_> {
             .merge_pending_commit(&self.provider)
             .map_err(|e| EngineError::mls("merging our commit", e))?;
         self.export_psk(&group, &gid)?;
-        for p in &imports {
-            self.ack(&me, p)?;
-        }
+        self.ack(d, &me, &imports)?;
         if !imports.is_empty() {
             self.prune_psks(d, &imports)?;
         }

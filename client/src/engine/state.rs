@@ -64,12 +64,14 @@ CREATE TABLE IF NOT EXISTS dmls_psk (
     epoch INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dmls_psk_by_group ON dmls_psk(group_id, epoch);
--- Latest epoch of each Send Group acknowledged (imported) by each member.
-CREATE TABLE IF NOT EXISTS dmls_ack (
+-- Per DGroup and member: the latest epoch of each Send Group it acknowledged (imported),
+-- encoded as `acks.rs` describes. (Earlier versions had one row per member and Send Group in
+-- `dmls_ack`; `acks::migrate` moves those here.)
+CREATE TABLE IF NOT EXISTS dmls_acks (
+    dgroup_id BLOB NOT NULL,
     acker TEXT NOT NULL,
-    group_id BLOB NOT NULL,
-    epoch INTEGER NOT NULL,
-    PRIMARY KEY (acker, group_id)
+    acks BLOB NOT NULL,
+    PRIMARY KEY (dgroup_id, acker)
 ) WITHOUT ROWID;
 -- Received messages that cannot be processed yet (PROTOCOL.md 'Receiving').
 -- wait_kind: 'epoch' (wait_epoch), 'psk' (wait_psk), 'welcome', 'proposal' (wait_epoch),
@@ -125,7 +127,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), EngineError> {
     if !has_limit {
         conn.execute_batch("ALTER TABLE dmls_send_group ADD COLUMN psk_limit_epoch INTEGER")?;
     }
-    Ok(())
+    super::acks::migrate(conn)
 }
 
 /// `execute` and `query_row` through the connection's statement cache: openmls's storage and

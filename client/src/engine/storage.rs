@@ -189,7 +189,9 @@ pub(crate) struct DmlsStorage<'a> {
 }
 
 impl<'a> DmlsStorage<'a> {
-    /// The storage over `conn`, whose openmls tables exist (see [`super::provider::migrate`]).
+    /// The storage over `conn`, whose openmls tables exist (see [`super::provider::migrate`]),
+    /// reading every value from the database (the engine uses [`DmlsStorage::caching_psks`]).
+    #[cfg(test)]
     pub(crate) fn new(conn: &'a Connection) -> Self {
         DmlsStorage { conn, psks: None }
     }
