@@ -9,8 +9,9 @@
 //!    in-memory store-and-forward that behaves like the relay.
 //! 2. One round in which every member commits (DMLS Update importing N-1 PSKs, plus its
 //!    leaf-refresh Update proposals) and then processes everyone else's commit and proposals.
-//!    Per-member time, single-threaded, with durable file-backed SQLite state (WAL,
-//!    synchronous=FULL), fsyncs included.
+//!    Per-member wall-clock time (the engine is called from one thread; fsyncs of the durable
+//!    file-backed SQLite state included) and CPU time (all threads of the process: openmls
+//!    builds and decrypts paths on rayon's threads; Linux only, from `/proc/self/task/*/schedstat`).
 //! 3. Backlog: 10,000 application messages through a real relay in this process (SQLite),
 //!    then a member's `sync_once` over all of them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -176,6 +177,35 @@ fn done(m: &mut Member, ids: &[u64]) -> Result<()> {
     Ok(())
 }
 
+/// CPU time used so far by every live thread of this process (nanosecond precision), or
+/// `None` where `/proc/self/task/*/schedstat` is not available (its first field is the time
+/// the thread spent on a CPU).
+fn process_cpu() -> Option<Duration> {
+    let mut ns: u64 = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(text) = std::fs::read_to_string(task.ok()?.path().join("schedstat")) else {
+            continue; // the thread exited meanwhile
+        };
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(ns))
+}
+
+/// Measures wall-clock and CPU time of one piece of work.
+struct Stopwatch(Instant, Option<Duration>);
+
+impl Stopwatch {
+    fn start() -> Self {
+        Stopwatch(Instant::now(), process_cpu())
+    }
+
+    /// Wall-clock time and CPU time (if measurable) since `start`.
+    fn stop(&self) -> (Duration, Option<Duration>) {
+        let cpu = self.1.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a));
+        (self.0.elapsed(), cpu)
+    }
+}
+
 struct RoundFigures {
     n: usize,
     keygen: Duration,
@@ -185,6 +215,8 @@ struct RoundFigures {
     round_total: Duration,
     round_mean: Duration,
     round_max: Duration,
+    /// Mean and largest CPU time per member, if measurable.
+    round_cpu: Option<(Duration, Duration)>,
     commit_mean: Duration,
     round_bytes: u64,
     round_inputs_per_member: usize,
@@ -236,21 +268,25 @@ fn bench_round(n: usize, dir: &Path, durability: Durability) -> Result<RoundFigu
     // One round: everyone commits, then everyone processes the others' commits.
     let bytes_before = net.bytes;
     let mut per_member = vec![Duration::ZERO; n];
+    let mut cpu_per_member = vec![Some(Duration::ZERO); n];
     let mut commit_total = Duration::ZERO;
     for (i, m) in members.iter_mut().enumerate() {
-        let t = Instant::now();
+        let t = Stopwatch::start();
         m.engine.update(&dgroup, NOW + 1)?;
         net.drain(m)?;
-        let d = t.elapsed();
+        let (d, cpu) = t.stop();
         commit_total += d;
         per_member[i] += d;
+        cpu_per_member[i] = cpu_per_member[i].zip(cpu).map(|(a, b)| a + b);
     }
     let mut inputs = 0;
     for (i, m) in members.iter_mut().enumerate() {
-        let t = Instant::now();
+        let t = Stopwatch::start();
         inputs += net.deliver(m)?;
         net.drain(m)?;
-        per_member[i] += t.elapsed();
+        let (d, cpu) = t.stop();
+        per_member[i] += d;
+        cpu_per_member[i] = cpu_per_member[i].zip(cpu).map(|(a, b)| a + b);
     }
     for m in &members {
         let s = m.engine.status(&dgroup)?;
@@ -265,6 +301,14 @@ fn bench_round(n: usize, dir: &Path, durability: Durability) -> Result<RoundFigu
         }
     }
     let round_total: Duration = per_member.iter().sum();
+    let round_cpu = cpu_per_member
+        .iter()
+        .copied()
+        .collect::<Option<Vec<Duration>>>()
+        .map(|v| {
+            let total: Duration = v.iter().sum();
+            (total / n as u32, v.into_iter().max().unwrap_or_default())
+        });
     Ok(RoundFigures {
         n,
         keygen,
@@ -274,6 +318,7 @@ fn bench_round(n: usize, dir: &Path, durability: Durability) -> Result<RoundFigu
         round_total,
         round_mean: round_total / n as u32,
         round_max: per_member.iter().copied().max().unwrap_or_default(),
+        round_cpu,
         commit_mean: commit_total / n as u32,
         round_bytes: net.bytes - bytes_before,
         round_inputs_per_member: inputs / n,
@@ -368,9 +413,9 @@ fn main() -> Result<()> {
         .unwrap_or(32);
 
     println!(
-        "| N (durability) | key packages (all members) | set-up time | set-up bytes | set-up messages | round: commit per member (mean) | round per member (mean) | round per member (max) | round total | inputs per member | round bytes |"
+        "| N (durability) | key packages (all members) | set-up time | set-up bytes | set-up messages | round: commit per member (mean) | round per member (mean) | round per member (max) | round CPU per member (mean) | round CPU per member (max) | round total | inputs per member | round bytes |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let runs: Vec<(usize, Durability)> = sizes
         .iter()
         .flat_map(|&n| {
@@ -382,8 +427,12 @@ fn main() -> Result<()> {
     for (n, durability) in runs {
         let dir = tempfile::tempdir()?;
         let f = bench_round(n, dir.path(), durability)?;
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        let (cpu_mean, cpu_max) = f
+            .round_cpu
+            .map_or(("n/a".into(), "n/a".into()), |(a, b)| (ms(a), ms(b)));
         println!(
-            "| {} ({durability:?}) | {:.2} s | {:.2} s | {:.2} MB | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} s | {} | {:.2} MB |",
+            "| {} ({durability:?}) | {:.2} s | {:.2} s | {:.2} MB | {} | {:.1} ms | {:.1} ms | {:.1} ms | {cpu_mean} | {cpu_max} | {:.2} s | {} | {:.2} MB |",
             f.n,
             f.keygen.as_secs_f64(),
             f.setup.as_secs_f64(),
