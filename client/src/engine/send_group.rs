@@ -432,11 +432,7 @@ impl Ctx<'_> {
                 }
                 ours = Some(v);
             }
-            let theirs = self.members_of(&sg.group_id)?;
-            if ours
-                .as_ref()
-                .is_some_and(|o| o.iter().any(|m| !theirs.contains(m)))
-            {
+            if !self.has_members(&sg.group_id, ours.as_deref().unwrap_or_default())? {
                 continue;
             }
             out.push(PskId {
@@ -445,6 +441,24 @@ impl Ctx<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// Whether every client id of `ids` is a member of a Send Group we hold. Runs for every
+    /// Send Group on every commit: compares the BasicCredential identities in place, without
+    /// decoding every member's credential as [`Ctx::members_of`] does.
+    fn has_members(&self, gid: &[u8; 32], ids: &[String]) -> Result<bool, EngineError> {
+        if ids.is_empty() {
+            return Ok(true);
+        }
+        self.with_group(gid, |g| {
+            let members: Vec<Member> = g.members().collect();
+            let present: std::collections::HashSet<&[u8]> = members
+                .iter()
+                .filter(|m| m.credential.credential_type() == CredentialType::Basic)
+                .map(|m| m.credential.serialized_content())
+                .collect();
+            Ok(ids.iter().all(|id| present.contains(id.as_bytes())))
+        })
     }
 
     /// Client ids of the current members of a Send Group we hold.
