@@ -33,7 +33,7 @@ fn encode(acks: &Acks) -> Vec<u8> {
 }
 
 fn decode(bytes: &[u8]) -> Result<Acks, EngineError> {
-    if bytes.len() % ENTRY != 0 {
+    if !bytes.len().is_multiple_of(ENTRY) {
         return Err(EngineError::Internal(format!(
             "stored acknowledgements have a length of {} bytes, not a multiple of {ENTRY}",
             bytes.len()

@@ -234,6 +234,7 @@ impl Ctx<'_> {
         self.insert_waiting(gid, epoch, false, cols, &r.hash, &r.data)
     }
 
+    /// Inserts one `dmls_waiting` row; a message already waiting (same hash) stays as it is.
     fn insert_waiting(
         &self,
         gid: &[u8; 32],

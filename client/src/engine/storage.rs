@@ -185,8 +185,11 @@ pub(crate) struct DmlsStorage<'a> {
     /// (one storage per operation) each is read from the database once. Writes and deletes
     /// of a PSK through this storage drop its entry; [`DmlsStorage::forget_cached`] drops all
     /// of them when a savepoint is rolled back. Zeroed when dropped.
-    psks: Option<RefCell<HashMap<Vec<u8>, Zeroizing<Vec<u8>>>>>,
+    psks: Option<RefCell<PskCache>>,
 }
+
+/// Encoded PSK bundles by encoded PSK id (see `DmlsStorage::psks`).
+type PskCache = HashMap<Vec<u8>, Zeroizing<Vec<u8>>>;
 
 impl<'a> DmlsStorage<'a> {
     /// The storage over `conn`, whose openmls tables exist (see [`super::provider::migrate`]),
