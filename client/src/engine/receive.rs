@@ -113,7 +113,7 @@ impl Ctx<'_> {
         }
         let (epoch, ct) = (pm.epoch().as_u64(), pm.content_type());
         // Most messages of a round are stale or deferred leaf refreshes: decided by reading
-        // alone, and stored (if at all) by one statement, with no savepoint.
+        // alone, and held in memory (if at all, see `deferred.rs`), with no savepoint.
         let quick = self.quick_class(&sg, epoch, ct);
         if quick == Quick::Stale {
             return Ok(Vec::new());
