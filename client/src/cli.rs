@@ -7,6 +7,7 @@
 use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -129,6 +130,16 @@ pub struct SyncArgs {
     /// How long one long poll may wait for news, in milliseconds (at most 30000).
     #[arg(long, default_value_t = 25_000)]
     pub wait_ms: u64,
+    /// Evict silent members: once caught up, remove from your Send Groups every member none
+    /// of whose commits you have seen for this many days (they hold back the deletion of old
+    /// keys). Every other member then removes them too. 0 never evicts.
+    #[arg(
+        long,
+        env = "DMLS_EVICT_AFTER_DAYS",
+        default_value_t = 30,
+        value_name = "DAYS"
+    )]
+    pub evict_after_days: u64,
 }
 
 /// Runs the parsed command line.
@@ -217,6 +228,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Sync(args) => {
             let mut client = open(&home, cli.durability)?;
+            client.set_eviction_threshold(
+                (args.evict_after_days > 0)
+                    .then(|| Duration::from_secs(args.evict_after_days.saturating_mul(86_400))),
+            );
             if args.follow {
                 follow(&mut client, args.wait_ms, json).await?;
             } else {
@@ -556,6 +571,15 @@ fn event_line(e: &Event, names: &[(String, String)]) -> Option<String> {
             label(names, dgroup),
             client_ids.join(", ")
         ),
+        Event::MemberEvicted {
+            dgroup,
+            member,
+            last_active_ms,
+        } => format!(
+            "[{}] you evicted {member}: no commit of theirs seen since {} UTC.",
+            label(names, dgroup),
+            format_time(*last_active_ms)
+        ),
         Event::Ignored { reason } => format!("note: {reason}"),
     })
 }
@@ -607,6 +631,14 @@ fn event_json(e: &Event, names: &[(String, String)]) -> Value {
         Event::KeyPackagesMissing { dgroup, client_ids } => {
             let (hex, name) = group(dgroup);
             json!({"event": "key_packages_missing", "dgroup": hex, "group": name, "client_ids": client_ids})
+        }
+        Event::MemberEvicted {
+            dgroup,
+            member,
+            last_active_ms,
+        } => {
+            let (hex, name) = group(dgroup);
+            json!({"event": "member_evicted", "dgroup": hex, "group": name, "member": member, "last_active_ms": last_active_ms})
         }
         Event::Ignored { reason } => json!({"event": "ignored", "reason": reason}),
     }
@@ -661,6 +693,7 @@ fn status_json(s: &DGroupStatus) -> Value {
                     json!({"epoch": w.epoch, "is_commit": w.is_commit, "waits_for": kind, "detail": what})
                 }).collect::<Vec<_>>(),
                 "psk_deletion_holders": g.psk_deletion_holders,
+                "last_active_ms": g.last_active_ms,
             })
         })
         .collect();
@@ -691,6 +724,12 @@ fn print_status(s: &DGroupStatus) {
         );
         if sg.joined && !sg.members.is_empty() {
             println!("      members: {}", sg.members.join(", "));
+        }
+        if let Some(t) = sg.last_active_ms {
+            println!(
+                "      last commit seen (or silent since): {} UTC",
+                format_time(t)
+            );
         }
         for w in &sg.waiting {
             let (_, what) = wait_reason(&w.waits_for);

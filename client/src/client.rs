@@ -184,11 +184,23 @@ pub struct Client {
     barrier: Option<DurabilityBarrier>,
     /// When [`Client::sync_step`] last asked the engine to retry missing members (late add).
     missing_retried: Option<std::time::Instant>,
+    /// Eviction threshold ([`Client::set_eviction_threshold`]); `None`: never evict.
+    eviction: Option<Duration>,
+    /// When [`Client::sync_step`] last looked for silent members to evict.
+    eviction_checked: Option<std::time::Instant>,
 }
 
 /// How often [`Client::sync_step`] claims key packages again for members missing from our
 /// Send Groups ([`Engine::retry_missing_members`]).
 const MISSING_RETRY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How often [`Client::sync_step`] looks for silent members to evict.
+const EVICTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The default eviction threshold of [`Client`]: 30 days (PROTOCOL.md "Acknowledgement and
+/// key deletion").
+pub const DEFAULT_EVICTION_THRESHOLD: Duration =
+    Duration::from_millis(crate::engine::DEFAULT_EVICTION_THRESHOLD_MS);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -294,6 +306,8 @@ impl Client {
             pending_events: Vec::new(),
             barrier,
             missing_retried: None,
+            eviction: Some(DEFAULT_EVICTION_THRESHOLD),
+            eviction_checked: None,
         }
     }
 
@@ -335,6 +349,17 @@ impl Client {
     /// Sets the most messages one sync round asks for (1 to 5,000).
     pub fn set_sync_limit(&mut self, limit: u32) {
         self.sync_limit = limit.clamp(1, dmls_api::limits::SYNC_LIMIT_MAX);
+    }
+
+    /// Sets the eviction threshold (default [`DEFAULT_EVICTION_THRESHOLD`], 30 days): a sync
+    /// that caught up removes from our Send Groups the members none of whose commits we merged
+    /// for that long ([`Engine::evict_silent_members`], reported as
+    /// [`Event::MemberEvicted`]), at most once a minute. `None` never evicts; zero is taken
+    /// as one millisecond.
+    /// The next sync that catches up checks with the new threshold.
+    pub fn set_eviction_threshold(&mut self, threshold: Option<Duration>) {
+        self.eviction = threshold.map(|t| t.max(Duration::from_millis(1)));
+        self.eviction_checked = None;
     }
 
     // ------------------------------------------------------------ outbox
@@ -645,6 +670,19 @@ impl Client {
         // "Removal"); a no-op when there are none.
         if step.messages > 0 {
             self.engine.commit_pending_removals(now_ms())?;
+        }
+        // Eviction: only once caught up (the relay has nothing newer, so every commit there
+        // counted), on the first such step and then at most once a minute.
+        if let Some(threshold) = self.eviction
+            && !step.more
+            && self
+                .eviction_checked
+                .is_none_or(|t| t.elapsed() >= EVICTION_CHECK_INTERVAL)
+        {
+            self.eviction_checked = Some(std::time::Instant::now());
+            let threshold_ms = u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX);
+            step.events
+                .extend(self.engine.evict_silent_members(now_ms(), threshold_ms)?);
         }
         // Late add: claim again for members whose key packages were missing, on the first
         // step and then at most once a minute (each claim is a relay request).

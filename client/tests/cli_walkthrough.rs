@@ -125,7 +125,7 @@ async fn three_users_talk_through_the_dmls_binary() {
     ok(&h.c, &["send", "friends", "hi from carol"]).await;
 
     for home in [&h.a, &h.b, &h.c] {
-        ok(home, &["sync"]).await;
+        ok(home, &["sync", "--evict-after-days", "0"]).await;
     }
     for home in [&h.a, &h.b, &h.c] {
         let log = ok(home, &["log", "friends"]).await;
@@ -140,6 +140,14 @@ async fn three_users_talk_through_the_dmls_binary() {
     ok(&h.a, &["update", "friends"]).await;
     let status = ok(&h.a, &["status", "friends"]).await;
     assert_eq!(status["send_groups"].as_array().unwrap().len(), 3);
+    // When alice last saw a commit of each other member (the eviction clock); none for her own.
+    for sg in status["send_groups"].as_array().unwrap() {
+        if sg["owner"] == "alice" {
+            assert!(sg["last_active_ms"].is_null(), "{sg}");
+        } else {
+            assert!(sg["last_active_ms"].as_u64().is_some(), "{sg}");
+        }
+    }
 
     ok(&h.a, &["remove", "friends", "carol"]).await;
     for _ in 0..2 {

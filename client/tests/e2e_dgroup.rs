@@ -230,6 +230,59 @@ async fn a_removal_reaches_every_send_group_and_locks_the_member_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_that_caught_up_evicts_members_silent_past_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let (mut a, mut b, mut c) = trio(dir.path(), &relay.url()).await;
+    // Carol has not committed since she joined; Bob commits now.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    b.update("trio").await.unwrap();
+    // With the default threshold (30 days) nobody is evicted.
+    let r = a.sync_once().await.unwrap();
+    assert!(
+        !r.events
+            .iter()
+            .any(|e| matches!(e, Event::MemberEvicted { .. })),
+        "{:?}",
+        r.events
+    );
+    // With one second, Carol is; Bob, whose commit Alice merged just now, is not.
+    a.set_eviction_threshold(Some(std::time::Duration::from_secs(1)));
+    let r = a.sync_once().await.unwrap();
+    let evicted: Vec<&str> = r
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::MemberEvicted { member, .. } => Some(member.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evicted, vec!["carol"], "{:?}", r.events);
+    a.set_eviction_threshold(None);
+    b.set_eviction_threshold(None);
+    let events = settle(&mut [&mut a, &mut b, &mut c], 3).await;
+    assert!(
+        events[2]
+            .iter()
+            .any(|e| matches!(e, Event::WeWereRemoved { by, .. } if by == "alice")),
+        "carol was not told: {:?}",
+        events[2]
+    );
+    for x in [&a, &b] {
+        let s = x.status("trio").unwrap();
+        for sg in s.send_groups.iter().filter(|g| g.owner != "carol") {
+            assert!(
+                !sg.members.contains(&"carol".to_string()),
+                "{} still sees carol in {}'s Send Group",
+                x.client_id(),
+                sg.owner
+            );
+        }
+    }
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_dropped_mid_sync_restarts_with_every_message_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(dir.path()).await;

@@ -792,3 +792,148 @@ fn psks_are_deleted_once_every_other_member_imported_a_newer_epoch() {
         assert!(holders(&net, i).is_empty(), "member {i}");
     }
 }
+
+const DAY: u64 = 24 * 60 * 60 * 1000;
+
+/// The status entry of `owner`'s Send Group at member `i`.
+fn send_group_at(
+    net: &Net,
+    i: usize,
+    d: &DGroupId,
+    owner: &str,
+) -> dmls_client::engine::SendGroupStatus {
+    net.engines[i]
+        .status(d)
+        .unwrap()
+        .send_groups
+        .into_iter()
+        .find(|s| s.owner == owner)
+        .unwrap()
+}
+
+#[test]
+fn members_silent_past_the_threshold_are_evicted_and_everyone_removes_them() {
+    use dmls_client::engine::{DEFAULT_EVICTION_THRESHOLD_MS, EngineError};
+    let t0 = 1000;
+    let (mut net, d) = three();
+    // m1 commits on day 10 and m0 merges it; m2 never commits.
+    net.engines[1].update(&d, t0 + 10 * DAY).unwrap();
+    net.settle(t0 + 10 * DAY);
+    assert_eq!(
+        send_group_at(&net, 0, &d, "m1").last_active_ms,
+        Some(t0 + 10 * DAY)
+    );
+    assert_eq!(send_group_at(&net, 0, &d, "m2").last_active_ms, Some(t0));
+    assert_eq!(send_group_at(&net, 0, &d, "m0").last_active_ms, None);
+
+    // Day 29: nobody has been silent for 30 days; nothing changes.
+    let before = net.engines[0].status(&d).unwrap();
+    let none = net.engines[0]
+        .evict_silent_members(t0 + 29 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    assert!(net.engines[0].outbox().unwrap().is_empty());
+    assert_eq!(net.engines[0].status(&d).unwrap(), before);
+
+    // A zero threshold is refused and changes nothing either.
+    assert!(matches!(
+        net.engines[0].evict_silent_members(t0 + 31 * DAY, 0),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert_eq!(net.engines[0].status(&d).unwrap(), before);
+
+    // Day 31: m2, silent since it joined, is evicted; m1 (day 10) is not.
+    let evicted = net.engines[0]
+        .evict_silent_members(t0 + 31 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
+        .unwrap();
+    assert_eq!(
+        evicted,
+        vec![Event::MemberEvicted {
+            dgroup: d,
+            member: "m2".into(),
+            last_active_ms: t0,
+        }]
+    );
+    assert_eq!(
+        send_group_at(&net, 0, &d, "m0").members,
+        vec!["m0".to_string(), "m1".to_string()]
+    );
+    net.settle(t0 + 31 * DAY);
+    assert!(
+        net.events[2]
+            .iter()
+            .any(|e| matches!(e, Event::WeWereRemoved { by, .. } if by == "m0")),
+        "{:?}",
+        net.events[2]
+    );
+    assert!(net.events[1].iter().any(
+        |e| matches!(e, Event::MemberRemoved { member, by, .. } if member == "m2" && by == "m0")
+    ));
+    // m1 removes m2 from its own Send Group in its next commit.
+    assert_eq!(
+        net.engines[1]
+            .commit_pending_removals(t0 + 31 * DAY)
+            .unwrap(),
+        vec![d]
+    );
+    net.settle(t0 + 31 * DAY);
+    for i in 0..2 {
+        for owner in ["m0", "m1"] {
+            let mut members = send_group_at(&net, i, &d, owner).members;
+            members.sort();
+            assert_eq!(
+                members,
+                vec!["m0".to_string(), "m1".to_string()],
+                "{owner} at m{i}"
+            );
+        }
+    }
+    // m0 merged m1's removal commit on day 31: m1 is active again; nothing more to evict.
+    assert_eq!(
+        send_group_at(&net, 0, &d, "m1").last_active_ms,
+        Some(t0 + 31 * DAY)
+    );
+    let again = net.engines[0]
+        .evict_silent_members(t0 + 50 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn members_of_databases_without_activity_times_are_counted_from_the_first_check() {
+    use dmls_client::engine::DEFAULT_EVICTION_THRESHOLD_MS;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Net::with_files(3, 4, 7, dir.path());
+    let d = net.engines[0]
+        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
+        .unwrap();
+    net.settle(1000);
+    // As an older version left it: no activity times.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("m0.db")).unwrap();
+        conn.execute("UPDATE dmls_acks SET active_ms = NULL", [])
+            .unwrap();
+    }
+    assert_eq!(send_group_at(&net, 0, &d, "m2").last_active_ms, None);
+    // The first check, far later, starts the clock instead of evicting.
+    let first = 1000 + 100 * DAY;
+    assert!(
+        net.engines[0]
+            .evict_silent_members(first, DEFAULT_EVICTION_THRESHOLD_MS)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(send_group_at(&net, 0, &d, "m2").last_active_ms, Some(first));
+    let evicted = net.engines[0]
+        .evict_silent_members(first + 30 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
+        .unwrap();
+    let mut who: Vec<String> = evicted
+        .into_iter()
+        .map(|e| match e {
+            Event::MemberEvicted { member, .. } => member,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    who.sort();
+    assert_eq!(who, vec!["m1".to_string(), "m2".to_string()]);
+}

@@ -151,6 +151,9 @@ pub(crate) struct Ctx<'a> {
     /// Deferred leaf refreshes received in this operation, written to `dmls_waiting` at its
     /// end by [`Ctx::flush_deferred`] if still deferred then (most are dropped before).
     pub(crate) deferred: DeferredRefreshes,
+    /// The shell's clock for this operation (`now_ms` of the public call), when it gave one:
+    /// merged commits record when their owner was last active ([`Ctx::ack`]).
+    pub(crate) now_ms: Option<u64>,
 }
 
 /// SHA-256 of message bytes, the duplicate-detection key.
@@ -225,6 +228,7 @@ impl<'a> Ctx<'a> {
             proposal_waits: HashMap::new(),
             send_groups: RefCell::new(HashMap::new()),
             deferred: DeferredRefreshes::default(),
+            now_ms: None,
         }
     }
 

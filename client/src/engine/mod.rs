@@ -16,6 +16,7 @@ mod ctx;
 mod deferred;
 mod envelope;
 mod error;
+mod evict;
 mod identity;
 mod ids;
 mod provider;
@@ -30,6 +31,10 @@ pub use config::{DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
 pub use envelope::{DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN};
 pub use error::EngineError;
 pub use ids::{DGroupId, MessageId, PskId, send_group_id};
+
+/// The default eviction threshold, PROTOCOL.md "Acknowledgement and key deletion": 30 days
+/// in milliseconds (see [`Engine::evict_silent_members`]).
+pub const DEFAULT_EVICTION_THRESHOLD_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 /// A message to be shown to the user: an application message of another member,
 /// or one of our own (in [`Engine::history`]).
@@ -114,6 +119,18 @@ pub enum Event {
         dgroup: DGroupId,
         /// Client ids the relay had no key package for (or whose key package was invalid).
         client_ids: Vec<String>,
+    },
+    /// We removed `member` from our Send Group of `dgroup` (and so from the DGroup, as with
+    /// [`Engine::remove`]) because we had merged no commit of it since `last_active_ms`, longer
+    /// ago than the eviction threshold ([`Engine::evict_silent_members`]).
+    MemberEvicted {
+        /// The DGroup.
+        dgroup: DGroupId,
+        /// The evicted member.
+        member: String,
+        /// Our clock when we last merged a commit of its Send Group, or when its silence
+        /// started counting (see [`SendGroupStatus::last_active_ms`]).
+        last_active_ms: u64,
     },
     /// An input was rejected or ignored without changing state, but that is worth telling
     /// (e.g. a Welcome for a DGroup we were removed from). Errors are returned as
@@ -296,6 +313,11 @@ pub struct SendGroupStatus {
     /// Group we hold a PSK for, so hold back deletion of older PSKs (PROTOCOL.md
     /// "Acknowledgement and key deletion").
     pub psk_deletion_holders: Vec<String>,
+    /// Our clock (ms since the Unix epoch) when we last merged a commit of this Send Group,
+    /// or, if none since, when the owner's silence started counting (we joined the DGroup or
+    /// added the owner late). `None` for our own Send Group and for a member not seen by this
+    /// version yet. [`Engine::evict_silent_members`] evicts owners silent for too long.
+    pub last_active_ms: Option<u64>,
 }
 
 /// Status of one DGroup ([`Engine::status`]).
@@ -376,6 +398,15 @@ impl Engine {
         &mut self,
         f: impl FnOnce(&mut ctx::Ctx<'_>) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
+        self.write_at(None, f)
+    }
+
+    /// [`Engine::write`] for an operation that knows the shell's clock (`now_ms`).
+    fn write_at<T>(
+        &mut self,
+        now_ms: Option<u64>,
+        f: impl FnOnce(&mut ctx::Ctx<'_>) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
         let mut c = ctx::Ctx::new(
             &self.conn,
             &self.crypto,
@@ -384,6 +415,7 @@ impl Engine {
             self.policy,
             &mut self.groups,
         );
+        c.now_ms = now_ms;
         c.savepoint("dmls_op", |c| {
             let v = f(c)?;
             c.flush_deferred()?;
@@ -502,13 +534,15 @@ impl Engine {
         other_members: &[String],
         now_ms: u64,
     ) -> Result<DGroupId, EngineError> {
-        self.write(|c| c.create_dgroup(name, other_members, now_ms))
+        self.write_at(Some(now_ms), |c| {
+            c.create_dgroup(name, other_members, now_ms)
+        })
     }
 
     /// Processes one input in one transaction: on error nothing changed (not even the
     /// relay cursor, see [`Engine::set_group_cursor`] to skip a bad message).
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Result<Vec<Event>, EngineError> {
-        self.write(|c| Self::dispatch(c, input, now_ms))
+        self.write_at(Some(now_ms), |c| Self::dispatch(c, input, now_ms))
     }
 
     /// Processes many inputs in one transaction, each in its own savepoint, and returns one
@@ -525,7 +559,7 @@ impl Engine {
         inputs: Vec<Input>,
         now_ms: u64,
     ) -> Result<Vec<Result<Vec<Event>, EngineError>>, EngineError> {
-        self.write(|c| {
+        self.write_at(Some(now_ms), |c| {
             let mut results = Vec::with_capacity(inputs.len());
             for input in inputs {
                 let result = match input {
@@ -611,14 +645,14 @@ impl Engine {
         body: &[u8],
         now_ms: u64,
     ) -> Result<MessageId, EngineError> {
-        self.write(|c| c.send(dgroup, content_type, body, now_ms))
+        self.write_at(Some(now_ms), |c| c.send(dgroup, content_type, body, now_ms))
     }
 
     /// Explicit DMLS Update: commits with a path and all pending imports, removals and
     /// received Update proposals, and queues an Update proposal for our leaf into every
     /// other Send Group of `dgroup` we are a member of (PROTOCOL.md "Leaf refresh").
     pub fn update(&mut self, dgroup: &DGroupId, now_ms: u64) -> Result<(), EngineError> {
-        self.write(|c| c.dmls_commit(dgroup, now_ms, true))
+        self.write_at(Some(now_ms), |c| c.dmls_commit(dgroup, now_ms, true))
     }
 
     /// Removes `member` from the DGroup: commits its removal from our Send Group now and
@@ -629,13 +663,34 @@ impl Engine {
         member: &str,
         now_ms: u64,
     ) -> Result<(), EngineError> {
-        self.write(|c| c.remove(dgroup, member, now_ms))
+        self.write_at(Some(now_ms), |c| c.remove(dgroup, member, now_ms))
     }
 
     /// Commits in every DGroup where removals learned from other Send Groups are still to
     /// be applied to our own Send Group. Returns those DGroups.
     pub fn commit_pending_removals(&mut self, now_ms: u64) -> Result<Vec<DGroupId>, EngineError> {
-        self.write(|c| c.commit_pending_removals(now_ms))
+        self.write_at(Some(now_ms), |c| c.commit_pending_removals(now_ms))
+    }
+
+    /// Eviction (PROTOCOL.md "Acknowledgement and key deletion"): in every DGroup, removes
+    /// from our Send Group the members whose Send Group has had no commit merged by us for
+    /// `threshold_ms` or more before `now_ms` (the silence of a member that never committed
+    /// counts from when we joined the DGroup or added it). One commit per DGroup removes them
+    /// all, as [`Engine::remove`] would, and every other member then removes them too.
+    /// Returns one [`Event::MemberEvicted`] per evicted member.
+    ///
+    /// Call it only when the relay has nothing newer for us (after a sync that caught up), so
+    /// that commits waiting there count; [`crate::client::Client`] does so at most once a
+    /// minute with a default threshold of 30 days ([`DEFAULT_EVICTION_THRESHOLD_MS`]).
+    /// Members of older state databases, which did not record times, count from the first call.
+    pub fn evict_silent_members(
+        &mut self,
+        now_ms: u64,
+        threshold_ms: u64,
+    ) -> Result<Vec<Event>, EngineError> {
+        self.write_at(Some(now_ms), |c| {
+            c.evict_silent_members(now_ms, threshold_ms)
+        })
     }
 
     /// Late add: for every DGroup whose own Send Group is active and still lacks config

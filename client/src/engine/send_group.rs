@@ -55,6 +55,8 @@ impl Ctx<'_> {
     }
 
     /// Stores a DGroup and one row per Send Group.
+    /// Every other member's silence (for eviction) counts from now, when the operation
+    /// knows the time.
     pub(crate) fn insert_dgroup(&mut self, config: &DGroupConfig) -> Result<(), EngineError> {
         let me = self.me()?;
         self.conn.exec_cached(
@@ -62,6 +64,11 @@ impl Ctx<'_> {
             params![config.dgroup_id.0.as_slice(), config.encode()?, config.name],
         )?;
         for m in &config.members {
+            if let Some(now) = self.now_ms
+                && *m != me
+            {
+                self.touch(&config.dgroup_id, m, now)?;
+            }
             self.write_send_group(
                 "INSERT INTO dmls_send_group(group_id, dgroup_id, owner, is_own) VALUES (?1, ?2, ?3, ?4)",
                 params![
@@ -381,7 +388,7 @@ impl Ctx<'_> {
     }
 
     /// Our own usable Send Group of a DGroup, or why not.
-    fn active_own(&self, d: &DGroupId) -> Result<super::ctx::SendGroupRow, EngineError> {
+    pub(crate) fn active_own(&self, d: &DGroupId) -> Result<super::ctx::SendGroupRow, EngineError> {
         let Some((_, _, we_removed)) = self.config(d)? else {
             return Err(EngineError::UnknownDGroup(d.to_hex()));
         };
@@ -462,7 +469,7 @@ impl Ctx<'_> {
     }
 
     /// Client ids of the current members of a Send Group we hold.
-    fn members_of(&self, gid: &[u8; 32]) -> Result<Vec<String>, EngineError> {
+    pub(crate) fn members_of(&self, gid: &[u8; 32]) -> Result<Vec<String>, EngineError> {
         self.with_group(gid, |g| {
             Ok(g.members()
                 .filter_map(|m| credential_identity(&m.credential).ok())
@@ -596,6 +603,10 @@ impl Ctx<'_> {
                 group_id: hex::encode(gid),
                 members,
             })?;
+        }
+        for a in &added {
+            // Its silence (for eviction) counts from when it could first commit.
+            self.touch(d, a, now_ms)?;
         }
         if !added.is_empty() {
             let welcome = welcome

@@ -66,11 +66,14 @@ CREATE TABLE IF NOT EXISTS dmls_psk (
 CREATE INDEX IF NOT EXISTS dmls_psk_by_group ON dmls_psk(group_id, epoch);
 -- Per DGroup and member: the latest epoch of each Send Group it acknowledged (imported),
 -- encoded as `acks.rs` describes. (Earlier versions had one row per member and Send Group in
--- `dmls_ack`; `acks::migrate` moves those here.)
+-- `dmls_ack`; `acks::migrate` moves those here.) active_ms: our clock when we last merged a
+-- commit of the member's Send Group, or when its silence started counting (we joined the
+-- DGroup, or added it late); NULL in rows of older versions. Eviction reads it (`evict.rs`).
 CREATE TABLE IF NOT EXISTS dmls_acks (
     dgroup_id BLOB NOT NULL,
     acker TEXT NOT NULL,
     acks BLOB NOT NULL,
+    active_ms INTEGER,
     PRIMARY KEY (dgroup_id, acker)
 ) WITHOUT ROWID;
 -- Received messages that cannot be processed yet (PROTOCOL.md 'Receiving').
@@ -118,16 +121,30 @@ CREATE TABLE IF NOT EXISTS dmls_outbox (
 /// Applies our schema.
 pub(crate) fn migrate(conn: &Connection) -> Result<(), EngineError> {
     conn.execute_batch(SCHEMA)?;
-    // Column added after the first release: add it to older databases.
-    let has_limit: bool = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('dmls_send_group') WHERE name = 'psk_limit_epoch'",
-        [],
+    // Columns added after the first release: add them to older databases.
+    add_column(conn, "dmls_send_group", "psk_limit_epoch", "INTEGER")?;
+    add_column(conn, "dmls_acks", "active_ms", "INTEGER")?;
+    super::acks::migrate(conn)
+}
+
+/// Adds column `column` of `sql_type` to `table` unless it has it.
+fn add_column(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    sql_type: &str,
+) -> Result<(), EngineError> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
-    if !has_limit {
-        conn.execute_batch("ALTER TABLE dmls_send_group ADD COLUMN psk_limit_epoch INTEGER")?;
+    if !has {
+        conn.execute_batch(&format!(
+            "ALTER TABLE {table} ADD COLUMN {column} {sql_type}"
+        ))?;
     }
-    super::acks::migrate(conn)
+    Ok(())
 }
 
 /// `execute` and `query_row` through the connection's statement cache: openmls's storage and
