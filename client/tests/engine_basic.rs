@@ -937,3 +937,59 @@ fn members_of_databases_without_activity_times_are_counted_from_the_first_check(
     who.sort();
     assert_eq!(who, vec!["m1".to_string(), "m2".to_string()]);
 }
+
+#[test]
+fn a_removed_members_group_is_closed_once_every_other_send_group_dropped_it() {
+    use dmls_client::engine::WaitReason;
+    let (mut net, d) = three();
+    net.engines[0].remove(&d, "m2", 2000).unwrap();
+    net.drain_all(2000);
+    // m1 learns of the removal; m2 does not yet, and updates.
+    let (to_m1, rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 1);
+    net.pool = rest;
+    for p in to_m1 {
+        net.engines[1].handle(p.input, 2100).unwrap();
+    }
+    net.engines[2].update(&d, 2200).unwrap();
+    net.drain(2, 2200);
+    let (to_m1, rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 1);
+    net.pool = rest;
+    for p in to_m1 {
+        net.engines[1].handle(p.input, 2300).unwrap();
+    }
+    // m2's commit beyond the epoch m1 stopped at is kept: a commit of m0 might import it.
+    let kept = send_group_at(&net, 1, &d, "m2").waiting;
+    assert!(
+        kept.iter()
+            .any(|w| w.is_commit && w.waits_for == WaitReason::Stopped),
+        "{kept:?}"
+    );
+    // Once m1 removed m2 from its own Send Group too, no member can import m2's epochs:
+    // m1 deletes what it kept, and keeps nothing m2 sends later.
+    assert_eq!(
+        net.engines[1].commit_pending_removals(2400).unwrap(),
+        vec![d]
+    );
+    assert!(send_group_at(&net, 1, &d, "m2").waiting.is_empty());
+    net.engines[2].update(&d, 2500).unwrap();
+    net.drain(2, 2500);
+    let (to_m1, rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 1);
+    net.pool = rest;
+    for p in to_m1 {
+        net.engines[1].handle(p.input, 2600).unwrap();
+    }
+    assert!(send_group_at(&net, 1, &d, "m2").waiting.is_empty());
+    // m0 keeps m2's commits until it merged m1's removal commit, then closes the group too.
+    net.settle(3000);
+    assert!(send_group_at(&net, 0, &d, "m2").waiting.is_empty());
+    assert_eq!(
+        net.engines[0].status(&d).unwrap().summary.removed,
+        vec!["m2".to_string()]
+    );
+    // The remaining members still talk.
+    net.engines[1]
+        .send(&d, TEXT_PLAIN, b"still here", 4000)
+        .unwrap();
+    net.settle(4000);
+    assert_eq!(messages(&net, 0), vec![b"still here".to_vec()]);
+}

@@ -57,6 +57,9 @@ pub(crate) struct SendGroupRow {
     pub(crate) stop_epoch: Option<u64>,
     /// Removed owner only: commits are processed up to this epoch (see [`SendGroupRow::limit`]).
     pub(crate) psk_limit_epoch: Option<u64>,
+    /// Removed owner only: no commit can import a later epoch of it any more
+    /// ([`Ctx::close_removed_groups`]); nothing beyond the limit is kept.
+    pub(crate) closed: bool,
     pub(crate) own_state: Option<String>,
     pub(crate) last_update_ms: u64,
     pub(crate) msgs_since_update: u64,
@@ -70,7 +73,7 @@ macro_rules! select_send_group {
         concat!(
             "SELECT group_id, dgroup_id, owner, is_own, joined, joined_epoch, after_seq, \
              stop_epoch, own_state, last_update_ms, msgs_since_update, sent_in_epoch, \
-             psk_limit_epoch FROM dmls_send_group ",
+             psk_limit_epoch, closed FROM dmls_send_group ",
             $tail
         )
     };
@@ -103,6 +106,7 @@ fn sg_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SendGroupRow> {
         msgs_since_update: r.get::<_, i64>(10)? as u64,
         sent_in_epoch: r.get::<_, i64>(11)? as u64,
         psk_limit_epoch: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
+        closed: r.get(13)?,
     })
 }
 
@@ -154,6 +158,9 @@ pub(crate) struct Ctx<'a> {
     /// The shell's clock for this operation (`now_ms` of the public call), when it gave one:
     /// merged commits record when their owner was last active ([`Ctx::ack`]).
     pub(crate) now_ms: Option<u64>,
+    /// A commit that removes members was merged (ours or another's) in this operation, so a
+    /// removed owner's Send Group may now be closed ([`Ctx::close_removed_groups`]).
+    pub(crate) removals_merged: bool,
 }
 
 /// SHA-256 of message bytes, the duplicate-detection key.
@@ -229,6 +236,7 @@ impl<'a> Ctx<'a> {
             send_groups: RefCell::new(HashMap::new()),
             deferred: DeferredRefreshes::default(),
             now_ms: None,
+            removals_merged: false,
         }
     }
 

@@ -418,6 +418,9 @@ impl Engine {
         c.now_ms = now_ms;
         c.savepoint("dmls_op", |c| {
             let v = f(c)?;
+            if c.removals_merged {
+                c.close_removed_groups()?;
+            }
             c.flush_deferred()?;
             c.prune_deferred()?;
             c.flush_cursors()?;

@@ -1,4 +1,5 @@
-//! Deleting PSKs nobody will import again (PROTOCOL.md "Acknowledgement and key deletion").
+//! Deleting what nobody will use again: PSKs nobody will import (PROTOCOL.md "Acknowledgement and
+//! key deletion"), and the kept messages of a removed owner once no commit can import its epochs.
 
 use openmls::schedule::{ExternalPsk, Psk};
 use openmls_traits::storage::StorageProvider as _;
@@ -75,6 +76,59 @@ impl Ctx<'_> {
                 self.conn
                     .exec_cached("DELETE FROM dmls_psk WHERE psk_id = ?1", [id])?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Ctx<'_> {
+    /// Closes the Send Group of every removed owner X that no other Send Group we hold still
+    /// has as a member (ENGINE_NOTES.md "Removal race"). A member stops importing X's epochs
+    /// once it knows of the removal, and removes X in its next commit; so once we merged the
+    /// commit of every other Send Group that removed X, we merged every commit that could
+    /// import an epoch of X's group, and the limit we process it up to is final. X's kept
+    /// commits and proposals are deleted, and later ones are dropped instead of kept: a
+    /// removed member can no longer make us store its messages.
+    ///
+    /// Conservative: a Send Group we never joined, or one of a removed owner that stopped
+    /// before removing X, keeps X's group open.
+    pub(crate) fn close_removed_groups(&mut self) -> Result<(), EngineError> {
+        self.removals_merged = false;
+        let open: Vec<(Vec<u8>, Vec<u8>, String)> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT group_id, dgroup_id, owner FROM dmls_send_group
+                 WHERE stop_epoch IS NOT NULL AND closed = 0",
+            )?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        for (gid, d, x) in open {
+            let d = DGroupId::from_slice(&d)?;
+            let Ok(gid) = <[u8; 32]>::try_from(gid.as_slice()) else {
+                continue;
+            };
+            let mut dropped_everywhere = true;
+            for y in self.send_groups_of(&d)? {
+                if y.owner == x {
+                    continue;
+                }
+                if !y.joined || self.members_of(&y.group_id)?.contains(&x) {
+                    dropped_everywhere = false;
+                    break;
+                }
+            }
+            if !dropped_everywhere {
+                continue;
+            }
+            self.deferred.take_group(&gid);
+            self.conn.exec_cached(
+                "DELETE FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'stopped'",
+                [gid.as_slice()],
+            )?;
+            self.write_send_group(
+                "UPDATE dmls_send_group SET closed = 1 WHERE group_id = ?1",
+                [gid.as_slice()],
+            )?;
         }
         Ok(())
     }

@@ -356,6 +356,10 @@ impl Ctx<'_> {
         if let (Some(stop), Some(limit)) = (sg.stop_epoch, sg.limit()) {
             match ct {
                 ContentType::Application if epoch > stop => return done_nothing(self),
+                // Closed: no commit can import a later epoch of it, so nothing is kept.
+                ContentType::Commit | ContentType::Proposal if epoch >= limit && sg.closed => {
+                    return Ok(Outcome::Done(Vec::new()));
+                }
                 ContentType::Commit | ContentType::Proposal if epoch >= limit => {
                     return Ok(Outcome::Wait(Wait::Stopped));
                 }
@@ -549,6 +553,7 @@ impl Ctx<'_> {
                     }
                 }
                 let self_removed = staged.self_removed();
+                self.removals_merged |= !removed.is_empty();
                 // A removed owner's commit beyond the epoch we stopped at is merged only for
                 // the PSK it lets us export (ENGINE_NOTES.md "Removal race"): none of its
                 // other effects (acks, removals, events) apply.

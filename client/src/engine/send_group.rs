@@ -586,6 +586,7 @@ impl Ctx<'_> {
             data: commit,
         })?;
         if !pending.is_empty() {
+            self.removals_merged = true;
             self.conn.exec_cached(
                 "UPDATE dmls_removed SET pending = 0 WHERE dgroup_id = ?1",
                 [d.0.as_slice()],

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS dmls_send_group (
     -- removed owner only: its commits are processed up to this epoch (> stop_epoch) because
     -- a commit of another Send Group imports the PSK of that epoch (ENGINE_NOTES.md 'Removal race')
     psk_limit_epoch INTEGER,
+    -- removed owner only: 1 once every other member's Send Group we hold has dropped it, so no
+    -- commit can import a later epoch of it; its kept commits are deleted, later ones dropped
+    closed INTEGER NOT NULL DEFAULT 0,
     -- own group: 'claiming' until members are added, then 'active'
     own_state TEXT,
     last_update_ms INTEGER NOT NULL DEFAULT 0,
@@ -124,6 +127,12 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), EngineError> {
     // Columns added after the first release: add them to older databases.
     add_column(conn, "dmls_send_group", "psk_limit_epoch", "INTEGER")?;
     add_column(conn, "dmls_acks", "active_ms", "INTEGER")?;
+    add_column(
+        conn,
+        "dmls_send_group",
+        "closed",
+        "INTEGER NOT NULL DEFAULT 0",
+    )?;
     super::acks::migrate(conn)
 }
 
