@@ -993,3 +993,145 @@ fn a_removed_members_group_is_closed_once_every_other_send_group_dropped_it() {
     net.settle(4000);
     assert_eq!(messages(&net, 0), vec![b"still here".to_vec()]);
 }
+
+/// Delivers everything except what `hold` picks, draining outboxes, until nothing moves;
+/// returns what was held back.
+fn settle_holding(
+    net: &mut Net,
+    now_ms: u64,
+    hold: impl Fn(&engine_common::Delivery) -> bool,
+) -> Vec<engine_common::Delivery> {
+    let mut held = Vec::new();
+    loop {
+        net.drain_all(now_ms);
+        let mut progressed = false;
+        let mut k = 0;
+        while k < net.pool.len() {
+            if hold(&net.pool[k]) {
+                held.push(net.pool.remove(k));
+                progressed = true;
+                continue;
+            }
+            let len = net.pool.len();
+            net.deliver(k, false, now_ms).unwrap();
+            if net.pool.len() < len {
+                progressed = true;
+            } else {
+                k += 1;
+            }
+        }
+        if !progressed {
+            return held;
+        }
+    }
+}
+
+#[test]
+fn a_commit_importing_an_epoch_of_a_removed_member_we_never_joined_is_merged_once_its_welcome_comes()
+ {
+    use dmls_client::engine::{Input, PskId, WaitReason, send_group_id};
+    // m3 (X) is removed; m2 (B) has not processed X's Welcome when it learns of the removal,
+    // while m1 (A) imported a later epoch of X's group before it learned.
+    let mut net = Net::new(4, 6, 51);
+    let d = net.engines[0]
+        .create_dgroup(
+            "team",
+            &["m1".to_string(), "m2".to_string(), "m3".to_string()],
+            1000,
+        )
+        .unwrap();
+    let x_welcome_to_b = |p: &engine_common::Delivery| {
+        p.to == 2 && matches!(&p.input, Input::Welcome { from, .. } if from == "m3")
+    };
+    let mut held = settle_holding(&mut net, 1000, x_welcome_to_b);
+    assert_eq!(held.len(), 1);
+    assert!(!send_group_at(&net, 2, &d, "m3").joined);
+    // X updates; everyone gets it (B keeps it until it joins X's group).
+    net.engines[3].update(&d, 2000).unwrap();
+    held.extend(settle_holding(&mut net, 2000, x_welcome_to_b));
+    let ex = send_group_at(&net, 1, &d, "m3").epoch.unwrap();
+    // A imports X's new epoch; its commit does not reach B yet.
+    net.engines[1].update(&d, 3000).unwrap();
+    net.drain_all(3000);
+    let (a_to_b, rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 2);
+    net.pool = rest;
+    // The creator removes X; B learns it, then gets A's commit, which waits for X's epoch.
+    net.engines[0].remove(&d, "m3", 4000).unwrap();
+    net.drain_all(4000);
+    let (r_to_b, rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 2);
+    net.pool = rest;
+    for p in r_to_b.into_iter().chain(a_to_b) {
+        let ev = net.engines[2].handle(p.input, 4100).unwrap();
+        net.events[2].extend(ev);
+    }
+    let want = PskId {
+        epoch: ex,
+        group_id: send_group_id(&d, "m3"),
+    };
+    let a = send_group_at(&net, 2, &d, "m1");
+    assert!(
+        a.waiting
+            .iter()
+            .any(|w| w.is_commit && w.waits_for == WaitReason::Psk(want)),
+        "{:?}",
+        a.waiting
+    );
+    // X's Welcome finally arrives: B joins X's group only to reach that epoch, and merges
+    // A's commit; it shows nothing of X.
+    for p in held {
+        let ev = net.engines[2].handle(p.input, 5000).unwrap();
+        net.events[2].extend(ev);
+    }
+    let a = send_group_at(&net, 2, &d, "m1");
+    assert_eq!(a.epoch, send_group_at(&net, 1, &d, "m1").epoch);
+    assert!(
+        !a.waiting
+            .iter()
+            .any(|w| matches!(w.waits_for, WaitReason::Psk(_))),
+        "{:?}",
+        a.waiting
+    );
+    assert_eq!(send_group_at(&net, 2, &d, "m3").epoch, Some(ex));
+    assert!(
+        !net.events[2].iter().any(|e| matches!(
+            e,
+            Event::JoinedSendGroup { owner, .. } | Event::SendGroupAdvanced { owner, .. } if owner == "m3"
+        )),
+        "{:?}",
+        net.events[2]
+    );
+    assert!(
+        net.engines[2]
+            .status(&d)
+            .unwrap()
+            .unimported
+            .iter()
+            .all(|p| p.group_id != want.group_id)
+    );
+    // Everyone removes X; then nothing of X's group is kept anywhere, and the rest agree.
+    net.settle(6000);
+    for i in 1..3 {
+        net.engines[i].commit_pending_removals(7000).unwrap();
+    }
+    net.settle(7000);
+    for i in 0..3 {
+        assert!(send_group_at(&net, i, &d, "m3").waiting.is_empty(), "m{i}");
+    }
+    assert!(all_agree_without(&net, &d, 3));
+}
+
+/// Every member but `gone` holds the same epoch authenticator for every Send Group but
+/// `gone`'s.
+fn all_agree_without(net: &Net, d: &DGroupId, gone: usize) -> bool {
+    let owners: Vec<String> = (0..net.names.len())
+        .filter(|&i| i != gone)
+        .map(|i| net.names[i].clone())
+        .collect();
+    owners.iter().all(|owner| {
+        let auths: Vec<_> = (0..net.names.len())
+            .filter(|&i| i != gone)
+            .map(|i| send_group_at(net, i, d, owner).epoch_authenticator)
+            .collect();
+        auths.iter().all(|a| a.is_some() && *a == auths[0])
+    })
+}

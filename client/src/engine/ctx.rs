@@ -576,17 +576,12 @@ impl<'a> Ctx<'a> {
                 "UPDATE dmls_send_group SET stop_epoch = ?2 WHERE group_id = ?1",
                 params![gid.as_slice(), stop as i64],
             )?;
+            // Its commits and proposals beyond the stop epoch are kept ('stopped'), in case a
+            // commit of another member imports a later epoch of its group. Never joined: what
+            // waits for its Welcome stays; joining sets the stop epoch then (`Ctx::welcome`).
+            // Either way, closing the group deletes what is kept (`Ctx::close_removed_groups`).
             if sg.joined {
-                // Its commits and proposals beyond the stop epoch are kept ('stopped'), in
-                // case a commit of another member imports a later epoch of its group.
                 self.stop_waiting(&gid, stop)?;
-            } else {
-                // Never joined: nothing of it will ever be processed.
-                self.deferred.take_group(&gid);
-                self.conn.exec_cached(
-                    "DELETE FROM dmls_waiting WHERE group_id = ?1",
-                    [gid.as_slice()],
-                )?;
             }
         }
         Ok(true)

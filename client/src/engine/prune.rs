@@ -121,8 +121,12 @@ impl Ctx<'_> {
                 continue;
             }
             self.deferred.take_group(&gid);
+            // Everything of it still waiting: kept commits and proposals ('stopped'), and, if
+            // we never joined it, what waits for its Welcome. (Nothing else of it can be
+            // waiting: every commit that imported one of its epochs was merged, so we reached
+            // the limit.)
             self.conn.exec_cached(
-                "DELETE FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'stopped'",
+                "DELETE FROM dmls_waiting WHERE group_id = ?1",
                 [gid.as_slice()],
             )?;
             self.write_send_group(

@@ -344,6 +344,10 @@ impl Ctx<'_> {
         let epoch = pm.epoch().as_u64();
         let ct = pm.content_type();
         if !sg.joined {
+            // A removed owner's group that is closed is never joined: nothing of it is kept.
+            if sg.closed {
+                return Ok(Outcome::Done(Vec::new()));
+            }
             return Ok(Outcome::Wait(Wait::Welcome));
         }
         let done_nothing = |c: &Ctx<'_>| -> Result<Outcome, EngineError> {
@@ -965,7 +969,7 @@ impl Ctx<'_> {
                     self.counters.duplicates += 1;
                     return Ok(Vec::new());
                 }
-                if sg.as_ref().is_some_and(|s| s.stop_epoch.is_some()) {
+                if sg.as_ref().is_some_and(|s| s.closed) {
                     return Ok(vec![Event::Ignored {
                         reason: format!("Welcome from removed member {owner}"),
                     }]);
@@ -980,6 +984,14 @@ impl Ctx<'_> {
                 });
             }
         }
+        // Removal race, never-joined case (ENGINE_NOTES.md "Removal race"): the owner is
+        // known to be removed but its group is not closed, so a commit may still import one
+        // of its epochs. Join, but show nothing of it: its commits are kept ('stopped') and
+        // processed only up to an epoch a commit we process imports.
+        let removed_owner = known.is_some()
+            && self
+                .send_group(&gid)?
+                .is_some_and(|s| s.stop_epoch.is_some());
         let group = staged
             .into_group(&self.provider)
             .map_err(|e| EngineError::mls("joining Send Group", e))?;
@@ -992,11 +1004,22 @@ impl Ctx<'_> {
         )?;
         self.mark_seen(&hash)?;
         self.triggers.push(Trigger::Joined(gid));
-        events.push(Event::JoinedSendGroup {
-            dgroup: d,
-            owner,
-            epoch,
-        });
+        if removed_owner {
+            // Stopped just before the epoch we joined at: no application message of it is
+            // shown, and commits waiting for one of its later epochs raise the limit.
+            let stop = epoch.saturating_sub(1);
+            self.write_send_group(
+                "UPDATE dmls_send_group SET stop_epoch = ?2 WHERE group_id = ?1",
+                params![gid.as_slice(), stop as i64],
+            )?;
+            self.stop_waiting(&gid, stop)?;
+        } else {
+            events.push(Event::JoinedSendGroup {
+                dgroup: d,
+                owner,
+                epoch,
+            });
+        }
         // INIT step 2: make our own Send Group if we have none yet.
         let own = self.own_send_group(&d)?;
         if !own.joined {
