@@ -130,9 +130,10 @@ pub struct SyncArgs {
     /// How long one long poll may wait for news, in milliseconds (at most 30000).
     #[arg(long, default_value_t = 25_000)]
     pub wait_ms: u64,
-    /// Evict silent members: once caught up, remove from your Send Groups every member none
-    /// of whose commits you have seen for this many days (they hold back the deletion of old
-    /// keys). Every other member then removes them too. 0 never evicts.
+    /// Evict silent members: once caught up, remove from your Send Groups every member that
+    /// has not acknowledged (imported in a commit) an update for this many days; they hold
+    /// back the deletion of old keys. Every other member then removes them too. Members who
+    /// are up to date are never evicted, however quiet. 0 never evicts.
     #[arg(
         long,
         env = "DMLS_EVICT_AFTER_DAYS",
@@ -574,11 +575,11 @@ fn event_line(e: &Event, names: &[(String, String)]) -> Option<String> {
         Event::MemberEvicted {
             dgroup,
             member,
-            last_active_ms,
+            behind_since_ms,
         } => format!(
-            "[{}] you evicted {member}: no commit of theirs seen since {} UTC.",
+            "[{}] you evicted {member}: they have not acknowledged updates since {} UTC.",
             label(names, dgroup),
-            format_time(*last_active_ms)
+            format_time(*behind_since_ms)
         ),
         Event::Ignored { reason } => format!("note: {reason}"),
     })
@@ -635,10 +636,10 @@ fn event_json(e: &Event, names: &[(String, String)]) -> Value {
         Event::MemberEvicted {
             dgroup,
             member,
-            last_active_ms,
+            behind_since_ms,
         } => {
             let (hex, name) = group(dgroup);
-            json!({"event": "member_evicted", "dgroup": hex, "group": name, "member": member, "last_active_ms": last_active_ms})
+            json!({"event": "member_evicted", "dgroup": hex, "group": name, "member": member, "behind_since_ms": behind_since_ms})
         }
         Event::Ignored { reason } => json!({"event": "ignored", "reason": reason}),
     }
@@ -693,7 +694,7 @@ fn status_json(s: &DGroupStatus) -> Value {
                     json!({"epoch": w.epoch, "is_commit": w.is_commit, "waits_for": kind, "detail": what})
                 }).collect::<Vec<_>>(),
                 "psk_deletion_holders": g.psk_deletion_holders,
-                "last_active_ms": g.last_active_ms,
+                "behind_since_ms": g.behind_since_ms,
             })
         })
         .collect();
@@ -725,9 +726,9 @@ fn print_status(s: &DGroupStatus) {
         if sg.joined && !sg.members.is_empty() {
             println!("      members: {}", sg.members.join(", "));
         }
-        if let Some(t) = sg.last_active_ms {
+        if let Some(t) = sg.behind_since_ms {
             println!(
-                "      last commit seen (or silent since): {} UTC",
+                "      has not acknowledged updates since {} UTC",
                 format_time(t)
             );
         }

@@ -186,7 +186,7 @@ pub struct Client {
     missing_retried: Option<std::time::Instant>,
     /// Eviction threshold ([`Client::set_eviction_threshold`]); `None`: never evict.
     eviction: Option<Duration>,
-    /// When [`Client::sync_step`] last looked for silent members to evict.
+    /// When [`Client::sync_step`] last looked for overdue acknowledgements and silent members.
     eviction_checked: Option<std::time::Instant>,
 }
 
@@ -194,7 +194,8 @@ pub struct Client {
 /// Send Groups ([`Engine::retry_missing_members`]).
 const MISSING_RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
-/// How often [`Client::sync_step`] looks for silent members to evict.
+/// How often [`Client::sync_step`] looks for overdue acknowledgements (ours) and silent
+/// members to evict.
 const EVICTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The default eviction threshold of [`Client`]: 30 days (PROTOCOL.md "Acknowledgement and
@@ -352,11 +353,14 @@ impl Client {
     }
 
     /// Sets the eviction threshold (default [`DEFAULT_EVICTION_THRESHOLD`], 30 days): a sync
-    /// that caught up removes from our Send Groups the members none of whose commits we merged
-    /// for that long ([`Engine::evict_silent_members`], reported as
+    /// that caught up removes from our Send Groups the members that have not acknowledged an
+    /// update for that long ([`Engine::evict_silent_members`], reported as
     /// [`Event::MemberEvicted`]), at most once a minute. `None` never evicts; zero is taken
-    /// as one millisecond.
-    /// The next sync that catches up checks with the new threshold.
+    /// as one millisecond. The next sync that catches up checks with the new threshold.
+    ///
+    /// Whatever the threshold, such a sync also acknowledges what others updated when we have
+    /// not done so for 7 days ([`Engine::acknowledge_overdue`]), so that a member who only
+    /// reads is not evicted by the others.
     pub fn set_eviction_threshold(&mut self, threshold: Option<Duration>) {
         self.eviction = threshold.map(|t| t.max(Duration::from_millis(1)));
         self.eviction_checked = None;
@@ -671,18 +675,24 @@ impl Client {
         if step.messages > 0 {
             self.engine.commit_pending_removals(now_ms())?;
         }
-        // Eviction: only once caught up (the relay has nothing newer, so every commit there
-        // counted), on the first such step and then at most once a minute.
-        if let Some(threshold) = self.eviction
-            && !step.more
+        // Acknowledgements and eviction (PROTOCOL.md "Acknowledgement and key deletion"): only
+        // once caught up (the relay has nothing newer, so every commit there counted), on the
+        // first such step and then at most once a minute. First our own overdue
+        // acknowledgements (so that others do not evict us for only reading), then evicting
+        // members behind for longer than the threshold.
+        if !step.more
             && self
                 .eviction_checked
                 .is_none_or(|t| t.elapsed() >= EVICTION_CHECK_INTERVAL)
         {
             self.eviction_checked = Some(std::time::Instant::now());
-            let threshold_ms = u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX);
-            step.events
-                .extend(self.engine.evict_silent_members(now_ms(), threshold_ms)?);
+            self.engine
+                .acknowledge_overdue(now_ms(), crate::engine::DEFAULT_ACK_DEADLINE_MS)?;
+            if let Some(threshold) = self.eviction {
+                let threshold_ms = u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX);
+                step.events
+                    .extend(self.engine.evict_silent_members(now_ms(), threshold_ms)?);
+            }
         }
         // Late add: claim again for members whose key packages were missing, on the first
         // step and then at most once a minute (each claim is a relay request).

@@ -140,12 +140,12 @@ async fn three_users_talk_through_the_dmls_binary() {
     ok(&h.a, &["update", "friends"]).await;
     let status = ok(&h.a, &["status", "friends"]).await;
     assert_eq!(status["send_groups"].as_array().unwrap().len(), 3);
-    // When alice last saw a commit of each other member (the eviction clock); none for her own.
+    // Alice just updated: the others are behind on her group (the eviction clock), she is not.
     for sg in status["send_groups"].as_array().unwrap() {
         if sg["owner"] == "alice" {
-            assert!(sg["last_active_ms"].is_null(), "{sg}");
+            assert!(sg["behind_since_ms"].is_null(), "{sg}");
         } else {
-            assert!(sg["last_active_ms"].as_u64().is_some(), "{sg}");
+            assert!(sg["behind_since_ms"].as_u64().is_some(), "{sg}");
         }
     }
 

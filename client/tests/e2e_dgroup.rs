@@ -230,12 +230,11 @@ async fn a_removal_reaches_every_send_group_and_locks_the_member_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sync_that_caught_up_evicts_members_silent_past_the_threshold() {
+async fn a_sync_that_caught_up_evicts_members_behind_past_the_threshold() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(dir.path()).await;
     let (mut a, mut b, mut c) = trio(dir.path(), &relay.url()).await;
-    // Carol has not committed since she joined; Bob commits now.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Bob updates: from when Alice merges it, Carol (who does not commit) is behind.
     b.update("trio").await.unwrap();
     // With the default threshold (30 days) nobody is evicted.
     let r = a.sync_once().await.unwrap();
@@ -246,7 +245,19 @@ async fn a_sync_that_caught_up_evicts_members_silent_past_the_threshold() {
         "{:?}",
         r.events
     );
-    // With one second, Carol is; Bob, whose commit Alice merged just now, is not.
+    let behind = |x: &Client, owner: &str| {
+        x.status("trio")
+            .unwrap()
+            .send_groups
+            .into_iter()
+            .find(|g| g.owner == owner)
+            .unwrap()
+            .behind_since_ms
+    };
+    assert!(behind(&a, "carol").is_some());
+    assert_eq!(behind(&a, "bob"), None);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // With a threshold of one second, Carol is evicted; Bob, who is up to date, is not.
     a.set_eviction_threshold(Some(std::time::Duration::from_secs(1)));
     let r = a.sync_once().await.unwrap();
     let evicted: Vec<&str> = r

@@ -305,6 +305,9 @@ fn a_member_without_key_packages_is_added_late_once_it_has_some() {
         assert_eq!(claimed, if i < 2 { vec![d] } else { vec![] }, "m{i}");
     }
     net.settle(2000);
+    // m2 owes nothing from before it was added (m0's epochs 1 and 2); m1 owes epoch 2.
+    assert_eq!(behind(&net, 0, &d, "m2"), None);
+    assert_eq!(behind(&net, 0, &d, "m1"), Some(1500));
     let mut names = vec!["m0".to_string(), "m1".to_string(), "m2".to_string()];
     names.sort();
     for i in 0..3 {
@@ -811,25 +814,40 @@ fn send_group_at(
         .unwrap()
 }
 
-#[test]
-fn members_silent_past_the_threshold_are_evicted_and_everyone_removes_them() {
-    use dmls_client::engine::{DEFAULT_EVICTION_THRESHOLD_MS, EngineError};
-    let t0 = 1000;
-    let (mut net, d) = three();
-    // m1 commits on day 10 and m0 merges it; m2 never commits.
-    net.engines[1].update(&d, t0 + 10 * DAY).unwrap();
-    net.settle(t0 + 10 * DAY);
-    assert_eq!(
-        send_group_at(&net, 0, &d, "m1").last_active_ms,
-        Some(t0 + 10 * DAY)
-    );
-    assert_eq!(send_group_at(&net, 0, &d, "m2").last_active_ms, Some(t0));
-    assert_eq!(send_group_at(&net, 0, &d, "m0").last_active_ms, None);
+/// `owner`'s [`SendGroupStatus::behind_since_ms`] at member `i`.
+fn behind(net: &Net, i: usize, d: &DGroupId, owner: &str) -> Option<u64> {
+    send_group_at(net, i, d, owner).behind_since_ms
+}
 
-    // Day 29: nobody has been silent for 30 days; nothing changes.
+#[test]
+fn members_behind_past_the_threshold_are_evicted_and_everyone_removes_them() {
+    use dmls_client::engine::{DEFAULT_EVICTION_THRESHOLD_MS, EngineError};
+    let (mut net, d) = three();
+    // A quiet group: nobody is behind, so nobody is evicted, however long it stays quiet.
+    for o in ["m0", "m1", "m2"] {
+        assert_eq!(behind(&net, 0, &d, o), None, "{o}");
+    }
+    let none = net.engines[0]
+        .evict_silent_members(1000 + 100 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    assert!(net.engines[0].outbox().unwrap().is_empty());
+
+    // Day 100: m0 updates; m1 and m2 now owe its epoch. Day 110: m1 commits, importing it.
+    let (t1, t2) = (100 * DAY, 110 * DAY);
+    net.engines[0].update(&d, t1).unwrap();
+    net.settle(t1);
+    net.engines[1].update(&d, t2).unwrap();
+    net.settle(t2);
+    assert_eq!(behind(&net, 0, &d, "m1"), None);
+    assert_eq!(behind(&net, 0, &d, "m2"), Some(t1));
+    // We owe m1's new epoch, but only its latest: that holds back no deletion.
+    assert_eq!(behind(&net, 0, &d, "m0"), None);
+
+    // Day 129: nobody has been behind for 30 days; nothing changes.
     let before = net.engines[0].status(&d).unwrap();
     let none = net.engines[0]
-        .evict_silent_members(t0 + 29 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
+        .evict_silent_members(t1 + 29 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
         .unwrap();
     assert!(none.is_empty(), "{none:?}");
     assert!(net.engines[0].outbox().unwrap().is_empty());
@@ -837,28 +855,29 @@ fn members_silent_past_the_threshold_are_evicted_and_everyone_removes_them() {
 
     // A zero threshold is refused and changes nothing either.
     assert!(matches!(
-        net.engines[0].evict_silent_members(t0 + 31 * DAY, 0),
+        net.engines[0].evict_silent_members(t1 + 31 * DAY, 0),
         Err(EngineError::InvalidArgument(_))
     ));
     assert_eq!(net.engines[0].status(&d).unwrap(), before);
 
-    // Day 31: m2, silent since it joined, is evicted; m1 (day 10) is not.
+    // Day 131: m2, behind since day 100, is evicted; m1 is not.
+    let now = t1 + 31 * DAY;
     let evicted = net.engines[0]
-        .evict_silent_members(t0 + 31 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
+        .evict_silent_members(now, DEFAULT_EVICTION_THRESHOLD_MS)
         .unwrap();
     assert_eq!(
         evicted,
         vec![Event::MemberEvicted {
             dgroup: d,
             member: "m2".into(),
-            last_active_ms: t0,
+            behind_since_ms: t1,
         }]
     );
     assert_eq!(
         send_group_at(&net, 0, &d, "m0").members,
         vec!["m0".to_string(), "m1".to_string()]
     );
-    net.settle(t0 + 31 * DAY);
+    net.settle(now);
     assert!(
         net.events[2]
             .iter()
@@ -871,12 +890,10 @@ fn members_silent_past_the_threshold_are_evicted_and_everyone_removes_them() {
     ));
     // m1 removes m2 from its own Send Group in its next commit.
     assert_eq!(
-        net.engines[1]
-            .commit_pending_removals(t0 + 31 * DAY)
-            .unwrap(),
+        net.engines[1].commit_pending_removals(now).unwrap(),
         vec![d]
     );
-    net.settle(t0 + 31 * DAY);
+    net.settle(now);
     for i in 0..2 {
         for owner in ["m0", "m1"] {
             let mut members = send_group_at(&net, i, &d, owner).members;
@@ -888,19 +905,61 @@ fn members_silent_past_the_threshold_are_evicted_and_everyone_removes_them() {
             );
         }
     }
-    // m0 merged m1's removal commit on day 31: m1 is active again; nothing more to evict.
-    assert_eq!(
-        send_group_at(&net, 0, &d, "m1").last_active_ms,
-        Some(t0 + 31 * DAY)
-    );
+    // m1's removal commit imported m0's eviction commit: nobody left is behind.
+    assert_eq!(behind(&net, 0, &d, "m1"), None);
     let again = net.engines[0]
-        .evict_silent_members(t0 + 50 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
+        .evict_silent_members(t1 + 90 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
 }
 
 #[test]
-fn members_of_databases_without_activity_times_are_counted_from_the_first_check() {
+fn a_member_that_only_reads_acknowledges_overdue_updates_and_is_not_evicted() {
+    use dmls_client::engine::{DEFAULT_ACK_DEADLINE_MS, DEFAULT_EVICTION_THRESHOLD_MS};
+    let (mut net, d) = three();
+    let t1 = 10 * DAY;
+    net.engines[0].update(&d, t1).unwrap();
+    net.settle(t1);
+    assert_eq!(behind(&net, 1, &d, "m1"), Some(t1));
+    // Not overdue yet: nothing happens.
+    assert!(
+        net.engines[1]
+            .acknowledge_overdue(t1 + 6 * DAY, DEFAULT_ACK_DEADLINE_MS)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(net.engines[1].outbox().unwrap().is_empty());
+    // Overdue: m1 commits, importing m0's update, once.
+    assert_eq!(
+        net.engines[1]
+            .acknowledge_overdue(t1 + 8 * DAY, DEFAULT_ACK_DEADLINE_MS)
+            .unwrap(),
+        vec![d]
+    );
+    assert!(
+        net.engines[1]
+            .acknowledge_overdue(t1 + 9 * DAY, DEFAULT_ACK_DEADLINE_MS)
+            .unwrap()
+            .is_empty()
+    );
+    net.settle(t1 + 8 * DAY);
+    assert_eq!(behind(&net, 0, &d, "m1"), None);
+    // m2, which did not acknowledge, is evicted; m1 is not.
+    let evicted = net.engines[0]
+        .evict_silent_members(t1 + 31 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
+        .unwrap();
+    let who: Vec<&str> = evicted
+        .iter()
+        .map(|e| match e {
+            Event::MemberEvicted { member, .. } => member.as_str(),
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(who, vec!["m2"]);
+}
+
+#[test]
+fn psks_of_databases_without_times_are_counted_from_the_first_check() {
     use dmls_client::engine::DEFAULT_EVICTION_THRESHOLD_MS;
     let dir = tempfile::tempdir().unwrap();
     let mut net = Net::with_files(3, 4, 7, dir.path());
@@ -908,22 +967,25 @@ fn members_of_databases_without_activity_times_are_counted_from_the_first_check(
         .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
         .unwrap();
     net.settle(1000);
-    // As an older version left it: no activity times.
+    net.engines[0].update(&d, 2000).unwrap();
+    net.settle(2000);
+    assert_eq!(behind(&net, 0, &d, "m2"), Some(2000));
+    // As an older version left it: no times.
     {
         let conn = rusqlite::Connection::open(dir.path().join("m0.db")).unwrap();
-        conn.execute("UPDATE dmls_acks SET active_ms = NULL", [])
+        conn.execute("UPDATE dmls_psk SET stored_ms = NULL", [])
             .unwrap();
     }
-    assert_eq!(send_group_at(&net, 0, &d, "m2").last_active_ms, None);
+    assert_eq!(behind(&net, 0, &d, "m2"), None);
     // The first check, far later, starts the clock instead of evicting.
-    let first = 1000 + 100 * DAY;
+    let first = 100 * DAY;
     assert!(
         net.engines[0]
             .evict_silent_members(first, DEFAULT_EVICTION_THRESHOLD_MS)
             .unwrap()
             .is_empty()
     );
-    assert_eq!(send_group_at(&net, 0, &d, "m2").last_active_ms, Some(first));
+    assert_eq!(behind(&net, 0, &d, "m2"), Some(first));
     let evicted = net.engines[0]
         .evict_silent_members(first + 30 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
         .unwrap();

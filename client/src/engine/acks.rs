@@ -51,15 +51,10 @@ fn decode(bytes: &[u8]) -> Result<Acks, EngineError> {
 }
 
 impl Ctx<'_> {
-    /// Records that `acker` imported the epochs `psks` (of Send Groups of DGroup `d`) in a
-    /// commit we merged, and, when the operation knows the time, that `acker` was active now
-    /// (any commit counts, one that imports nothing too: it had nothing new to acknowledge).
+    /// Records that `acker` imported the epochs `psks` (of Send Groups of DGroup `d`).
     pub(crate) fn ack(&self, d: &DGroupId, acker: &str, psks: &[PskId]) -> Result<(), EngineError> {
         if psks.is_empty() {
-            return match self.now_ms {
-                Some(now) => self.touch(d, acker, now),
-                None => Ok(()),
-            };
+            return Ok(());
         }
         let mut acks = self.acks_of(d, acker)?;
         for p in psks {
@@ -67,49 +62,11 @@ impl Ctx<'_> {
             *e = (*e).max(p.epoch);
         }
         self.conn.exec_cached(
-            "INSERT INTO dmls_acks(dgroup_id, acker, acks, active_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(dgroup_id, acker) DO UPDATE SET acks = excluded.acks,
-                 active_ms = COALESCE(excluded.active_ms, dmls_acks.active_ms)",
-            params![
-                d.0.as_slice(),
-                acker,
-                encode(&acks),
-                self.now_ms.map(|t| t as i64)
-            ],
+            "INSERT INTO dmls_acks(dgroup_id, acker, acks) VALUES (?1, ?2, ?3)
+             ON CONFLICT(dgroup_id, acker) DO UPDATE SET acks = excluded.acks",
+            params![d.0.as_slice(), acker, encode(&acks)],
         )?;
         Ok(())
-    }
-
-    /// Sets the time `member` of `d` was last active to `now_ms`: it committed, or its
-    /// silence starts counting from now (we joined the DGroup, added it late, or this
-    /// version of the engine first looked at it).
-    pub(crate) fn touch(&self, d: &DGroupId, member: &str, now_ms: u64) -> Result<(), EngineError> {
-        self.conn.exec_cached(
-            "INSERT INTO dmls_acks(dgroup_id, acker, acks, active_ms) VALUES (?1, ?2, x'', ?3)
-             ON CONFLICT(dgroup_id, acker) DO UPDATE SET active_ms = excluded.active_ms",
-            params![d.0.as_slice(), member, now_ms as i64],
-        )?;
-        Ok(())
-    }
-
-    /// When each member of `d` with a row was last active ([`Ctx::touch`]); `None` for rows
-    /// written by versions that did not record it.
-    pub(crate) fn activity(
-        &self,
-        d: &DGroupId,
-    ) -> Result<HashMap<String, Option<u64>>, EngineError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT acker, active_ms FROM dmls_acks WHERE dgroup_id = ?1")?;
-        let rows = st.query_map([d.0.as_slice()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
-        })?;
-        let mut out = HashMap::new();
-        for row in rows {
-            let (member, t) = row?;
-            out.insert(member, t.map(|t| t.max(0) as u64));
-        }
-        Ok(out)
     }
 
     /// The latest epoch of each Send Group of `d` that `acker` imported.

@@ -156,7 +156,7 @@ pub(crate) struct Ctx<'a> {
     /// end by [`Ctx::flush_deferred`] if still deferred then (most are dropped before).
     pub(crate) deferred: DeferredRefreshes,
     /// The shell's clock for this operation (`now_ms` of the public call), when it gave one:
-    /// merged commits record when their owner was last active ([`Ctx::ack`]).
+    /// PSKs record when they were stored ([`Ctx::store_psk`]).
     pub(crate) now_ms: Option<u64>,
     /// A commit that removes members was merged (ours or another's) in this operation, so a
     /// removed owner's Send Group may now be closed ([`Ctx::close_removed_groups`]).
@@ -513,11 +513,12 @@ impl<'a> Ctx<'a> {
             .store(&self.provider, secret)
             .map_err(|e| EngineError::mls("storing PSK", e))?;
         let n = self.conn.exec_cached(
-            "INSERT OR IGNORE INTO dmls_psk(psk_id, group_id, epoch) VALUES (?1, ?2, ?3)",
+            "INSERT OR IGNORE INTO dmls_psk(psk_id, group_id, epoch, stored_ms) VALUES (?1, ?2, ?3, ?4)",
             params![
                 psk_id.to_bytes().as_slice(),
                 psk_id.group_id.as_slice(),
-                psk_id.epoch as i64
+                psk_id.epoch as i64,
+                self.now_ms.map(|t| t as i64)
             ],
         )?;
         if n > 0 {

@@ -1,28 +1,126 @@
 //! Eviction (PROTOCOL.md "Acknowledgement and key deletion"): an owner removes from its Send
 //! Group the members that have acknowledged nothing for longer than a threshold.
 //!
-//! A member acknowledges with its commits (each imports the epochs of the others it has not
-//! imported yet; one that imports nothing had nothing new to acknowledge), so "silent" means:
-//! we have merged no commit of its Send Group for the threshold, by our clock. Its silence
-//! counts from the latest of: our merge of its last commit, our joining the DGroup, our
-//! adding it late, or (rows of older versions, which did not record times) the first check
-//! by this version. The time is kept in `dmls_acks.active_ms` ([`Ctx::touch`]).
+//! A member acknowledges epoch `k` of Send Group `G` by importing it (or a later epoch) in one
+//! of its commits (`acks.rs`). A member is *behind* on `G` when `G` has moved past an epoch
+//! that it has not acknowledged: that epoch's PSK, no longer the latest, cannot be deleted
+//! because of it (`prune.rs`). It has been behind since `G` moved past it, that is since we
+//! stored the PSK of the next epoch we hold (`dmls_psk.stored_ms`, our clock). Owing only the
+//! latest epoch of a group is not being behind: in a group where nobody commits, nobody is
+//! evicted, however long it stays quiet. Evicting members behind for long lets the others
+//! delete old PSKs, which restores forward secrecy.
 //!
-//! A silent member holds back the deletion of every older PSK of every Send Group (it never
-//! acknowledges a newer epoch), so evicting it restores forward secrecy for the others.
+//! A member cannot import epochs from before it joined a Send Group: when a commit adds
+//! members late, it counts for them as acknowledging the epoch it leaves
+//! ([`Ctx::ack_joined`]).
+//!
 //! Eviction is a removal like [`Ctx::remove`]: one commit of our Send Group removes every
-//! silent member, and every other member then removes them from theirs.
+//! member behind for too long, and every other member then removes them from theirs.
+//! So that members who read but never send are not evicted, [`Ctx::acknowledge_overdue`]
+//! commits (importing what is new) when we ourselves have been behind for a while.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::params;
 
 use super::ctx::Ctx;
-use super::ids::DGroupId;
+use super::ids::{DGroupId, PskId};
+use super::state::CachedSql as _;
 use super::{EngineError, Event};
 
 impl Ctx<'_> {
+    /// For every current member of `d` (us included) that is behind: since when, by our
+    /// clock. PSKs without a stored time (rows of older versions) count as not owed.
+    pub(crate) fn behind_since(&self, d: &DGroupId) -> Result<HashMap<String, u64>, EngineError> {
+        let removed: HashSet<String> = self.removed(d)?.into_iter().map(|r| r.0).collect();
+        let acks = self.dgroup_acks(d)?;
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for g in self.send_groups_of(d)? {
+            if !g.joined || removed.contains(&g.owner) {
+                continue;
+            }
+            let held: Vec<(u64, Option<u64>)> = {
+                let mut st = self.conn.prepare_cached(
+                    "SELECT epoch, stored_ms FROM dmls_psk WHERE group_id = ?1 ORDER BY epoch",
+                )?;
+                st.query_map([g.group_id.as_slice()], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.max(0) as u64,
+                        r.get::<_, Option<i64>>(1)?.map(|t| t.max(0) as u64),
+                    ))
+                })?
+                .collect::<Result<_, _>>()?
+            };
+            if held.is_empty() {
+                continue;
+            }
+            for m in self.members_of(&g.group_id)? {
+                if m == g.owner || removed.contains(&m) {
+                    continue;
+                }
+                let acked = acks.get(&m).and_then(|a| a.get(&g.group_id)).copied();
+                // The oldest held epoch it has not acknowledged, and when the group moved
+                // past it (the next epoch we hold; none: it owes only the latest).
+                let Some(owed) = held.iter().position(|(e, _)| acked.is_none_or(|a| *e > a)) else {
+                    continue;
+                };
+                if let Some((_, Some(t))) = held.get(owed + 1) {
+                    let since = out.entry(m).or_insert(*t);
+                    *since = (*since).min(*t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A commit of Send Group `gid` that added `members` was merged, leaving epoch `epoch`:
+    /// they cannot import that epoch or any before it, so for eviction and PSK deletion they
+    /// count as having acknowledged it.
+    pub(crate) fn ack_joined(
+        &self,
+        d: &DGroupId,
+        gid: &[u8; 32],
+        epoch: u64,
+        members: &[String],
+    ) -> Result<(), EngineError> {
+        let left = PskId {
+            epoch,
+            group_id: *gid,
+        };
+        for m in members {
+            self.ack(d, m, &[left])?;
+        }
+        Ok(())
+    }
+
+    /// PSKs stored by older versions have no time: their clock starts now.
+    fn start_psk_clocks(&self, now_ms: u64) -> Result<(), EngineError> {
+        self.conn.exec_cached(
+            "UPDATE dmls_psk SET stored_ms = ?1 WHERE stored_ms IS NULL",
+            params![now_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// DGroups whose Send Group of ours is active, in the order we learned them.
+    fn active_dgroups(&self) -> Result<Vec<DGroupId>, EngineError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT dgroup_id FROM dmls_dgroup WHERE we_removed = 0 ORDER BY rowid")?;
+        let ids: Vec<Vec<u8>> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for id in ids {
+            let d = DGroupId::from_slice(&id)?;
+            if self.active_own(&d).is_ok() {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes, in every DGroup whose Send Group of ours is active, the members of our Send
-    /// Group whose last activity is `threshold_ms` or more before `now_ms`: one commit per
-    /// DGroup. Returns one [`Event::MemberEvicted`] per removed member.
+    /// Group that have been behind since `threshold_ms` or more before `now_ms`: one commit
+    /// per DGroup. Returns one [`Event::MemberEvicted`] per removed member.
     pub(crate) fn evict_silent_members(
         &mut self,
         now_ms: u64,
@@ -33,30 +131,21 @@ impl Ctx<'_> {
                 "the eviction threshold must be longer than zero".into(),
             ));
         }
+        self.start_psk_clocks(now_ms)?;
         let me = self.me()?;
-        let mut st = self
-            .conn
-            .prepare("SELECT dgroup_id FROM dmls_dgroup WHERE we_removed = 0 ORDER BY rowid")?;
-        let ids: Vec<Vec<u8>> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        drop(st);
         let mut events = Vec::new();
-        for id in ids {
-            let d = DGroupId::from_slice(&id)?;
-            let Ok(own) = self.active_own(&d) else {
-                continue;
-            };
-            let removed: HashSet<String> = self.removed(&d)?.into_iter().map(|r| r.0).collect();
-            let activity = self.activity(&d)?;
+        for d in self.active_dgroups()? {
+            let own = self.own_send_group(&d)?;
+            let behind = self.behind_since(&d)?;
             let mut silent = Vec::new();
             for m in self.members_of(&own.group_id)? {
-                if m == me || removed.contains(&m) {
+                if m == me {
                     continue;
                 }
-                match activity.get(&m).copied().flatten() {
-                    // No time recorded (older versions): its silence counts from now.
-                    None => self.touch(&d, &m, now_ms)?,
-                    Some(t) if now_ms.saturating_sub(t) >= threshold_ms => silent.push((m, t)),
-                    Some(_) => {}
+                if let Some(&t) = behind.get(&m)
+                    && now_ms.saturating_sub(t) >= threshold_ms
+                {
+                    silent.push((m, t));
                 }
             }
             if silent.is_empty() {
@@ -66,14 +155,37 @@ impl Ctx<'_> {
                 self.note_removed(&d, m)?;
             }
             self.dmls_commit(&d, now_ms, false)?;
-            events.extend(silent.into_iter().map(|(member, last_active_ms)| {
+            events.extend(silent.into_iter().map(|(member, behind_since_ms)| {
                 Event::MemberEvicted {
                     dgroup: d,
                     member,
-                    last_active_ms,
+                    behind_since_ms,
                 }
             }));
         }
         Ok(events)
+    }
+
+    /// Commits (with a path, importing what is new) in every DGroup where we have been behind
+    /// since `deadline_ms` or more before `now_ms` and there is something to import. Returns
+    /// those DGroups.
+    pub(crate) fn acknowledge_overdue(
+        &mut self,
+        now_ms: u64,
+        deadline_ms: u64,
+    ) -> Result<Vec<DGroupId>, EngineError> {
+        let me = self.me()?;
+        let mut done = Vec::new();
+        for d in self.active_dgroups()? {
+            let overdue = self
+                .behind_since(&d)?
+                .get(&me)
+                .is_some_and(|t| now_ms.saturating_sub(*t) >= deadline_ms);
+            if overdue && !self.unimported(&d)?.is_empty() {
+                self.dmls_commit(&d, now_ms, false)?;
+                done.push(d);
+            }
+        }
+        Ok(done)
     }
 }

@@ -36,6 +36,9 @@ pub use ids::{DGroupId, MessageId, PskId, send_group_id};
 /// in milliseconds (see [`Engine::evict_silent_members`]).
 pub const DEFAULT_EVICTION_THRESHOLD_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
+/// The default deadline of [`Engine::acknowledge_overdue`]: 7 days in milliseconds.
+pub const DEFAULT_ACK_DEADLINE_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
 /// A message to be shown to the user: an application message of another member,
 /// or one of our own (in [`Engine::history`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,16 +124,16 @@ pub enum Event {
         client_ids: Vec<String>,
     },
     /// We removed `member` from our Send Group of `dgroup` (and so from the DGroup, as with
-    /// [`Engine::remove`]) because we had merged no commit of it since `last_active_ms`, longer
-    /// ago than the eviction threshold ([`Engine::evict_silent_members`]).
+    /// [`Engine::remove`]) because it had not acknowledged an update stored by us at
+    /// `behind_since_ms`, longer ago than the eviction threshold
+    /// ([`Engine::evict_silent_members`]).
     MemberEvicted {
         /// The DGroup.
         dgroup: DGroupId,
         /// The evicted member.
         member: String,
-        /// Our clock when we last merged a commit of its Send Group, or when its silence
-        /// started counting (see [`SendGroupStatus::last_active_ms`]).
-        last_active_ms: u64,
+        /// See [`SendGroupStatus::behind_since_ms`].
+        behind_since_ms: u64,
     },
     /// An input was rejected or ignored without changing state, but that is worth telling
     /// (e.g. a Welcome for a DGroup we were removed from). Errors are returned as
@@ -313,11 +316,12 @@ pub struct SendGroupStatus {
     /// Group we hold a PSK for, so hold back deletion of older PSKs (PROTOCOL.md
     /// "Acknowledgement and key deletion").
     pub psk_deletion_holders: Vec<String>,
-    /// Our clock (ms since the Unix epoch) when we last merged a commit of this Send Group,
-    /// or, if none since, when the owner's silence started counting (we joined the DGroup or
-    /// added the owner late). `None` for our own Send Group and for a member not seen by this
-    /// version yet. [`Engine::evict_silent_members`] evicts owners silent for too long.
-    pub last_active_ms: Option<u64>,
+    /// When the owner of this Send Group fell behind: our clock (ms since the Unix epoch) when
+    /// we stored the oldest epoch of another Send Group that it has not acknowledged (imported
+    /// in a commit of its own). `None` when it is up to date, however long it has been quiet.
+    /// [`Engine::evict_silent_members`] evicts members behind for too long; for our own Send
+    /// Group it is us ([`Engine::acknowledge_overdue`]).
+    pub behind_since_ms: Option<u64>,
 }
 
 /// Status of one DGroup ([`Engine::status`]).
@@ -676,16 +680,17 @@ impl Engine {
     }
 
     /// Eviction (PROTOCOL.md "Acknowledgement and key deletion"): in every DGroup, removes
-    /// from our Send Group the members whose Send Group has had no commit merged by us for
-    /// `threshold_ms` or more before `now_ms` (the silence of a member that never committed
-    /// counts from when we joined the DGroup or added it). One commit per DGroup removes them
-    /// all, as [`Engine::remove`] would, and every other member then removes them too.
-    /// Returns one [`Event::MemberEvicted`] per evicted member.
+    /// from our Send Group the members that have been behind (see
+    /// [`SendGroupStatus::behind_since_ms`]) since `threshold_ms` or more before `now_ms`. A
+    /// member that is up to date is never evicted, however long it has been quiet. One commit
+    /// per DGroup removes them all, as [`Engine::remove`] would, and every other member then
+    /// removes them too. Returns one [`Event::MemberEvicted`] per evicted member;
+    /// `threshold_ms` 0 is refused.
     ///
     /// Call it only when the relay has nothing newer for us (after a sync that caught up), so
     /// that commits waiting there count; [`crate::client::Client`] does so at most once a
     /// minute with a default threshold of 30 days ([`DEFAULT_EVICTION_THRESHOLD_MS`]).
-    /// Members of older state databases, which did not record times, count from the first call.
+    /// PSKs of older state databases, which did not record times, count from the first call.
     pub fn evict_silent_members(
         &mut self,
         now_ms: u64,
@@ -694,6 +699,23 @@ impl Engine {
         self.write_at(Some(now_ms), |c| {
             c.evict_silent_members(now_ms, threshold_ms)
         })
+    }
+
+    /// Keeps us from being evicted by others: in every DGroup where we have been behind since
+    /// `deadline_ms` or more before `now_ms` (others updated and we have not imported it, see
+    /// [`SendGroupStatus::behind_since_ms`] of our own Send Group) and there is something to
+    /// import, makes a DMLS Commit importing it. Returns those DGroups. A member that reads
+    /// but never sends acknowledges this way; [`crate::client::Client`] calls it when a sync
+    /// caught up, at most once a minute, with [`DEFAULT_ACK_DEADLINE_MS`] (7 days, well within
+    /// the default eviction threshold). It commits at most once per deadline per DGroup when
+    /// others keep updating, never in answer to a commit right away (PROTOCOL.md "When to
+    /// commit").
+    pub fn acknowledge_overdue(
+        &mut self,
+        now_ms: u64,
+        deadline_ms: u64,
+    ) -> Result<Vec<DGroupId>, EngineError> {
+        self.write_at(Some(now_ms), |c| c.acknowledge_overdue(now_ms, deadline_ms))
     }
 
     /// Late add: for every DGroup whose own Send Group is active and still lacks config

@@ -61,7 +61,7 @@ impl Ctx<'_> {
     pub(crate) fn status(&self, d: &DGroupId) -> Result<DGroupStatus, EngineError> {
         let summary = self.summary(d)?;
         let acks = self.dgroup_acks(d)?;
-        let activity = self.activity(d)?;
+        let behind = self.behind_since(d)?;
         let mut send_groups = Vec::new();
         for owner in &summary.members {
             let gid = super::ids::send_group_id(d, owner);
@@ -130,11 +130,7 @@ impl Ctx<'_> {
                     }
                 }
             }
-            let last_active_ms = if sg.is_own {
-                None
-            } else {
-                activity.get(&sg.owner).copied().flatten()
-            };
+            let behind_since_ms = behind.get(&sg.owner).copied();
             send_groups.push(SendGroupStatus {
                 owner: sg.owner,
                 group_id: hex::encode(gid),
@@ -145,7 +141,7 @@ impl Ctx<'_> {
                 after_seq: sg.after_seq,
                 waiting,
                 psk_deletion_holders: holders,
-                last_active_ms,
+                behind_since_ms,
             });
         }
         let pending_removals = self

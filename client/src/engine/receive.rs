@@ -539,9 +539,11 @@ impl Ctx<'_> {
                 }
                 // Late add (ENGINE_NOTES.md "Late add"): only config members that are not
                 // removed and not in the group yet.
-                if staged.add_proposals().next().is_some() {
-                    self.check_late_adds(group, sg, &staged)?;
-                }
+                let added = if staged.add_proposals().next().is_some() {
+                    self.check_late_adds(group, sg, &staged)?
+                } else {
+                    Vec::new()
+                };
                 if staged
                     .queued_proposals()
                     .any(|q| matches!(q.proposal(), Proposal::GroupContextExtensions(_)))
@@ -567,6 +569,7 @@ impl Ctx<'_> {
                     .map_err(|e| EngineError::mls("merging commit", e))?;
                 if !beyond_stop {
                     self.ack(&sg.dgroup_id, &sg.owner, &imported)?;
+                    self.ack_joined(&sg.dgroup_id, &sg.group_id, epoch, &added)?;
                     if !imported.is_empty() {
                         // Pruned once at the end of the operation (one batch of inputs), not
                         // per commit: every commit of a round names every group.
@@ -701,12 +704,13 @@ impl Ctx<'_> {
     /// Accepts the Add proposals of an owner's commit only when each adds a member of the
     /// DGroup config that is not known to be removed and not in the Send Group already
     /// (ENGINE_NOTES.md "Late add").
+    /// Returns the client ids it adds.
     fn check_late_adds(
         &self,
         group: &MlsGroup,
         sg: &SendGroupRow,
         staged: &StagedCommit,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Vec<String>, EngineError> {
         let (config, _, _) = self
             .config(&sg.dgroup_id)?
             .ok_or_else(|| EngineError::UnknownDGroup(sg.dgroup_id.to_hex()))?;
@@ -719,6 +723,7 @@ impl Ctx<'_> {
             .members()
             .filter_map(|m| credential_identity(&m.credential).ok())
             .collect();
+        let mut added = Vec::new();
         for a in staged.add_proposals() {
             let id = credential_identity(a.add_proposal().key_package().leaf_node().credential())?;
             let why = if !config.has_member(&id) {
@@ -728,14 +733,15 @@ impl Ctx<'_> {
             } else if present.contains(&id) {
                 "is in the Send Group already"
             } else {
-                present.push(id);
+                present.push(id.clone());
+                added.push(id);
                 continue;
             };
             return Err(EngineError::Rejected(format!(
                 "commit adds {id:?}, who {why}: only missing DGroup members may be added late"
             )));
         }
-        Ok(())
+        Ok(added)
     }
 
     /// One openmls `process_message` call in a savepoint: on failure openmls's writes are

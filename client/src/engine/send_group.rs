@@ -55,8 +55,6 @@ impl Ctx<'_> {
     }
 
     /// Stores a DGroup and one row per Send Group.
-    /// Every other member's silence (for eviction) counts from now, when the operation
-    /// knows the time.
     pub(crate) fn insert_dgroup(&mut self, config: &DGroupConfig) -> Result<(), EngineError> {
         let me = self.me()?;
         self.conn.exec_cached(
@@ -64,11 +62,6 @@ impl Ctx<'_> {
             params![config.dgroup_id.0.as_slice(), config.encode()?, config.name],
         )?;
         for m in &config.members {
-            if let Some(now) = self.now_ms
-                && *m != me
-            {
-                self.touch(&config.dgroup_id, m, now)?;
-            }
             self.write_send_group(
                 "INSERT INTO dmls_send_group(group_id, dgroup_id, owner, is_own) VALUES (?1, ?2, ?3, ?4)",
                 params![
@@ -571,11 +564,13 @@ impl Ctx<'_> {
             }
         }
         let imports: Vec<PskId> = imports.into_iter().map(|(p, _)| p).collect();
+        let left = group.epoch().as_u64();
         group
             .merge_pending_commit(&self.provider)
             .map_err(|e| EngineError::mls("merging our commit", e))?;
         self.export_psk(&group, &gid)?;
         self.ack(d, &me, &imports)?;
+        self.ack_joined(d, &gid, left, &added)?;
         if !imports.is_empty() {
             self.prune_psks(d, &imports)?;
         }
@@ -604,10 +599,6 @@ impl Ctx<'_> {
                 group_id: hex::encode(gid),
                 members,
             })?;
-        }
-        for a in &added {
-            // Its silence (for eviction) counts from when it could first commit.
-            self.touch(d, a, now_ms)?;
         }
         if !added.is_empty() {
             let welcome = welcome

@@ -61,22 +61,22 @@ CREATE TABLE IF NOT EXISTS dmls_missing (
     PRIMARY KEY (dgroup_id, member)
 );
 -- Exported PSKs (the secret itself lives in openmls's PSK store) (PROTOCOL.md 'PSK export').
+-- stored_ms: our clock when we stored it (NULL in rows of older versions, and when the
+-- operation had no clock); members that have not acknowledged it since are behind (`evict.rs`).
 CREATE TABLE IF NOT EXISTS dmls_psk (
     psk_id BLOB PRIMARY KEY,
     group_id BLOB NOT NULL,
-    epoch INTEGER NOT NULL
+    epoch INTEGER NOT NULL,
+    stored_ms INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dmls_psk_by_group ON dmls_psk(group_id, epoch);
 -- Per DGroup and member: the latest epoch of each Send Group it acknowledged (imported),
 -- encoded as `acks.rs` describes. (Earlier versions had one row per member and Send Group in
--- `dmls_ack`; `acks::migrate` moves those here.) active_ms: our clock when we last merged a
--- commit of the member's Send Group, or when its silence started counting (we joined the
--- DGroup, or added it late); NULL in rows of older versions. Eviction reads it (`evict.rs`).
+-- `dmls_ack`; `acks::migrate` moves those here.)
 CREATE TABLE IF NOT EXISTS dmls_acks (
     dgroup_id BLOB NOT NULL,
     acker TEXT NOT NULL,
     acks BLOB NOT NULL,
-    active_ms INTEGER,
     PRIMARY KEY (dgroup_id, acker)
 ) WITHOUT ROWID;
 -- Received messages that cannot be processed yet (PROTOCOL.md 'Receiving').
@@ -126,7 +126,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), EngineError> {
     conn.execute_batch(SCHEMA)?;
     // Columns added after the first release: add them to older databases.
     add_column(conn, "dmls_send_group", "psk_limit_epoch", "INTEGER")?;
-    add_column(conn, "dmls_acks", "active_ms", "INTEGER")?;
+    add_column(conn, "dmls_psk", "stored_ms", "INTEGER")?;
     add_column(
         conn,
         "dmls_send_group",
