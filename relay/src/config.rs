@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::http::forwarded::TrustedProxies;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RegistrationMode {
     /// Anyone may register a client id.
@@ -97,6 +99,20 @@ pub struct Config {
     )]
     pub registrations_per_minute: u32,
 
+    /// Reverse proxies to believe: comma-separated IP addresses or CIDR networks (e.g.
+    /// `10.0.0.1,fd00::/8`). When the TCP peer is one of them, the client's address (for the
+    /// registrations-per-minute limit) is the right-most address in its `X-Forwarded-For` that is
+    /// not itself a trusted proxy. Others' `X-Forwarded-For` is ignored. Default: none.
+    #[arg(
+        long,
+        env = "DMLS_RELAY_TRUSTED_PROXIES",
+        value_name = "LIST",
+        value_parser = TrustedProxies::parse,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub trusted_proxies: TrustedProxies,
+
     /// Time limit of a request in seconds (a long poll may wait 30 s of it).
     #[arg(long, env = "DMLS_RELAY_REQUEST_TIMEOUT_SECS", default_value_t = 45)]
     pub request_timeout_secs: u64,
@@ -168,6 +184,7 @@ impl std::fmt::Debug for Config {
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("registrations_per_minute", &self.registrations_per_minute)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("log_format", &self.log_format)
             .finish()
@@ -218,6 +235,25 @@ mod tests {
         ]);
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn trusted_proxies_are_a_comma_separated_list() {
+        let none = Config::parse_from(["dmls-relay"]);
+        assert!(none.trusted_proxies.is_empty());
+        let c = Config::parse_from(["dmls-relay", "--trusted-proxies", "10.0.0.0/8, ::1"]);
+        assert!(c.trusted_proxies.contains([10, 1, 2, 3].into()));
+        assert!(
+            c.trusted_proxies
+                .contains(std::net::Ipv6Addr::LOCALHOST.into())
+        );
+        assert!(!c.trusted_proxies.contains([127, 0, 0, 1].into()));
+        assert!(
+            Config::try_parse_from(["dmls-relay", "--trusted-proxies", "10.0.0.0/40"]).is_err()
+        );
+        assert!(
+            Config::try_parse_from(["dmls-relay", "--trusted-proxies", "proxy.local"]).is_err()
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Stores publish a [`StoreEvent`] after each commit. A `sync` long poll subscribes *before* it
 //! reads, so an event committed between its read and its wait is not lost. On PostgreSQL a
-//! listener task also forwards `NOTIFY`s from other relay processes sharing the database.
+//! listener task also forwards `NOTIFY`s from other relay processes sharing the database, and
+//! publishes [`StoreEvent::Resync`] (wake everyone) after its connection was lost and is back.
 
 use tokio::sync::broadcast;
 

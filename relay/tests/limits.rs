@@ -6,6 +6,18 @@ mod common;
 
 use common::*;
 use reqwest::StatusCode;
+use serde_json::json;
+
+/// Registers `client_id` with this `X-Forwarded-For` (none for `None`); returns the status.
+async fn register_via(relay: &Relay, client_id: &str, forwarded_for: Option<&str>) -> StatusCode {
+    let mut request = relay
+        .post("/v1/clients")
+        .json(&json!({ "client_id": client_id }));
+    if let Some(value) = forwarded_for {
+        request = request.header("x-forwarded-for", value);
+    }
+    request.send().await.unwrap().status()
+}
 
 backend_tests! {
     async fn a_client_above_its_rate_is_429_with_retry_after(db: Db) {
@@ -67,5 +79,31 @@ backend_tests! {
         relay.stop().await;
         let relay = db.relay().await;
         relay.register("c3").await;
+    }
+
+    async fn clients_behind_a_trusted_proxy_are_limited_apart_and_others_cannot_spoof(db: Db) {
+        // The tests call from 127.0.0.1: here a trusted proxy, behind a trusted load balancer
+        // in 10.9.0.0/16.
+        let relay = db.start(&["--registrations-per-minute", "1", "--trusted-proxies", "10.9.0.0/16,127.0.0.1"]).await;
+        let created = StatusCode::CREATED;
+        let limited = StatusCode::TOO_MANY_REQUESTS;
+        assert_eq!(register_via(&relay, "a1", Some("203.0.113.1")).await, created);
+        assert_eq!(register_via(&relay, "a2", Some("203.0.113.2")).await, created, "another client, its own limit");
+        assert_eq!(register_via(&relay, "a3", Some("203.0.113.1")).await, limited, "the first client again");
+        // A client cannot pose as another by writing addresses in front of the one the proxy adds.
+        assert_eq!(register_via(&relay, "a4", Some("198.51.100.9, 203.0.113.1")).await, limited);
+        // Through the load balancer and the proxy; an IPv6 client.
+        assert_eq!(register_via(&relay, "a5", Some("203.0.113.2, 10.9.0.3")).await, limited);
+        assert_eq!(register_via(&relay, "a6", Some("2001:db8::1, 10.9.0.3")).await, created);
+        // A malformed header counts as the proxy's own address (no error), as does no header.
+        assert_eq!(register_via(&relay, "a7", Some("203.0.113.3, not-an-address")).await, created);
+        assert_eq!(register_via(&relay, "a8", None).await, limited);
+        relay.stop().await;
+
+        // Now 127.0.0.1 is not a trusted proxy: its X-Forwarded-For is ignored.
+        let relay = db.start(&["--registrations-per-minute", "1", "--trusted-proxies", "10.0.0.0/8"]).await;
+        assert_eq!(register_via(&relay, "b1", Some("203.0.113.1")).await, created);
+        assert_eq!(register_via(&relay, "b2", Some("203.0.113.2")).await, limited, "spoofing gains nothing");
+        assert_eq!(register_via(&relay, "b3", None).await, limited);
     }
 }

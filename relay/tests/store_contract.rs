@@ -950,38 +950,68 @@ async fn postgres_events_reach_another_relay_process_within_100_ms() {
     other.close().await;
 }
 
+/// The LISTEN connections of the stores open on the current database.
+const LISTENER_PIDS: &str = "SELECT pid FROM pg_stat_activity \
+     WHERE datname = current_database() AND application_name = $1";
+
+/// When a store's LISTEN connection drops, it connects again, wakes every waiter with
+/// `Resync` (NOTIFYs sent meanwhile were lost) and then forwards events as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_listener_reconnects_after_its_connection_drops() {
+async fn postgres_listener_reconnects_and_wakes_everyone_after_its_connection_drops() {
     let Some(url) = testing::postgres_test_url().await else {
-        testing::skip_notice("postgres_listener_reconnects_after_its_connection_drops");
+        testing::skip_notice(
+            "postgres_listener_reconnects_and_wakes_everyone_after_its_connection_drops",
+        );
         return;
     };
     let (one, _) = open(&url).await;
     let (other, other_notifier) = open(&url).await;
     group_of_four(&*one).await;
     let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let old: Vec<(i32,)> = sqlx::query_as(LISTENER_PIDS)
+        .bind(store::postgres::LISTEN_APPLICATION_NAME)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+    assert_eq!(old.len(), 2, "one LISTEN connection per store");
+    let mut events = other_notifier.subscribe();
+    // pg_terminate_backend with a timeout waits until the backends are gone.
     let killed: Vec<(bool,)> = sqlx::query_as(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = $1",
     )
+    .bind(store::postgres::LISTEN_APPLICATION_NAME)
     .fetch_all(&admin)
     .await
     .unwrap();
-    assert_eq!(killed.len(), 2, "one LISTEN connection per store");
-    let mut events = other_notifier.subscribe();
-    // Events sent while the listener is reconnecting are lost; keep posting until one arrives.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no event after the LISTEN connection dropped"
-        );
-        one.append(append_req("alice", "bob", b"m")).await.unwrap();
-        if let Ok(event) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
-            assert!(matches!(event.unwrap(), StoreEvent::Group { .. }));
-            break;
+    assert_eq!(killed, vec![(true,), (true,)]);
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("a Resync after the LISTEN connection dropped")
+        .unwrap();
+    assert_eq!(event, StoreEvent::Resync);
+    let new: Vec<(i32,)> = sqlx::query_as(LISTENER_PIDS)
+        .bind(store::postgres::LISTEN_APPLICATION_NAME)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+    assert!(
+        new.iter().any(|pid| !old.contains(pid)),
+        "a new LISTEN connection: {old:?} -> {new:?}"
+    );
+    // Resync comes once the new connection LISTENs: what is stored now is NOTIFYed again.
+    one.append(append_req("alice", "bob", b"m")).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(2), events.recv())
+        .await
+        .expect("events flow again after the reconnect")
+        .unwrap();
+    assert_eq!(
+        event,
+        StoreEvent::Group {
+            owner: "alice".into(),
+            group_id: GROUP.into()
         }
-    }
+    );
     admin.close().await;
     one.close().await;
     other.close().await;

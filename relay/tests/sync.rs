@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sqlx::Connection as _;
 
 fn cursor(owner: &str, group_id: &str, after: u64) -> Value {
     json!({ "owner": owner, "group_id": group_id, "after": after })
@@ -279,4 +280,111 @@ async fn a_post_through_another_relay_process_wakes_a_long_poll_on_postgres() {
     alice.create_group(&gid(1), &["bob"]).await;
     let alice_via_second = second.client("alice", &alice.token);
     assert_a_post_wakes_the_waiter(bob, alice_via_second).await;
+}
+
+/// A message stored through another relay process while this process's LISTEN connection is
+/// down (its NOTIFY reaches nobody here) still wakes a long poll on this process as soon as the
+/// listener is back, not when the wait ends. The database refuses new connections while the
+/// listener is down, so the post surely falls into the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_while_the_listen_connection_is_down_wakes_a_long_poll_once_it_is_back_on_postgres()
+{
+    let Some(db) = Db::postgres(
+        "sync::a_post_while_the_listen_connection_is_down_wakes_a_long_poll_once_it_is_back_on_postgres",
+    )
+    .await
+    else {
+        return;
+    };
+    let listen_name = dmls_relay::store::postgres::LISTEN_APPLICATION_NAME;
+    let database = {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let (name,): (String,) = sqlx::query_as("SELECT current_database()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        name
+    };
+    assert!(
+        database
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    );
+    // On the server's own database: a database cannot refuse connections while connected to.
+    let server_url = std::env::var(dmls_relay::testing::TEST_DATABASE_URL_VAR).unwrap();
+    let mut admin = sqlx::PgConnection::connect(&server_url).await.unwrap();
+
+    let first = db.relay().await;
+    let first_listener: Vec<(i32,)> = sqlx::query_as(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+    )
+    .bind(&database)
+    .bind(listen_name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(first_listener.len(), 1, "one LISTEN connection per relay");
+    let second = db.relay().await;
+    let alice = first.register("alice").await;
+    let bob = first.register("bob").await;
+    alice.create_group(&gid(1), &["bob"]).await;
+    let alice_via_second = second.client("alice", &alice.token);
+    // Warm the second relay up (pooled connection, cached token): it must post without opening a
+    // new database connection.
+    alice_via_second.me().await;
+
+    let request = json!({ "groups": [cursor("alice", &gid(1), 0)], "wait_ms": 30_000 });
+    let waiter = bob.clone();
+    let wait = tokio::spawn(async move { waiter.sync(&request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !wait.is_finished(),
+        "the long poll answered before anything was posted"
+    );
+
+    // Take the first relay's LISTEN connection down and keep it down.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let (killed,): (bool,) = sqlx::query_as("SELECT pg_terminate_backend($1, 5000)")
+        .bind(first_listener[0].0)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed);
+    let posted = alice_via_second
+        .try_post("alice", &gid(1), b"in the gap")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answered_in_the_gap = wait.is_finished();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let reopened = Instant::now();
+    assert_eq!(posted.status(), StatusCode::CREATED);
+    assert!(
+        !answered_in_the_gap,
+        "the long poll woke while its relay could not hear NOTIFYs"
+    );
+
+    let answer = tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("the long poll woke once its relay listened again, long before wait_ms")
+        .unwrap();
+    assert_eq!(answer.groups.len(), 1, "{answer:?}");
+    assert_eq!(answer.groups[0].messages[0].data.0, b"in the gap");
+    let late = reopened.elapsed();
+    assert!(
+        late < Duration::from_secs(5),
+        "woke {late:?} after the database reopened"
+    );
+    first.stop().await;
+    second.stop().await;
 }

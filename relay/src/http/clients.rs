@@ -7,7 +7,7 @@ use dmls_api::{ClientInfo, Problem, RegisterRequest, RegisterResponse};
 
 use super::auth::{self, Caller};
 use super::error::Error;
-use super::extract::{Json, PeerIp};
+use super::extract::{ClientIp, Json};
 use super::{AppState, now_millis};
 
 /// Registers a client id and returns its token, which is shown only here.
@@ -84,7 +84,7 @@ impl FromRequestParts<AppState> for RegistrationAllowed {
                 return Err(Error::Forbidden("wrong registration token".into()));
             }
         }
-        let PeerIp(ip) = PeerIp::from_request_parts(parts, state).await?;
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
         state.rate_limits.check_registration(ip)?;
         Ok(RegistrationAllowed)
     }

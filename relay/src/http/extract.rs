@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use super::error::Error;
 
 /// A JSON body (needs `Content-Type: application/json`).
@@ -95,22 +96,25 @@ where
     }
 }
 
-/// The peer's IP address, when the server was started with connect info (it always is; a router
-/// driven directly, as in unit tests, has none).
-pub struct PeerIp(pub Option<IpAddr>);
+/// The client's IP address: the TCP peer's, or, when the peer is one of `--trusted-proxies`,
+/// the client's address from `X-Forwarded-For` (see [`forwarded`](super::forwarded)). `None`
+/// without connect info (the server always has it; a router driven directly, as in unit tests,
+/// has none).
+pub struct ClientIp(pub Option<IpAddr>);
 
-impl<S> FromRequestParts<S> for PeerIp
-where
-    S: Send + Sync,
-{
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(PeerIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip()),
-        ))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        Ok(ClientIp(peer.map(|peer| {
+            state.config.trusted_proxies.client_ip(peer, &parts.headers)
+        })))
     }
 }

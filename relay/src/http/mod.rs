@@ -11,6 +11,7 @@ pub mod auth;
 pub mod clients;
 pub mod error;
 pub mod extract;
+pub mod forwarded;
 pub mod groups;
 pub mod key_packages;
 pub mod metrics;

@@ -3,7 +3,8 @@
 //! The long poll subscribes to the [`Notifier`](crate::notify::Notifier) *before* its first
 //! read, so a message committed between that read and the wait still wakes it. It then waits
 //! for an event naming one of its groups or its inbox, the deadline, or shutdown. A matching
-//! event (or a lagged receiver, which may have missed one) triggers a re-read; if the re-read
+//! event, a [`StoreEvent::Resync`] (the PostgreSQL listener was reconnected and events may have
+//! been lost) or a lagged receiver (which may have missed one) triggers a re-read; if the re-read
 //! still finds nothing readable (say, a message past a dropped member's cut-off) it waits again
 //! until the deadline. Shutdown answers at once with what was read last.
 
@@ -97,6 +98,8 @@ pub async fn sync(
         StoreEvent::Inbox { client_id } => {
             welcomes_after.is_some() && *client_id == caller.client_id
         }
+        // Anything may have changed.
+        StoreEvent::Resync => true,
     };
 
     let mut found = state

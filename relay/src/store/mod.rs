@@ -307,6 +307,9 @@ pub enum StoreEvent {
     Group { owner: String, group_id: String },
     /// A welcome arrived in this client's inbox.
     Inbox { client_id: String },
+    /// Events may have been missed (the PostgreSQL LISTEN connection was lost and is back):
+    /// anything may have changed, so every waiter reads again. Never sent between processes.
+    Resync,
 }
 
 /// Opens the database named by `config.database_url`, runs the migrations, and starts the
@@ -459,13 +462,14 @@ pub(crate) fn assemble_sync(
 }
 
 /// The payload of a PostgreSQL NOTIFY, and of nothing else: `["g", owner, group_id]` or
-/// `["i", client_id]`.
-pub(crate) fn encode_event(event: &StoreEvent) -> String {
+/// `["i", client_id]`. `None` for [`StoreEvent::Resync`], which each process raises for itself.
+pub(crate) fn encode_event(event: &StoreEvent) -> Option<String> {
     let parts: Vec<&str> = match event {
         StoreEvent::Group { owner, group_id } => vec!["g", owner, group_id],
         StoreEvent::Inbox { client_id } => vec!["i", client_id],
+        StoreEvent::Resync => return None,
     };
-    serde_json::to_string(&parts).unwrap_or_default()
+    serde_json::to_string(&parts).ok()
 }
 
 pub(crate) fn decode_event(payload: &str) -> Option<StoreEvent> {
@@ -497,9 +501,11 @@ mod tests {
                 client_id: "bob".into(),
             },
         ] {
-            assert_eq!(decode_event(&encode_event(&e)), Some(e));
+            assert_eq!(encode_event(&e).as_deref().and_then(decode_event), Some(e));
         }
+        assert_eq!(encode_event(&StoreEvent::Resync), None);
         assert_eq!(decode_event("nonsense"), None);
+        assert_eq!(decode_event(r#"["r"]"#), None);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //!
 //! Waking long polls across processes: appends and welcomes call `pg_notify` inside their
 //! transaction (PostgreSQL delivers it at commit, never for a rolled-back one), and a listener
-//! task in every process forwards what it hears to the local [`Notifier`].
+//! task in every process forwards what it hears to the local [`Notifier`]. When its LISTEN
+//! connection drops, the task connects again and then wakes every long poll to read again, so
+//! a NOTIFY lost in between delays no one (see [`forward_events`]).
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -40,6 +42,15 @@ use crate::notify::Notifier;
 
 /// The NOTIFY channel every relay process listens on.
 pub const EVENTS_CHANNEL: &str = "dmls_events";
+
+/// `application_name` of each process's LISTEN connection (as `pg_stat_activity` shows it).
+pub const LISTEN_APPLICATION_NAME: &str = "dmls-relay listen";
+
+/// Pause between attempts to open a LISTEN connection again after an error.
+const RELISTEN_DELAY: Duration = Duration::from_secs(1);
+
+/// How long one attempt to open a LISTEN connection may wait for the server.
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most message bytes in one INSERT statement of a batch: small statements go out in one
 /// socket write (see [`STATEMENT_CHUNK_BYTES`]); a single larger message gets its own statement.
@@ -120,19 +131,11 @@ impl PostgresStore {
             .run(&pool)
             .await
             .with_context(|| format!("cannot apply the database migrations to {shown:?}"))?;
-        // The listener holds its connection for good: give it a pool of its own so it does not
-        // take one from the requests.
-        let listen_pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(options);
-        let mut listener = PgListener::connect_with(&listen_pool)
-            .await
-            .with_context(|| format!("cannot open the LISTEN connection to {shown:?}"))?;
-        listener
-            .listen(EVENTS_CHANNEL)
+        let listen_options = options.application_name(LISTEN_APPLICATION_NAME);
+        let listener = listen(&listen_options)
             .await
             .with_context(|| format!("cannot LISTEN on {EVENTS_CHANNEL} at {shown:?}"))?;
-        let listener = tokio::spawn(forward_events(listener, listen_pool, notifier.clone()));
+        let listener = tokio::spawn(forward_events(listener, listen_options, notifier.clone()));
         let batch = BatchWriter::spawn(
             PostgresBatch { pool: pool.clone() },
             config.append_batch_max,
@@ -301,9 +304,39 @@ fn welcome((id, from, data, received_at): (i64, String, Vec<u8>, i64)) -> Welcom
     }
 }
 
+/// A fresh connection LISTENing on [`EVENTS_CHANNEL`], in a pool of its own: it holds its
+/// connection for good, so it must not take one from the requests, and a pool per listener
+/// means a dead connection still being closed never holds up its replacement.
+async fn listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(LISTEN_CONNECT_TIMEOUT)
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool).await?;
+    // When the connection is lost, `try_recv` connects again and LISTENs on the new connection
+    // *before* it reports the loss with `Ok(None)` (or fails if it cannot): `forward_events`
+    // relies on it. This is sqlx's default; set here so that a change of default cannot
+    // silently reopen the gap.
+    listener.eager_reconnect(true);
+    listener.listen(EVENTS_CHANNEL).await?;
+    Ok(listener)
+}
+
 /// Forwards NOTIFYs from every relay process (this one included; duplicates are harmless) to
 /// the local notifier, for as long as the store is open.
-async fn forward_events(mut listener: PgListener, pool: PgPool, notifier: Notifier) {
+///
+/// While the LISTEN connection is down, NOTIFYs of other processes' commits reach nobody here.
+/// So once a connection LISTENs again, this publishes [`StoreEvent::Resync`] and every waiting
+/// long poll reads again. Why that misses nothing: take a commit C whose NOTIFY was lost, and a
+/// long poll W waiting on this process that has not seen C. W subscribed to the notifier before
+/// its read, and that read did not see C, so W subscribed before C committed. C's NOTIFY was
+/// lost, so C committed before the new connection's LISTEN took effect (PostgreSQL delivers a
+/// NOTIFY to every session that LISTENs when the notifying transaction commits). `Resync` is
+/// published after that LISTEN returned, hence after C committed and after W subscribed: W
+/// receives it, and its next read starts after C committed, so it sees C. A commit after the
+/// LISTEN took effect is NOTIFYed as usual.
+async fn forward_events(first: PgListener, options: PgConnectOptions, notifier: Notifier) {
+    let mut listener = first;
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
@@ -311,20 +344,36 @@ async fn forward_events(mut listener: PgListener, pool: PgPool, notifier: Notifi
                     notifier.publish(event);
                 }
             }
-            // sqlx reconnects and LISTENs again on the next call. Events sent meanwhile are
-            // lost; waiters still time out and poll again, so this delays, never loses, data.
-            Ok(None) => tracing::warn!("lost the PostgreSQL LISTEN connection; reconnecting"),
-            Err(e) => {
-                tracing::warn!(error = %e, "PostgreSQL LISTEN failed; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                match PgListener::connect_with(&pool).await {
-                    Ok(mut fresh) => match fresh.listen(EVENTS_CHANNEL).await {
-                        Ok(()) => listener = fresh,
-                        Err(e) => tracing::warn!(error = %e, "cannot LISTEN again yet"),
-                    },
-                    Err(e) => tracing::warn!(error = %e, "cannot reconnect to LISTEN yet"),
-                }
+            // The connection was lost, and sqlx has already connected and LISTENed again
+            // (eager reconnect, see `listen`).
+            Ok(None) => {
+                tracing::warn!(
+                    "lost the PostgreSQL LISTEN connection and opened a new one; waking every long poll to read again"
+                );
+                notifier.publish(StoreEvent::Resync);
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "PostgreSQL LISTEN failed; connecting again");
+                // Never call `try_recv` on this listener again: it could reconnect inside that
+                // call, where nothing could wake the long polls afterwards.
+                drop(listener);
+                listener = relisten(&options).await;
+                tracing::info!(
+                    "listening to PostgreSQL again; waking every long poll to read again"
+                );
+                notifier.publish(StoreEvent::Resync);
+            }
+        }
+    }
+}
+
+/// A new LISTEN connection, retried every [`RELISTEN_DELAY`] until it works.
+async fn relisten(options: &PgConnectOptions) -> PgListener {
+    loop {
+        tokio::time::sleep(RELISTEN_DELAY).await;
+        match listen(options).await {
+            Ok(listener) => return listener,
+            Err(e) => tracing::warn!(error = %e, "cannot LISTEN again yet; retrying in 1 s"),
         }
     }
 }
@@ -334,10 +383,10 @@ async fn notify_on_commit(
     tx: &mut Transaction<'static, Postgres>,
     events: &[StoreEvent],
 ) -> Result<(), sqlx::Error> {
-    if events.is_empty() {
+    let payloads: Vec<String> = events.iter().filter_map(encode_event).collect();
+    if payloads.is_empty() {
         return Ok(());
     }
-    let payloads: Vec<String> = events.iter().map(encode_event).collect();
     sqlx::query("SELECT pg_notify('dmls_events', p) FROM unnest($1::text[]) AS p")
         .bind(payloads)
         .execute(&mut **tx)
