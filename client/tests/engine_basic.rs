@@ -99,7 +99,16 @@ fn timing_eight_members() {
 }
 
 fn three() -> (Net, dmls_client::engine::DGroupId) {
-    let mut net = Net::new(3, 4, 3);
+    team_of_three(Net::new(3, 4, 3))
+}
+
+/// Like [`three`], with each member's state in a file in `dir`, engines seeded from `seed`.
+fn three_in(dir: &std::path::Path, seed: u64) -> (Net, DGroupId) {
+    team_of_three(Net::with_files(3, 4, seed, dir))
+}
+
+/// m0 creates the DGroup "team" with m1 and m2 at time 1000; everyone joins.
+fn team_of_three(mut net: Net) -> (Net, DGroupId) {
     let d = net.engines[0]
         .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
         .unwrap();
@@ -745,11 +754,7 @@ fn a_commit_that_arrives_before_the_leaf_refresh_it_references_waits_for_it() {
 fn psks_are_deleted_once_every_other_member_imported_a_newer_epoch() {
     use dmls_client::engine::send_group_id;
     let dir = tempfile::tempdir().unwrap();
-    let mut net = Net::with_files(3, 4, 21, dir.path());
-    let d = net.engines[0]
-        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
-        .unwrap();
-    net.settle(1000);
+    let (mut net, d) = three_in(dir.path(), 21);
     let g0 = send_group_id(&d, "m0");
     // Epochs of m0's Send Group whose PSK member `i` still stores.
     let stored = |i: usize| -> Vec<i64> {
@@ -812,6 +817,19 @@ fn send_group_at(
         .into_iter()
         .find(|s| s.owner == owner)
         .unwrap()
+}
+
+/// The members named by `events`, all [`Event::MemberEvicted`], sorted.
+fn evicted_members(events: Vec<Event>) -> Vec<String> {
+    let mut who: Vec<String> = events
+        .into_iter()
+        .map(|e| match e {
+            Event::MemberEvicted { member, .. } => member,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    who.sort();
+    who
 }
 
 /// `owner`'s [`SendGroupStatus::behind_since_ms`] at member `i`.
@@ -948,25 +966,14 @@ fn a_member_that_only_reads_acknowledges_overdue_updates_and_is_not_evicted() {
     let evicted = net.engines[0]
         .evict_silent_members(t1 + 31 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
         .unwrap();
-    let who: Vec<&str> = evicted
-        .iter()
-        .map(|e| match e {
-            Event::MemberEvicted { member, .. } => member.as_str(),
-            e => panic!("{e:?}"),
-        })
-        .collect();
-    assert_eq!(who, vec!["m2"]);
+    assert_eq!(evicted_members(evicted), vec!["m2".to_string()]);
 }
 
 #[test]
 fn psks_of_databases_without_times_are_counted_from_the_first_check() {
     use dmls_client::engine::DEFAULT_EVICTION_THRESHOLD_MS;
     let dir = tempfile::tempdir().unwrap();
-    let mut net = Net::with_files(3, 4, 7, dir.path());
-    let d = net.engines[0]
-        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
-        .unwrap();
-    net.settle(1000);
+    let (mut net, d) = three_in(dir.path(), 7);
     net.engines[0].update(&d, 2000).unwrap();
     net.settle(2000);
     assert_eq!(behind(&net, 0, &d, "m2"), Some(2000));
@@ -989,15 +996,10 @@ fn psks_of_databases_without_times_are_counted_from_the_first_check() {
     let evicted = net.engines[0]
         .evict_silent_members(first + 30 * DAY, DEFAULT_EVICTION_THRESHOLD_MS)
         .unwrap();
-    let mut who: Vec<String> = evicted
-        .into_iter()
-        .map(|e| match e {
-            Event::MemberEvicted { member, .. } => member,
-            e => panic!("{e:?}"),
-        })
-        .collect();
-    who.sort();
-    assert_eq!(who, vec!["m1".to_string(), "m2".to_string()]);
+    assert_eq!(
+        evicted_members(evicted),
+        vec!["m1".to_string(), "m2".to_string()]
+    );
 }
 
 #[test]
@@ -1007,18 +1009,10 @@ fn a_removed_members_group_is_closed_once_every_other_send_group_dropped_it() {
     net.engines[0].remove(&d, "m2", 2000).unwrap();
     net.drain_all(2000);
     // m1 learns of the removal; m2 does not yet, and updates.
-    let (to_m1, rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 1);
-    net.pool = rest;
-    for p in to_m1 {
-        net.engines[1].handle(p.input, 2100).unwrap();
-    }
+    net.deliver_to(1, 2100);
     net.engines[2].update(&d, 2200).unwrap();
     net.drain(2, 2200);
-    let (to_m1, rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 1);
-    net.pool = rest;
-    for p in to_m1 {
-        net.engines[1].handle(p.input, 2300).unwrap();
-    }
+    net.deliver_to(1, 2300);
     // m2's commit beyond the epoch m1 stopped at is kept: a commit of m0 might import it.
     let kept = send_group_at(&net, 1, &d, "m2").waiting;
     assert!(
@@ -1035,11 +1029,7 @@ fn a_removed_members_group_is_closed_once_every_other_send_group_dropped_it() {
     assert!(send_group_at(&net, 1, &d, "m2").waiting.is_empty());
     net.engines[2].update(&d, 2500).unwrap();
     net.drain(2, 2500);
-    let (to_m1, rest): (Vec<_>, Vec<_>) = net.pool.drain(..).partition(|p| p.to == 1);
-    net.pool = rest;
-    for p in to_m1 {
-        net.engines[1].handle(p.input, 2600).unwrap();
-    }
+    net.deliver_to(1, 2600);
     assert!(send_group_at(&net, 1, &d, "m2").waiting.is_empty());
     // m0 keeps m2's commits until it merged m1's removal commit, then closes the group too.
     net.settle(3000);
@@ -1054,38 +1044,6 @@ fn a_removed_members_group_is_closed_once_every_other_send_group_dropped_it() {
         .unwrap();
     net.settle(4000);
     assert_eq!(messages(&net, 0), vec![b"still here".to_vec()]);
-}
-
-/// Delivers everything except what `hold` picks, draining outboxes, until nothing moves;
-/// returns what was held back.
-fn settle_holding(
-    net: &mut Net,
-    now_ms: u64,
-    hold: impl Fn(&engine_common::Delivery) -> bool,
-) -> Vec<engine_common::Delivery> {
-    let mut held = Vec::new();
-    loop {
-        net.drain_all(now_ms);
-        let mut progressed = false;
-        let mut k = 0;
-        while k < net.pool.len() {
-            if hold(&net.pool[k]) {
-                held.push(net.pool.remove(k));
-                progressed = true;
-                continue;
-            }
-            let len = net.pool.len();
-            net.deliver(k, false, now_ms).unwrap();
-            if net.pool.len() < len {
-                progressed = true;
-            } else {
-                k += 1;
-            }
-        }
-        if !progressed {
-            return held;
-        }
-    }
 }
 
 #[test]
@@ -1105,12 +1063,12 @@ fn a_commit_importing_an_epoch_of_a_removed_member_we_never_joined_is_merged_onc
     let x_welcome_to_b = |p: &engine_common::Delivery| {
         p.to == 2 && matches!(&p.input, Input::Welcome { from, .. } if from == "m3")
     };
-    let mut held = settle_holding(&mut net, 1000, x_welcome_to_b);
+    let mut held = net.settle_holding(1000, x_welcome_to_b);
     assert_eq!(held.len(), 1);
     assert!(!send_group_at(&net, 2, &d, "m3").joined);
     // X updates; everyone gets it (B keeps it until it joins X's group).
     net.engines[3].update(&d, 2000).unwrap();
-    held.extend(settle_holding(&mut net, 2000, x_welcome_to_b));
+    held.extend(net.settle_holding(2000, x_welcome_to_b));
     let ex = send_group_at(&net, 1, &d, "m3").epoch.unwrap();
     // A imports X's new epoch; its commit does not reach B yet.
     net.engines[1].update(&d, 3000).unwrap();

@@ -267,14 +267,28 @@ impl Net {
     /// members that do not follow their Send Group: they do not know its DGroup, e.g. they
     /// were not added yet). Returns how many are left in the pool.
     pub fn settle_leaving(&mut self, now_ms: u64) -> usize {
+        self.settle_holding(now_ms, |_| false);
+        self.pool.len()
+    }
+
+    /// Like [`Net::settle_leaving`], but takes the deliveries that `hold` picks out of the
+    /// pool instead of making them, and returns them.
+    pub fn settle_holding(
+        &mut self,
+        now_ms: u64,
+        hold: impl Fn(&Delivery) -> bool,
+    ) -> Vec<Delivery> {
+        let mut held = Vec::new();
         loop {
             self.drain_all(now_ms);
-            if self.pool.is_empty() {
-                return 0;
-            }
             let mut progressed = false;
             let mut k = 0;
             while k < self.pool.len() {
+                if hold(&self.pool[k]) {
+                    held.push(self.pool.remove(k));
+                    progressed = true;
+                    continue;
+                }
                 let len = self.pool.len();
                 self.deliver(k, false, now_ms).unwrap();
                 if self.pool.len() < len {
@@ -284,8 +298,19 @@ impl Net {
                 }
             }
             if !progressed {
-                return self.pool.len();
+                return held;
             }
+        }
+    }
+
+    /// Makes every pending delivery to member `i`, in pool order, one `Engine::handle` each,
+    /// and leaves the others in the pool.
+    pub fn deliver_to(&mut self, i: usize, now_ms: u64) {
+        let (mine, rest): (Vec<_>, Vec<_>) = self.pool.drain(..).partition(|p| p.to == i);
+        self.pool = rest;
+        for p in mine {
+            let ev = self.engines[i].handle(p.input, now_ms).unwrap();
+            self.events[i].extend(ev);
         }
     }
 
