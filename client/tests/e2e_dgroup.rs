@@ -7,7 +7,7 @@ use std::path::Path;
 
 use clap::Parser as _;
 use dmls_client::client::Client;
-use dmls_client::engine::{Event, Input};
+use dmls_client::engine::{DGroupStatus, Event, Input};
 
 async fn start_relay(dir: &Path) -> dmls_relay::RunningRelay {
     dmls_relay::testing::start_sqlite_relay(dir)
@@ -55,6 +55,17 @@ async fn trio(dir: &Path, url: &str) -> (Client, Client, Client) {
         }
     }
     (a, b, c)
+}
+
+/// `member` is in no Send Group of the others in `s` (the status of member `at`).
+fn assert_not_in_others_send_groups(s: &DGroupStatus, at: &str, member: &str) {
+    for sg in s.send_groups.iter().filter(|g| g.owner != member) {
+        assert!(
+            !sg.members.iter().any(|m| m == member),
+            "{at} still sees {member} in {}'s Send Group",
+            sg.owner
+        );
+    }
 }
 
 fn texts(c: &Client, group: &str) -> Vec<(String, String)> {
@@ -193,14 +204,7 @@ async fn a_removal_reaches_every_send_group_and_locks_the_member_out() {
             "{}: {s:?}",
             x.client_id()
         );
-        for sg in s.send_groups.iter().filter(|g| g.owner != "carol") {
-            assert!(
-                !sg.members.contains(&"carol".to_string()),
-                "{} still sees carol in {}'s Send Group",
-                x.client_id(),
-                sg.owner
-            );
-        }
+        assert_not_in_others_send_groups(&s, x.client_id(), "carol");
         assert!(
             s.pending_removals.is_empty(),
             "{}: {:?}",
@@ -281,14 +285,7 @@ async fn a_sync_that_caught_up_evicts_members_behind_past_the_threshold() {
     );
     for x in [&a, &b] {
         let s = x.status("trio").unwrap();
-        for sg in s.send_groups.iter().filter(|g| g.owner != "carol") {
-            assert!(
-                !sg.members.contains(&"carol".to_string()),
-                "{} still sees carol in {}'s Send Group",
-                x.client_id(),
-                sg.owner
-            );
-        }
+        assert_not_in_others_send_groups(&s, x.client_id(), "carol");
     }
     relay.shutdown().await.unwrap();
 }
