@@ -957,6 +957,11 @@ impl Ctx<'_> {
         let d = config.dgroup_id;
         let mut events = Vec::new();
         let known = self.config(&d)?;
+        // Removal race, never-joined case (ENGINE_NOTES.md "Removal race"): the owner is
+        // known to be removed but its group is not closed, so a commit may still import one
+        // of its epochs. Join, but show nothing of it: its commits are kept ('stopped') and
+        // processed only up to an epoch a commit we process imports.
+        let mut removed_owner = false;
         match &known {
             Some((_, held, we_removed)) => {
                 if *held != config_bytes {
@@ -980,6 +985,7 @@ impl Ctx<'_> {
                         reason: format!("Welcome from removed member {owner}"),
                     }]);
                 }
+                removed_owner = sg.is_some_and(|s| s.stop_epoch.is_some());
             }
             None => {
                 self.insert_dgroup(&config)?;
@@ -990,14 +996,6 @@ impl Ctx<'_> {
                 });
             }
         }
-        // Removal race, never-joined case (ENGINE_NOTES.md "Removal race"): the owner is
-        // known to be removed but its group is not closed, so a commit may still import one
-        // of its epochs. Join, but show nothing of it: its commits are kept ('stopped') and
-        // processed only up to an epoch a commit we process imports.
-        let removed_owner = known.is_some()
-            && self
-                .send_group(&gid)?
-                .is_some_and(|s| s.stop_epoch.is_some());
         let group = staged
             .into_group(&self.provider)
             .map_err(|e| EngineError::mls("joining Send Group", e))?;
