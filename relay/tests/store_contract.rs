@@ -827,10 +827,7 @@ async fn commits_publish_events(db: Db) {
             got.push(event);
         }
     }
-    assert!(got.contains(&StoreEvent::Group {
-        owner: "alice".into(),
-        group_id: GROUP.into()
-    }));
+    assert!(got.contains(&alice_group_event()));
     assert!(got.contains(&StoreEvent::Inbox {
         client_id: "carol".into()
     }));
@@ -934,13 +931,7 @@ async fn postgres_events_reach_another_relay_process_within_100_ms() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        event,
-        StoreEvent::Group {
-            owner: "alice".into(),
-            group_id: GROUP.into()
-        }
-    );
+    assert_eq!(event, alice_group_event());
     assert!(
         start.elapsed() < Duration::from_millis(100),
         "{:?}",
@@ -948,6 +939,14 @@ async fn postgres_events_reach_another_relay_process_within_100_ms() {
     );
     one.close().await;
     other.close().await;
+}
+
+/// The event of an append to alice's group [`GROUP`].
+fn alice_group_event() -> StoreEvent {
+    StoreEvent::Group {
+        owner: "alice".into(),
+        group_id: GROUP.into(),
+    }
 }
 
 /// The LISTEN connections of the stores open on the current database.
@@ -1005,13 +1004,7 @@ async fn postgres_listener_reconnects_and_wakes_everyone_after_its_connection_dr
         .await
         .expect("events flow again after the reconnect")
         .unwrap();
-    assert_eq!(
-        event,
-        StoreEvent::Group {
-            owner: "alice".into(),
-            group_id: GROUP.into()
-        }
-    );
+    assert_eq!(event, alice_group_event());
     admin.close().await;
     one.close().await;
     other.close().await;
