@@ -15,7 +15,8 @@ use super::deferred::DeferredRefreshes;
 use super::ids::{DGroupId, PskId};
 use super::provider::{DmlsRand, Provider};
 use super::store::send_groups::{self, SendGroupRow};
-use super::store::{Savepoint, dgroups, members, psks, waiting};
+use super::store::waiting::{self, Trigger};
+use super::store::{Savepoint, dgroups, members, psks};
 use super::{Counters, EngineError, UpdatePolicy};
 
 /// The ciphersuite of our own Send Groups (PROTOCOL.md "Ciphersuite and wire format").
@@ -27,22 +28,6 @@ pub(crate) const MAX_PAST_EPOCHS: usize = 5;
 const OUT_OF_ORDER_TOLERANCE: u32 = 1000;
 /// How far ahead of the last one a generation may be.
 const MAXIMUM_FORWARD_DISTANCE: u32 = 10_000;
-
-/// Something that may release waiting messages (PROTOCOL.md "Receiving").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Trigger {
-    /// Send Group reached this epoch.
-    Epoch([u8; 32], u64),
-    /// A PSK was stored.
-    Psk(PskId),
-    /// A proposal of this epoch was stored in this Send Group.
-    Proposal([u8; 32], u64),
-    /// We joined this Send Group.
-    Joined([u8; 32]),
-    /// The processing limit of a removed owner's Send Group was raised to this epoch
-    /// (ENGINE_NOTES.md "Removal race"): its kept messages of earlier epochs may go on.
-    Limit([u8; 32], u64),
-}
 
 /// MLS groups kept in memory between operations, so that a group is not decoded from
 /// storage for every message. A cached group always equals what storage holds: a group is

@@ -5,13 +5,14 @@ use openmls::prelude::*;
 use tls_codec::Deserialize as _;
 
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
-use super::ctx::{Ctx, Trigger, credential_identity, external_psk_id, join_config, message_hash};
+use super::ctx::{Ctx, credential_identity, external_psk_id, join_config, message_hash};
 use super::deferred::Refresh;
 use super::envelope::DmlsEnvelope;
 use super::ids::{PskId, send_group_id};
 use super::store::send_groups::{self, SendGroupRow};
-use super::store::{Savepoint, dgroups, history, members, psks, seen, waiting};
-use super::{EngineError, Event, ReceivedMessage, WaitReason as Wait};
+use super::store::waiting::{self, Trigger};
+use super::store::{Savepoint, dgroups, history, members, psks, seen};
+use super::{EngineError, Event, ReceivedMessage, WaitReason};
 
 /// Up to this many deferred leaf refreshes of an epoch are processed before a commit of that
 /// epoch (it may reference them); with more, the commit is tried alone first.
@@ -32,7 +33,7 @@ enum Quick {
     /// A commit or proposal of an epoch the group has left: nothing to do, nothing to record
     /// (it is recognised as stale again at no cost).
     Stale,
-    /// A leaf refresh to keep unprocessed ([`Wait::Commit`]).
+    /// A leaf refresh to keep unprocessed ([`WaitReason::Commit`]).
     Defer,
     /// Everything else: [`Ctx::ingest`] decides, in a savepoint.
     Full,
@@ -41,7 +42,7 @@ enum Quick {
 /// What happened to one message.
 enum Outcome {
     Done(Vec<Event>),
-    Wait(Wait),
+    Wait(WaitReason),
 }
 
 fn parse_protocol(data: &[u8]) -> Result<PrivateMessageIn, EngineError> {
@@ -104,7 +105,7 @@ impl Ctx<'_> {
                 &sg.group_id,
                 data,
                 &hash,
-                &Wait::Commit(epoch),
+                &WaitReason::Commit(epoch),
                 epoch,
                 false,
             )?;
@@ -152,7 +153,7 @@ impl Ctx<'_> {
         }
     }
 
-    /// A leaf refresh of `epoch` is kept unprocessed ([`Wait::Commit`]): a commit that waits
+    /// A leaf refresh of `epoch` is kept unprocessed ([`WaitReason::Commit`]): a commit that waits
     /// for a proposal of that epoch may try again.
     fn proposal_deferred(&mut self, gid: &[u8; 32], epoch: u64) -> Result<(), EngineError> {
         if self.may_wait_for_proposal(gid)? {
@@ -176,13 +177,13 @@ impl Ctx<'_> {
         gid: &[u8; 32],
         data: &[u8],
         hash: &[u8; 32],
-        w: &Wait,
+        w: &WaitReason,
         epoch: u64,
         is_commit: bool,
     ) -> Result<(), EngineError> {
         match w {
-            Wait::Proposal(_) => self.set_proposal_wait(*gid),
-            Wait::Commit(e) => {
+            WaitReason::Proposal(_) => self.set_proposal_wait(*gid),
+            WaitReason::Commit(e) => {
                 // In memory until the end of the operation (see `deferred.rs`).
                 self.deferred.insert(*gid, *e, *hash, data.to_vec());
                 return Ok(());
@@ -203,7 +204,7 @@ impl Ctx<'_> {
 
     /// One deferred leaf refresh as a `dmls_waiting` row.
     fn insert_deferred(&self, gid: &[u8; 32], epoch: u64, r: &Refresh) -> Result<(), EngineError> {
-        let w = Wait::Commit(epoch);
+        let w = WaitReason::Commit(epoch);
         waiting::insert(self.conn, gid, epoch, false, &w, &r.hash, &r.data)
     }
 
@@ -213,13 +214,7 @@ impl Ctx<'_> {
         let mut events = Vec::new();
         while !self.triggers.is_empty() {
             let t = self.triggers.remove(0);
-            let rows = match &t {
-                Trigger::Epoch(g, e) => waiting::for_epoch(self.conn, g, *e)?,
-                Trigger::Proposal(g, e) => waiting::for_proposal(self.conn, g, *e)?,
-                Trigger::Psk(p) => waiting::for_psk(self.conn, p)?,
-                Trigger::Joined(g) => waiting::for_welcome(self.conn, g)?,
-                Trigger::Limit(g, e) => waiting::stopped_before(self.conn, g, *e)?,
-            };
+            let rows = waiting::released_by(self.conn, &t)?;
             for w in rows {
                 waiting::delete(self.conn, w.id)?;
                 let (data, epoch, is_commit) = (w.data, w.epoch, w.is_commit);
@@ -266,7 +261,7 @@ impl Ctx<'_> {
             if sg.closed {
                 return Ok(Outcome::Done(Vec::new()));
             }
-            return Ok(Outcome::Wait(Wait::Welcome));
+            return Ok(Outcome::Wait(WaitReason::Welcome));
         }
         let done_nothing = |c: &Ctx<'_>| -> Result<Outcome, EngineError> {
             seen::insert(c.conn, hash)?;
@@ -283,7 +278,7 @@ impl Ctx<'_> {
                     return Ok(Outcome::Done(Vec::new()));
                 }
                 ContentType::Commit | ContentType::Proposal if epoch >= limit => {
-                    return Ok(Outcome::Wait(Wait::Stopped));
+                    return Ok(Outcome::Wait(WaitReason::Stopped));
                 }
                 _ => {}
             }
@@ -322,7 +317,7 @@ impl Ctx<'_> {
         };
         let processed = match self.process(group, sg, data, epoch, ct)? {
             Ok(p) => p,
-            Err(Attempt::MissingProposal) => return Ok(Outcome::Wait(Wait::Proposal(epoch))),
+            Err(Attempt::MissingProposal) => return Ok(Outcome::Wait(WaitReason::Proposal(epoch))),
             Err(_) => {
                 self.counters.duplicates += 1;
                 seen::insert(self.conn, hash)?;
@@ -385,7 +380,7 @@ impl Ctx<'_> {
     ) -> Result<Result<Vec<PskId>, Outcome>, EngineError> {
         let current = group.epoch().as_u64();
         if epoch > current {
-            return Ok(Err(Outcome::Wait(Wait::Epoch(epoch))));
+            return Ok(Err(Outcome::Wait(WaitReason::Epoch(epoch))));
         }
         match ct {
             // Stale: recognised as such again at no cost, so not recorded as seen.
@@ -398,7 +393,7 @@ impl Ctx<'_> {
                         if p.group_id != sg.group_id {
                             self.raise_psk_limit(p)?;
                         }
-                        return Ok(Err(Outcome::Wait(Wait::Psk(*p))));
+                        return Ok(Err(Outcome::Wait(WaitReason::Psk(*p))));
                     }
                 }
                 Ok(Ok(aad_psks))
@@ -411,7 +406,7 @@ impl Ctx<'_> {
                 // they go stale). Keep it unprocessed until then, and let a commit that
                 // waits for a proposal of this epoch try again.
                 self.proposal_deferred(&sg.group_id, epoch)?;
-                Ok(Err(Outcome::Wait(Wait::Commit(epoch))))
+                Ok(Err(Outcome::Wait(WaitReason::Commit(epoch))))
             }
             _ => Ok(Ok(Vec::new())),
         }
@@ -606,7 +601,7 @@ impl Ctx<'_> {
 
     /// We learned that the owner of Send Group `gid` was removed and stop at `stop`
     /// (see [`Ctx::note_removed`]): its waiting application messages beyond `stop` are
-    /// dropped, its commits and proposals beyond it are kept as [`Wait::Stopped`]. Commits
+    /// dropped, its commits and proposals beyond it are kept as [`WaitReason::Stopped`]. Commits
     /// already waiting for the PSK of a later epoch of it raise the limit at once.
     pub(crate) fn stop_waiting(&mut self, gid: &[u8; 32], stop: u64) -> Result<(), EngineError> {
         // Its deferred leaf refreshes held in memory are kept like the stored ones.
@@ -721,7 +716,7 @@ impl Ctx<'_> {
     }
 
     /// Processes the deferred leaf-refresh proposals of `epoch` of a Send Group we do not
-    /// own (see [`Wait::Commit`]) into openmls's proposal store. A bad one is dropped.
+    /// own (see [`WaitReason::Commit`]) into openmls's proposal store. A bad one is dropped.
     /// Returns how many were stored.
     fn process_deferred_proposals(
         &mut self,

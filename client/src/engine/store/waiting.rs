@@ -117,67 +117,58 @@ pub(crate) fn any_waits_for_proposal(
     )?)
 }
 
-/// The messages of `gid` that wait for it to reach `epoch`: proposals and application
-/// messages first, then commits.
-pub(crate) fn for_epoch(
-    conn: &Connection,
-    gid: &[u8; 32],
-    epoch: u64,
-) -> Result<Vec<Waiting>, EngineError> {
-    Ok(conn.rows_cached(
-        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting
-         WHERE group_id = ?1 AND wait_kind = ?2 AND wait_epoch = ?3 ORDER BY is_commit, id",
-        params![gid.as_slice(), kind::EPOCH, epoch as i64],
-        waiting_row,
-    )?)
+/// Something that may release waiting messages (PROTOCOL.md "Receiving").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// Send Group reached this epoch.
+    Epoch([u8; 32], u64),
+    /// A PSK was stored.
+    Psk(PskId),
+    /// A proposal of this epoch was stored in this Send Group.
+    Proposal([u8; 32], u64),
+    /// We joined this Send Group.
+    Joined([u8; 32]),
+    /// The processing limit of a removed owner's Send Group was raised to this epoch
+    /// (ENGINE_NOTES.md "Removal race"): its kept messages of earlier epochs may go on.
+    Limit([u8; 32], u64),
 }
 
-/// The commits of `gid` that wait for a proposal of `epoch`.
-pub(crate) fn for_proposal(
-    conn: &Connection,
-    gid: &[u8; 32],
-    epoch: u64,
-) -> Result<Vec<Waiting>, EngineError> {
-    Ok(conn.rows_cached(
-        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting
-         WHERE group_id = ?1 AND wait_kind = ?2 AND wait_epoch = ?3 ORDER BY id",
-        params![gid.as_slice(), kind::PROPOSAL, epoch as i64],
-        waiting_row,
-    )?)
-}
-
-/// The commits (of any Send Group) that wait for `psk`.
-pub(crate) fn for_psk(conn: &Connection, psk: &PskId) -> Result<Vec<Waiting>, EngineError> {
-    Ok(conn.rows_cached(
-        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE wait_psk = ?1 ORDER BY id",
-        [psk.to_bytes().as_slice()],
-        waiting_row,
-    )?)
-}
-
-/// The messages of `gid` that wait for its Welcome: commits last.
-pub(crate) fn for_welcome(conn: &Connection, gid: &[u8; 32]) -> Result<Vec<Waiting>, EngineError> {
-    Ok(conn.rows_cached(
-        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting
-         WHERE group_id = ?1 AND wait_kind = ?2 ORDER BY is_commit, id",
-        params![gid.as_slice(), kind::WELCOME],
-        waiting_row,
-    )?)
-}
-
-/// The kept ([`WaitReason::Stopped`]) messages of `gid` of epochs before `limit`: proposals
-/// first (a commit may reference them), commits in epoch order.
-pub(crate) fn stopped_before(
-    conn: &Connection,
-    gid: &[u8; 32],
-    limit: u64,
-) -> Result<Vec<Waiting>, EngineError> {
-    Ok(conn.rows_cached(
-        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting
-         WHERE group_id = ?1 AND wait_kind = ?2 AND epoch < ?3 ORDER BY is_commit, epoch, id",
-        params![gid.as_slice(), kind::STOPPED, limit as i64],
-        waiting_row,
-    )?)
+/// The messages that trigger `t` releases, in the order to process them.
+pub(crate) fn released_by(conn: &Connection, t: &Trigger) -> Result<Vec<Waiting>, EngineError> {
+    let rows = match t {
+        // Proposals and application messages first, then commits.
+        Trigger::Epoch(g, e) => conn.rows_cached(
+            "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting
+             WHERE group_id = ?1 AND wait_kind = ?2 AND wait_epoch = ?3 ORDER BY is_commit, id",
+            params![g.as_slice(), kind::EPOCH, *e as i64],
+            waiting_row,
+        ),
+        Trigger::Proposal(g, e) => conn.rows_cached(
+            "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting
+             WHERE group_id = ?1 AND wait_kind = ?2 AND wait_epoch = ?3 ORDER BY id",
+            params![g.as_slice(), kind::PROPOSAL, *e as i64],
+            waiting_row,
+        ),
+        Trigger::Psk(p) => conn.rows_cached(
+            "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE wait_psk = ?1 ORDER BY id",
+            [p.to_bytes().as_slice()],
+            waiting_row,
+        ),
+        Trigger::Joined(g) => conn.rows_cached(
+            "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting
+             WHERE group_id = ?1 AND wait_kind = ?2 ORDER BY is_commit, id",
+            params![g.as_slice(), kind::WELCOME],
+            waiting_row,
+        ),
+        // Proposals first (a commit may reference them), commits in epoch order.
+        Trigger::Limit(g, e) => conn.rows_cached(
+            "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting
+             WHERE group_id = ?1 AND wait_kind = ?2 AND epoch < ?3 ORDER BY is_commit, epoch, id",
+            params![g.as_slice(), kind::STOPPED, *e as i64],
+            waiting_row,
+        ),
+    };
+    Ok(rows?)
 }
 
 /// The messages of `gid` a removal stopping it at `stop` concerns: those beyond `stop`,
