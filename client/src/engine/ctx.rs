@@ -1,22 +1,23 @@
-//! The per-operation context shared by the engine's modules, and helpers over our tables.
+//! The per-operation context shared by the engine's modules: the connection, the caches of
+//! one operation (groups, Send Group rows, deferred leaf refreshes, cursors) and the
+//! savepoints that keep them equal to storage.
 
 use openmls::prelude::*;
 use openmls::schedule::PreSharedKeyId;
-use openmls_basic_credential::SignatureKeyPair;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
 use super::deferred::DeferredRefreshes;
-use super::identity::DmlsSigner;
 use super::ids::{DGroupId, PskId};
 use super::provider::{DmlsRand, Provider};
-use super::state::CachedSql as _;
-use super::state::meta_get;
-use super::{Counters, Effect, EngineError, UpdatePolicy};
+use super::store::send_groups::{self, SendGroupRow};
+use super::store::waiting::{self, Trigger};
+use super::store::{Savepoint, dgroups, members, psks};
+use super::{Counters, EngineError, UpdatePolicy};
 
 /// The ciphersuite of our own Send Groups (PROTOCOL.md "Ciphersuite and wire format").
 pub(crate) const CIPHERSUITE: Ciphersuite =
@@ -27,99 +28,6 @@ pub(crate) const MAX_PAST_EPOCHS: usize = 5;
 const OUT_OF_ORDER_TOLERANCE: u32 = 1000;
 /// How far ahead of the last one a generation may be.
 const MAXIMUM_FORWARD_DISTANCE: u32 = 10_000;
-
-/// Something that may release waiting messages (PROTOCOL.md "Receiving").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Trigger {
-    /// Send Group reached this epoch.
-    Epoch([u8; 32], u64),
-    /// A PSK was stored.
-    Psk(PskId),
-    /// A proposal of this epoch was stored in this Send Group.
-    Proposal([u8; 32], u64),
-    /// We joined this Send Group.
-    Joined([u8; 32]),
-    /// The processing limit of a removed owner's Send Group was raised to this epoch
-    /// (ENGINE_NOTES.md "Removal race"): its kept messages of earlier epochs may go on.
-    Limit([u8; 32], u64),
-}
-
-/// One row of `dmls_send_group`.
-#[derive(Debug, Clone)]
-pub(crate) struct SendGroupRow {
-    pub(crate) group_id: [u8; 32],
-    pub(crate) dgroup_id: DGroupId,
-    pub(crate) owner: String,
-    pub(crate) is_own: bool,
-    pub(crate) joined: bool,
-    pub(crate) joined_epoch: Option<u64>,
-    pub(crate) after_seq: u64,
-    pub(crate) stop_epoch: Option<u64>,
-    /// Removed owner only: commits are processed up to this epoch (see [`SendGroupRow::limit`]).
-    pub(crate) psk_limit_epoch: Option<u64>,
-    /// Removed owner only: no commit can import a later epoch of it any more
-    /// ([`Ctx::close_removed_groups`]); nothing beyond the limit is kept.
-    pub(crate) closed: bool,
-    pub(crate) own_state: Option<String>,
-    pub(crate) last_update_ms: u64,
-    pub(crate) msgs_since_update: u64,
-    pub(crate) sent_in_epoch: u64,
-}
-
-/// `SELECT` of every [`SendGroupRow`] column, followed by `$tail` (a literal, so that the
-/// whole statement is a constant).
-macro_rules! select_send_group {
-    ($tail:literal) => {
-        concat!(
-            "SELECT group_id, dgroup_id, owner, is_own, joined, joined_epoch, after_seq, \
-             stop_epoch, own_state, last_update_ms, msgs_since_update, sent_in_epoch, \
-             psk_limit_epoch, closed FROM dmls_send_group ",
-            $tail
-        )
-    };
-}
-
-fn sg_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SendGroupRow> {
-    let gid: Vec<u8> = r.get(0)?;
-    let did: Vec<u8> = r.get(1)?;
-    let mut group_id = [0u8; 32];
-    let mut dgroup_id = [0u8; 16];
-    // Rows are written only by us with these lengths; anything else reads as zeros
-    // and fails later lookups rather than panicking.
-    if gid.len() == 32 {
-        group_id.copy_from_slice(&gid);
-    }
-    if did.len() == 16 {
-        dgroup_id.copy_from_slice(&did);
-    }
-    Ok(SendGroupRow {
-        group_id,
-        dgroup_id: DGroupId(dgroup_id),
-        owner: r.get(2)?,
-        is_own: r.get(3)?,
-        joined: r.get(4)?,
-        joined_epoch: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-        after_seq: r.get::<_, i64>(6)? as u64,
-        stop_epoch: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-        own_state: r.get(8)?,
-        last_update_ms: r.get::<_, i64>(9)? as u64,
-        msgs_since_update: r.get::<_, i64>(10)? as u64,
-        sent_in_epoch: r.get::<_, i64>(11)? as u64,
-        psk_limit_epoch: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
-        closed: r.get(13)?,
-    })
-}
-
-impl SendGroupRow {
-    /// For a removed owner's Send Group: the epoch its commits are processed up to (the
-    /// commit of epoch `limit - 1` is the last). That is `stop_epoch`, raised to the latest
-    /// epoch whose PSK a commit we process imports (ENGINE_NOTES.md "Removal race").
-    /// `None` when the owner is not known to be removed.
-    pub(crate) fn limit(&self) -> Option<u64> {
-        self.stop_epoch
-            .map(|s| s.max(self.psk_limit_epoch.unwrap_or(0)))
-    }
-}
 
 /// MLS groups kept in memory between operations, so that a group is not decoded from
 /// storage for every message. A cached group always equals what storage holds: a group is
@@ -250,10 +158,7 @@ impl<'a> Ctx<'a> {
     /// Writes the cursors noted in this operation.
     pub(crate) fn flush_cursors(&mut self) -> Result<(), EngineError> {
         for (gid, seq) in std::mem::take(&mut self.cursors) {
-            self.write_send_group(
-                "UPDATE dmls_send_group SET after_seq = MAX(after_seq, ?2) WHERE group_id = ?1",
-                params![gid.as_slice(), seq as i64],
-            )?;
+            self.write_send_group(|conn| send_groups::advance_cursor(conn, &gid, seq))?;
         }
         Ok(())
     }
@@ -264,11 +169,7 @@ impl<'a> Ctx<'a> {
         if let Some(v) = self.proposal_waits.get(gid) {
             return Ok(*v);
         }
-        let v = self.conn.row_cached(
-            "SELECT EXISTS (SELECT 1 FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'proposal')",
-            [gid.as_slice()],
-            |r| r.get::<_, bool>(0),
-        )?;
+        let v = waiting::any_waits_for_proposal(self.conn, gid)?;
         self.proposal_waits.insert(*gid, v);
         Ok(v)
     }
@@ -276,33 +177,6 @@ impl<'a> Ctx<'a> {
     /// Notes that a commit in Send Group `gid` now waits for a proposal.
     pub(crate) fn set_proposal_wait(&mut self, gid: [u8; 32]) {
         self.proposal_waits.insert(gid, true);
-    }
-
-    /// Our client id.
-    pub(crate) fn me(&self) -> Result<String, EngineError> {
-        let v = meta_get(self.conn, "client_id")?.ok_or(EngineError::NoIdentity)?;
-        String::from_utf8(v)
-            .map_err(|_| EngineError::Internal("stored client id is not UTF-8".into()))
-    }
-
-    /// Our signature key.
-    pub(crate) fn signer(&self) -> Result<DmlsSigner, EngineError> {
-        let public = meta_get(self.conn, "signature_public")?.ok_or(EngineError::NoIdentity)?;
-        SignatureKeyPair::read(
-            &self.provider.storage,
-            &public,
-            CIPHERSUITE.signature_algorithm(),
-        )
-        .map(DmlsSigner::new)
-        .ok_or_else(|| EngineError::Internal("signature key missing from storage".into()))
-    }
-
-    /// Our credential with key.
-    pub(crate) fn credential(&self, signer: &DmlsSigner) -> Result<CredentialWithKey, EngineError> {
-        Ok(CredentialWithKey {
-            credential: BasicCredential::new(self.me()?.into_bytes()).into(),
-            signature_key: signer.public().into(),
-        })
     }
 
     /// Loads an MLS group from openmls storage (bypassing the cache).
@@ -342,21 +216,21 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Runs `f` inside SAVEPOINT `name`; on error rolls back (openmls's writes included),
+    /// Runs `f` inside savepoint `sp`; on error rolls back (openmls's writes included),
     /// drops the group cache, which may hold groups changed inside the savepoint, and forgets
     /// the triggers and prunes queued inside it.
     pub(crate) fn savepoint<T>(
         &mut self,
-        name: &str,
+        sp: Savepoint,
         f: impl FnOnce(&mut Self) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
         let conn = self.conn;
-        conn.exec_cached(&format!("SAVEPOINT {name}"), [])?;
+        sp.begin(conn)?;
         let (triggers, prune_later) = (self.triggers.len(), self.prune_later.len());
         let deferred = self.deferred.mark();
         match f(self) {
             Ok(v) => {
-                conn.exec_cached(&format!("RELEASE {name}"), [])?;
+                sp.release(conn)?;
                 Ok(v)
             }
             Err(e) => {
@@ -368,7 +242,7 @@ impl<'a> Ctx<'a> {
                 self.prune_later.truncate(prune_later);
                 self.deferred.rollback_to(deferred);
                 // If even the rollback fails the connection is unusable; report the first error.
-                let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
+                let _ = sp.rollback(conn);
                 Err(e)
             }
         }
@@ -379,39 +253,26 @@ impl<'a> Ctx<'a> {
         if let Some(row) = self.send_groups.borrow().get(gid) {
             return Ok(Some(row.clone()));
         }
-        let row = self
-            .conn
-            .row_cached(
-                select_send_group!("WHERE group_id = ?1"),
-                [gid.as_slice()],
-                sg_from_row,
-            )
-            .optional()?;
+        let row = send_groups::get(self.conn, gid)?;
         if let Some(row) = &row {
             self.send_groups.borrow_mut().insert(*gid, row.clone());
         }
         Ok(row)
     }
 
-    /// Runs a statement that writes `dmls_send_group`, and forgets the rows read so far.
-    pub(crate) fn write_send_group(
+    /// Runs `write` (a function of [`send_groups`] that writes), and forgets the rows read
+    /// so far.
+    pub(crate) fn write_send_group<T>(
         &self,
-        sql: &str,
-        p: impl rusqlite::Params,
-    ) -> Result<usize, EngineError> {
+        write: impl FnOnce(&Connection) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
         self.send_groups.borrow_mut().clear();
-        Ok(self.conn.exec_cached(sql, p)?)
+        write(self.conn)
     }
 
     /// All Send Group rows of a DGroup (config order is not kept; sorted by owner).
     pub(crate) fn send_groups_of(&self, d: &DGroupId) -> Result<Vec<SendGroupRow>, EngineError> {
-        let mut st = self
-            .conn
-            .prepare_cached(select_send_group!("WHERE dgroup_id = ?1 ORDER BY owner"))?;
-        let rows = st
-            .query_map([d.0.as_slice()], sg_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        send_groups::of_dgroup(self.conn, d)
     }
 
     /// Our own Send Group row of a DGroup.
@@ -427,66 +288,10 @@ impl<'a> Ctx<'a> {
         &self,
         d: &DGroupId,
     ) -> Result<Option<(DGroupConfig, Vec<u8>, bool)>, EngineError> {
-        let row: Option<(Vec<u8>, bool)> = self
-            .conn
-            .row_cached(
-                "SELECT config, we_removed FROM dmls_dgroup WHERE dgroup_id = ?1",
-                [d.0.as_slice()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        match row {
+        match dgroups::config(self.conn, d)? {
             None => Ok(None),
             Some((bytes, removed)) => Ok(Some((DGroupConfig::decode(&bytes)?, bytes, removed))),
         }
-    }
-
-    /// Members known to be removed from a DGroup, with whether they are still in our Send Group.
-    pub(crate) fn removed(&self, d: &DGroupId) -> Result<Vec<(String, bool)>, EngineError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT member, pending FROM dmls_removed WHERE dgroup_id = ?1 ORDER BY member",
-        )?;
-        let rows = st
-            .query_map([d.0.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
-    /// Appends an effect to the outbox.
-    pub(crate) fn outbox_push(&self, effect: &Effect) -> Result<u64, EngineError> {
-        let bytes = rmp_serde::to_vec(effect)
-            .map_err(|e| EngineError::Internal(format!("cannot encode outbox effect: {e}")))?;
-        self.conn
-            .exec_cached("INSERT INTO dmls_outbox(effect) VALUES (?1)", [bytes])?;
-        Ok(self.conn.last_insert_rowid() as u64)
-    }
-
-    /// Decodes an outbox effect (MessagePack).
-    pub(crate) fn decode_effect(id: i64, bytes: &[u8]) -> Result<Effect, EngineError> {
-        rmp_serde::from_slice(bytes)
-            .map_err(|e| EngineError::Internal(format!("outbox item {id} unreadable: {e}")))
-    }
-
-    /// Whether a message was seen already.
-    pub(crate) fn seen(&self, hash: &[u8; 32]) -> Result<bool, EngineError> {
-        Ok(self
-            .conn
-            .row_cached(
-                "SELECT 1 FROM dmls_seen WHERE hash = ?1",
-                [hash.as_slice()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    }
-
-    /// Records a message as seen (processed, ignored for good, or sent by us).
-    pub(crate) fn mark_seen(&self, hash: &[u8; 32]) -> Result<(), EngineError> {
-        self.conn.exec_cached(
-            "INSERT OR IGNORE INTO dmls_seen(hash) VALUES (?1)",
-            [hash.as_slice()],
-        )?;
-        Ok(())
     }
 
     /// Exports and stores the PSK of the group's current epoch (PROTOCOL.md "PSK export"):
@@ -512,44 +317,10 @@ impl<'a> Ctx<'a> {
         PreSharedKeyId::external(psk_id.to_bytes().to_vec(), Vec::new())
             .store(&self.provider, secret)
             .map_err(|e| EngineError::mls("storing PSK", e))?;
-        let n = self.conn.exec_cached(
-            "INSERT OR IGNORE INTO dmls_psk(psk_id, group_id, epoch, stored_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                psk_id.to_bytes().as_slice(),
-                psk_id.group_id.as_slice(),
-                psk_id.epoch as i64,
-                self.now_ms.map(|t| t as i64)
-            ],
-        )?;
-        if n > 0 {
+        if psks::insert(self.conn, &psk_id, self.now_ms)? {
             self.triggers.push(Trigger::Psk(psk_id));
         }
         Ok(())
-    }
-
-    /// Whether a PSK is stored.
-    pub(crate) fn has_psk(&self, psk_id: &PskId) -> Result<bool, EngineError> {
-        Ok(self
-            .conn
-            .row_cached(
-                "SELECT 1 FROM dmls_psk WHERE psk_id = ?1",
-                [psk_id.to_bytes().as_slice()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    }
-
-    /// The latest epoch of `gid` we hold a PSK for.
-    pub(crate) fn latest_psk_epoch(&self, gid: &[u8; 32]) -> Result<Option<u64>, EngineError> {
-        Ok(self
-            .conn
-            .row_cached(
-                "SELECT MAX(epoch) FROM dmls_psk WHERE group_id = ?1",
-                [gid.as_slice()],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
-            .map(|v| v as u64))
     }
 
     /// Records that `member` left the DGroup: pending removal from our Send Group, no more
@@ -559,11 +330,7 @@ impl<'a> Ctx<'a> {
         if member == me {
             return Ok(false);
         }
-        let n = self.conn.exec_cached(
-            "INSERT OR IGNORE INTO dmls_removed(dgroup_id, member, pending) VALUES (?1, ?2, 1)",
-            params![d.0.as_slice(), member],
-        )?;
-        if n == 0 {
+        if !members::insert_removed(self.conn, d, member)? {
             return Ok(false);
         }
         let gid = super::ids::send_group_id(d, member);
@@ -573,10 +340,7 @@ impl<'a> Ctx<'a> {
             } else {
                 0
             };
-            self.write_send_group(
-                "UPDATE dmls_send_group SET stop_epoch = ?2 WHERE group_id = ?1",
-                params![gid.as_slice(), stop as i64],
-            )?;
+            self.write_send_group(|conn| send_groups::set_stop_epoch(conn, &gid, stop))?;
             // Its commits and proposals beyond the stop epoch are kept ('stopped'), in case a
             // commit of another member imports a later epoch of its group. Never joined: what
             // waits for its Welcome stays; joining sets the stop epoch then (`Ctx::welcome`).

@@ -5,7 +5,7 @@
 //! member receives a refresh from every other member in every Send Group, and most of them
 //! are dropped again within the same batch, when the owner's commit of their epoch arrives
 //! without them. So they stay here, and only those still deferred when the operation ends are
-//! written to `dmls_waiting` ([`super::ctx::Ctx::flush_deferred`]), in the operation's
+//! written to `dmls_waiting` (`Ctx::flush_deferred`), in the operation's
 //! transaction: the saved INSERT and DELETE per refresh are what this is for.
 //!
 //! Savepoints roll this state back with the database through an undo journal

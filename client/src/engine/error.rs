@@ -7,8 +7,9 @@ pub enum EngineError {
     /// The SQLite database failed.
     #[error("state database error: {0}")]
     Database(#[from] rusqlite::Error),
-    /// The openmls storage migrations failed.
-    #[error("could not migrate the openmls storage schema: {0}")]
+    /// A schema migration (openmls's or the engine's) failed, or the database cannot be read by
+    /// this version.
+    #[error("could not migrate the state database schema: {0}")]
     Migration(String),
     /// No identity yet.
     #[error("no identity: create one first")]
@@ -42,6 +43,21 @@ pub enum EngineError {
     /// openmls refused an operation.
     #[error("MLS error: {0}")]
     Mls(String),
+    /// The state database holds a value this version cannot read (written by a later
+    /// version, or damaged).
+    #[error("the state database holds a value this version cannot read: {0}")]
+    UnreadableState(String),
+    /// The state database was written by a later version of the engine.
+    #[error(
+        "the state database has engine schema version {found}, this version reads up to \
+         {supported}: open it with a newer version"
+    )]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: u32,
+        /// Latest version this code reads.
+        supported: u32,
+    },
     /// A bug: an internal invariant does not hold.
     #[error("internal error (please report): {0}")]
     Internal(String),

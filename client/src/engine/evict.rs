@@ -12,7 +12,7 @@
 //!
 //! A member cannot import epochs from before it joined a Send Group: when a commit adds
 //! members late, it counts for them as acknowledging the epoch it leaves
-//! ([`Ctx::ack_joined`]).
+//! (`Ctx::ack_joined`).
 //!
 //! Eviction is a removal like [`Ctx::remove`]: one commit of our Send Group removes every
 //! member behind for too long, and every other member then removes them from theirs.
@@ -21,36 +21,23 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::params;
-
 use super::ctx::Ctx;
-use super::ids::{DGroupId, PskId};
-use super::state::CachedSql as _;
+use super::ids::DGroupId;
+use super::store::{acks, dgroups, members, psks};
 use super::{EngineError, Event};
 
 impl Ctx<'_> {
     /// For every current member of `d` (us included) that is behind: since when, by our
     /// clock. PSKs without a stored time (rows of older versions) count as not owed.
     pub(crate) fn behind_since(&self, d: &DGroupId) -> Result<HashMap<String, u64>, EngineError> {
-        let removed: HashSet<String> = self.removed(d)?.into_iter().map(|r| r.0).collect();
-        let acks = self.dgroup_acks(d)?;
+        let removed: HashSet<String> = members::removed_names(self.conn, d)?.into_iter().collect();
+        let acks = acks::of_dgroup(self.conn, d)?;
         let mut out: HashMap<String, u64> = HashMap::new();
         for g in self.send_groups_of(d)? {
             if !g.joined || removed.contains(&g.owner) {
                 continue;
             }
-            let held: Vec<(u64, Option<u64>)> = {
-                let mut st = self.conn.prepare_cached(
-                    "SELECT epoch, stored_ms FROM dmls_psk WHERE group_id = ?1 ORDER BY epoch",
-                )?;
-                st.query_map([g.group_id.as_slice()], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?.max(0) as u64,
-                        r.get::<_, Option<i64>>(1)?.map(|t| t.max(0) as u64),
-                    ))
-                })?
-                .collect::<Result<_, _>>()?
-            };
+            let held = psks::held(self.conn, &g.group_id)?;
             if held.is_empty() {
                 continue;
             }
@@ -73,48 +60,10 @@ impl Ctx<'_> {
         Ok(out)
     }
 
-    /// A commit of Send Group `gid` that added `members` was merged, leaving epoch `epoch`:
-    /// they cannot import that epoch or any before it, so for eviction and PSK deletion they
-    /// count as having acknowledged it.
-    pub(crate) fn ack_joined(
-        &self,
-        d: &DGroupId,
-        gid: &[u8; 32],
-        epoch: u64,
-        members: &[String],
-    ) -> Result<(), EngineError> {
-        let left = PskId {
-            epoch,
-            group_id: *gid,
-        };
-        for m in members {
-            self.ack(d, m, &[left])?;
-        }
-        Ok(())
-    }
-
-    /// PSKs stored by older versions have no time: their clock starts now.
-    fn start_psk_clocks(&self, now_ms: u64) -> Result<(), EngineError> {
-        self.conn.exec_cached(
-            "UPDATE dmls_psk SET stored_ms = ?1 WHERE stored_ms IS NULL",
-            params![now_ms as i64],
-        )?;
-        Ok(())
-    }
-
     /// DGroups whose Send Group of ours is active, in the order we learned them.
     fn active_dgroups(&self) -> Result<Vec<DGroupId>, EngineError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT dgroup_id FROM dmls_dgroup WHERE we_removed = 0 ORDER BY rowid")?;
-        let ids: Vec<Vec<u8>> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        let mut out = Vec::new();
-        for id in ids {
-            let d = DGroupId::from_slice(&id)?;
-            if self.active_own(&d).is_ok() {
-                out.push(d);
-            }
-        }
+        let mut out = dgroups::not_left(self.conn)?;
+        out.retain(|d| self.active_own(d).is_ok());
         Ok(out)
     }
 
@@ -131,7 +80,8 @@ impl Ctx<'_> {
                 "the eviction threshold must be longer than zero".into(),
             ));
         }
-        self.start_psk_clocks(now_ms)?;
+        // PSKs stored by older versions have no time: their clock starts now.
+        psks::start_clocks(self.conn, now_ms)?;
         let me = self.me()?;
         let mut events = Vec::new();
         for d in self.active_dgroups()? {

@@ -9,7 +9,7 @@ use zeroize::Zeroize as _;
 
 use super::EngineError;
 use super::ctx::{CIPHERSUITE, Ctx, capabilities};
-use super::state::{meta_get, meta_set};
+use super::store::meta::{self, Key};
 
 /// Checks a relay client id: 1 to 64 characters of `a-z 0-9 . _ -` (API.md "Conventions").
 pub(crate) fn validate_client_id(id: &str) -> Result<(), EngineError> {
@@ -79,9 +79,36 @@ impl Signer for DmlsSigner {
 }
 
 impl Ctx<'_> {
+    /// Our client id.
+    pub(crate) fn me(&self) -> Result<String, EngineError> {
+        let v = meta::get(self.conn, Key::ClientId)?.ok_or(EngineError::NoIdentity)?;
+        String::from_utf8(v)
+            .map_err(|_| EngineError::Internal("stored client id is not UTF-8".into()))
+    }
+
+    /// Our signature key.
+    pub(crate) fn signer(&self) -> Result<DmlsSigner, EngineError> {
+        let public = meta::get(self.conn, Key::SignaturePublic)?.ok_or(EngineError::NoIdentity)?;
+        SignatureKeyPair::read(
+            &self.provider.storage,
+            &public,
+            CIPHERSUITE.signature_algorithm(),
+        )
+        .map(DmlsSigner::new)
+        .ok_or_else(|| EngineError::Internal("signature key missing from storage".into()))
+    }
+
+    /// Our credential with key.
+    pub(crate) fn credential(&self, signer: &DmlsSigner) -> Result<CredentialWithKey, EngineError> {
+        Ok(CredentialWithKey {
+            credential: BasicCredential::new(self.me()?.into_bytes()).into(),
+            signature_key: signer.public().into(),
+        })
+    }
+
     pub(crate) fn create_identity(&mut self, client_id: &str) -> Result<(), EngineError> {
         validate_client_id(client_id)?;
-        if let Some(existing) = meta_get(self.conn, "client_id")? {
+        if let Some(existing) = meta::get(self.conn, Key::ClientId)? {
             return Err(EngineError::IdentityExists(
                 String::from_utf8_lossy(&existing).into_owned(),
             ));
@@ -90,8 +117,8 @@ impl Ctx<'_> {
             .map_err(|e| EngineError::mls("generating signature key", e))?;
         keys.store(&self.provider.storage)
             .map_err(|e| EngineError::mls("storing signature key", e))?;
-        meta_set(self.conn, "client_id", client_id.as_bytes())?;
-        meta_set(self.conn, "signature_public", keys.public())?;
+        meta::set(self.conn, Key::ClientId, client_id.as_bytes())?;
+        meta::set(self.conn, Key::SignaturePublic, keys.public())?;
         Ok(())
     }
 

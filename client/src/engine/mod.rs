@@ -24,8 +24,8 @@ mod prune;
 mod queries;
 mod receive;
 mod send_group;
-mod state;
 mod storage;
+mod store;
 
 pub use config::{DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
 pub use envelope::{DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN};
@@ -420,7 +420,7 @@ impl Engine {
             &mut self.groups,
         );
         c.now_ms = now_ms;
-        c.savepoint("dmls_op", |c| {
+        c.savepoint(store::Savepoint::Operation, |c| {
             let v = f(c)?;
             if c.removals_merged {
                 c.close_removed_groups()?;
@@ -456,31 +456,35 @@ impl Engine {
         mut conn: rusqlite::Connection,
         rand: provider::DmlsRand,
     ) -> Result<Engine, EngineError> {
-        conn.set_prepared_statement_cache_capacity(state::STATEMENT_CACHE);
+        conn.set_prepared_statement_cache_capacity(store::STATEMENT_CACHE);
         // Every input runs in a nested savepoint, whose undo journal is a temporary file
         // unless temporary storage is in memory; and a batch of inputs changes many pages,
         // which should not spill to disk before the commit.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.pragma_update(None, "cache_size", -32_000)?;
         provider::migrate(&mut conn)?;
-        state::migrate(&conn)?;
-        match state::meta_get(&conn, "state_codec")? {
-            Some(codec) if codec == provider::STATE_CODEC_NAME => {}
+        store::schema::migrate(&conn)?;
+        match store::meta::get(&conn, store::meta::Key::StateCodec)? {
+            Some(codec) if codec == storage::STATE_CODEC_NAME => {}
             Some(other) => {
                 return Err(EngineError::Migration(format!(
                     "the state database stores openmls state as {:?}, this version reads {:?}",
                     String::from_utf8_lossy(&other),
-                    String::from_utf8_lossy(provider::STATE_CODEC_NAME)
+                    String::from_utf8_lossy(storage::STATE_CODEC_NAME)
                 )));
             }
-            None if state::meta_get(&conn, "client_id")?.is_some() => {
+            None if store::meta::get(&conn, store::meta::Key::ClientId)?.is_some() => {
                 return Err(EngineError::Migration(
                     "the state database was written by an older dmls version (JSON openmls \
                      state); it cannot be read by this one: create a new identity"
                         .into(),
                 ));
             }
-            None => state::meta_set(&conn, "state_codec", provider::STATE_CODEC_NAME)?,
+            None => store::meta::set(
+                &conn,
+                store::meta::Key::StateCodec,
+                storage::STATE_CODEC_NAME,
+            )?,
         }
         Ok(Engine {
             conn,
@@ -515,10 +519,12 @@ impl Engine {
 
     /// Our client id, if the identity was created.
     pub fn client_id(&self) -> Result<Option<String>, EngineError> {
-        self.read(|c| match state::meta_get(c.conn, "client_id")? {
-            None => Ok(None),
-            Some(_) => c.me().map(Some),
-        })
+        self.read(
+            |c| match store::meta::get(c.conn, store::meta::Key::ClientId)? {
+                None => Ok(None),
+                Some(_) => c.me().map(Some),
+            },
+        )
     }
 
     /// Generates `n` key packages (MLSMessage-framed, advertising extension type 0xFF00),
@@ -582,14 +588,18 @@ impl Engine {
                     Input::Welcome {
                         inbox_id: Some(id), ..
                     } => {
-                        let r = c.savepoint("dmls_input", |c| Self::dispatch(c, input, now_ms));
+                        let r = c.savepoint(store::Savepoint::Input, |c| {
+                            Self::dispatch(c, input, now_ms)
+                        });
                         if r.as_ref().is_err_and(EngineError::is_input_error) {
                             // Not fetched again.
                             c.set_welcome_cursor(id)?;
                         }
                         r
                     }
-                    input => c.savepoint("dmls_input", |c| Self::dispatch(c, input, now_ms)),
+                    input => c.savepoint(store::Savepoint::Input, |c| {
+                        Self::dispatch(c, input, now_ms)
+                    }),
                 };
                 match result {
                     Err(e) if !e.is_input_error() => return Err(e),

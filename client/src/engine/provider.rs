@@ -5,15 +5,14 @@
 use std::sync::Mutex;
 
 use openmls_rust_crypto::RustCrypto;
-use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use openmls_sqlite_storage::SqliteStorageProvider;
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::random::OpenMlsRand;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::EngineError;
-
-use super::storage::DmlsStorage;
+use super::storage::{DmlsStorage, StateCodec};
 
 /// openmls's randomness: a ChaCha20 stream, seeded from the OS or by a simulation.
 pub(crate) struct DmlsRand(Mutex<ChaCha20Rng>);
@@ -56,43 +55,6 @@ impl OpenMlsRand for DmlsRand {
         Ok(out)
     }
 }
-
-/// Codec of openmls's state in openmls_sqlite_storage: MessagePack (rmp-serde), a compact
-/// binary format that, unlike JSON, does not spell every key byte as a decimal number. It is
-/// self-describing, which openmls's serde types need (one of them is an untagged enum).
-/// Loading and storing group state dominated the engine's cost with JSON.
-#[derive(Default)]
-pub(crate) struct StateCodec;
-
-impl Codec for StateCodec {
-    type Error = CodecError;
-
-    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        // openmls's byte strings serialize as sequences of u8; store them as MessagePack
-        // `bin` (one copy) instead of one integer per byte. rmp-serde reads `bin` back into
-        // any sequence of u8.
-        let mut out = Vec::new();
-        let mut ser = rmp_serde::Serializer::new(&mut out)
-            .with_bytes(rmp_serde::config::BytesMode::ForceIterables);
-        value
-            .serialize(&mut ser)
-            .map_err(|e| CodecError(e.to_string()))?;
-        Ok(out)
-    }
-
-    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-        rmp_serde::from_slice(slice).map_err(|e| CodecError(e.to_string()))
-    }
-}
-
-/// An encoding or decoding error of [`StateCodec`].
-#[derive(Debug, thiserror::Error)]
-#[error("openmls state codec: {0}")]
-pub(crate) struct CodecError(String);
-
-/// Name of the storage codec, recorded in `dmls_meta` so that a database written with
-/// another codec is refused with a clear error instead of failing to decode later.
-pub(crate) const STATE_CODEC_NAME: &[u8] = b"msgpack-bin";
 
 /// The openmls storage over our connection: openmls_sqlite_storage's tables and encoding,
 /// with cached statements.

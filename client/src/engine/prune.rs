@@ -1,14 +1,12 @@
 //! Deleting what nobody will use again: PSKs nobody will import (PROTOCOL.md "Acknowledgement and
 //! key deletion"), and the kept messages of a removed owner once no commit can import its epochs.
 
-use openmls::schedule::{ExternalPsk, Psk};
-use openmls_traits::storage::StorageProvider as _;
-use rusqlite::params;
-
 use super::EngineError;
 use super::ctx::Ctx;
 use super::ids::{DGroupId, PskId, send_group_id};
-use super::state::CachedSql as _;
+use super::store::{acks, members, psks, send_groups, waiting};
+use openmls::schedule::{ExternalPsk, Psk};
+use openmls_traits::storage::StorageProvider as _;
 
 impl Ctx<'_> {
     /// Runs [`Ctx::prune_psks`] once per DGroup for everything merged commits imported
@@ -40,8 +38,8 @@ impl Ctx<'_> {
         let Some((config, _, _)) = self.config(d)? else {
             return Ok(());
         };
-        let removed: Vec<String> = self.removed(d)?.into_iter().map(|r| r.0).collect();
-        let acks = self.dgroup_acks(d)?;
+        let removed: Vec<String> = members::removed_names(self.conn, d)?;
+        let acks = acks::of_dgroup(self.conn, d)?;
         for owner in &config.members {
             let gid = send_group_id(d, owner);
             if !imported.iter().any(|p| p.group_id == gid) {
@@ -61,20 +59,12 @@ impl Ctx<'_> {
             let Some(Some(min_ack)) = min_ack else {
                 continue;
             };
-            let mut st = self
-                .conn
-                .prepare_cached("SELECT psk_id FROM dmls_psk WHERE group_id = ?1 AND epoch < ?2")?;
-            let ids: Vec<Vec<u8>> = st
-                .query_map(params![gid.as_slice(), min_ack as i64], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            for id in ids {
-                let psk_id = PskId::from_bytes(&id)?;
+            for psk_id in psks::older_than(self.conn, &gid, min_ack)? {
                 self.provider
                     .storage
                     .delete_psk(&Psk::External(ExternalPsk::new(psk_id.to_bytes().to_vec())))
                     .map_err(|e| EngineError::mls("deleting PSK", e))?;
-                self.conn
-                    .exec_cached("DELETE FROM dmls_psk WHERE psk_id = ?1", [id])?;
+                psks::delete(self.conn, &psk_id)?;
             }
         }
         Ok(())
@@ -94,19 +84,7 @@ impl Ctx<'_> {
     /// before removing X, keeps X's group open.
     pub(crate) fn close_removed_groups(&mut self) -> Result<(), EngineError> {
         self.removals_merged = false;
-        let open: Vec<(Vec<u8>, Vec<u8>, String)> = {
-            let mut st = self.conn.prepare_cached(
-                "SELECT group_id, dgroup_id, owner FROM dmls_send_group
-                 WHERE stop_epoch IS NOT NULL AND closed = 0",
-            )?;
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?
-        };
-        for (gid, d, x) in open {
-            let d = DGroupId::from_slice(&d)?;
-            let Ok(gid) = <[u8; 32]>::try_from(gid.as_slice()) else {
-                continue;
-            };
+        for (gid, d, x) in send_groups::open_removed(self.conn)? {
             let mut dropped_everywhere = true;
             for y in self.send_groups_of(&d)? {
                 if y.owner == x {
@@ -125,14 +103,8 @@ impl Ctx<'_> {
             // we never joined it, what waits for its Welcome. (Nothing else of it can be
             // waiting: every commit that imported one of its epochs was merged, so we reached
             // the limit.)
-            self.conn.exec_cached(
-                "DELETE FROM dmls_waiting WHERE group_id = ?1",
-                [gid.as_slice()],
-            )?;
-            self.write_send_group(
-                "UPDATE dmls_send_group SET closed = 1 WHERE group_id = ?1",
-                [gid.as_slice()],
-            )?;
+            waiting::delete_group(self.conn, &gid)?;
+            self.write_send_group(|conn| send_groups::close(conn, &gid))?;
         }
         Ok(())
     }

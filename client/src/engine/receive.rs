@@ -2,34 +2,17 @@
 //! steps 2 and 3, "Removal").
 
 use openmls::prelude::*;
-use rusqlite::params;
 use tls_codec::Deserialize as _;
 
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
-use super::ctx::{
-    Ctx, SendGroupRow, Trigger, credential_identity, external_psk_id, join_config, message_hash,
-};
+use super::ctx::{Ctx, credential_identity, external_psk_id, join_config, message_hash};
 use super::deferred::Refresh;
 use super::envelope::DmlsEnvelope;
 use super::ids::{PskId, send_group_id};
-use super::state::CachedSql as _;
-use super::state::meta_set;
-use super::{EngineError, Event, ReceivedMessage};
-
-/// Why a message cannot be processed now.
-enum Wait {
-    Epoch(u64),
-    Psk(PskId),
-    Welcome,
-    Proposal(u64),
-    /// A deferred leaf-refresh proposal of a Send Group we do not own: processed only when
-    /// a commit of this epoch references it.
-    Commit(u64),
-    /// A commit or proposal of a removed owner beyond its processing limit
-    /// ([`SendGroupRow::limit`]): kept until a commit we process imports a later epoch of
-    /// its group (ENGINE_NOTES.md "Removal race"), which raises the limit.
-    Stopped,
-}
+use super::store::send_groups::{self, SendGroupRow};
+use super::store::waiting::{self, Trigger};
+use super::store::{Savepoint, dgroups, history, members, psks, seen};
+use super::{EngineError, Event, ReceivedMessage, WaitReason};
 
 /// Up to this many deferred leaf refreshes of an epoch are processed before a commit of that
 /// epoch (it may reference them); with more, the commit is tried alone first.
@@ -44,28 +27,22 @@ enum Attempt {
     Replay,
 }
 
-/// A released `dmls_waiting` row: id, group id, message bytes, epoch, whether a commit.
-type WaitingRow = (i64, Vec<u8>, Vec<u8>, i64, bool);
-
 /// What [`Ctx::quick_class`] tells of a message before any processing.
 #[derive(PartialEq, Eq)]
 enum Quick {
     /// A commit or proposal of an epoch the group has left: nothing to do, nothing to record
     /// (it is recognised as stale again at no cost).
     Stale,
-    /// A leaf refresh to keep unprocessed ([`Wait::Commit`]).
+    /// A leaf refresh to keep unprocessed ([`WaitReason::Commit`]).
     Defer,
     /// Everything else: [`Ctx::ingest`] decides, in a savepoint.
     Full,
 }
 
-/// The `wait_kind`, `wait_epoch` and `wait_psk` columns of a `dmls_waiting` row.
-type WaitCols = (&'static str, Option<i64>, Option<Vec<u8>>);
-
 /// What happened to one message.
 enum Outcome {
     Done(Vec<Event>),
-    Wait(Wait),
+    Wait(WaitReason),
 }
 
 fn parse_protocol(data: &[u8]) -> Result<PrivateMessageIn, EngineError> {
@@ -124,16 +101,23 @@ impl Ctx<'_> {
             return Ok(Vec::new());
         }
         let mut events = if quick == Quick::Defer {
-            self.store_waiting(&sg.group_id, data, &hash, Wait::Commit(epoch), epoch, false)?;
+            self.store_waiting(
+                &sg.group_id,
+                data,
+                &hash,
+                &WaitReason::Commit(epoch),
+                epoch,
+                false,
+            )?;
             self.proposal_deferred(&sg.group_id, epoch)?;
             Vec::new()
         } else {
-            self.savepoint("dmls_input", |c| {
+            self.savepoint(Savepoint::Input, |c| {
                 Ok(match c.ingest(&sg, data, &hash)? {
                     Outcome::Done(ev) => ev,
                     Outcome::Wait(w) => {
                         let is_commit = ct == ContentType::Commit;
-                        c.store_waiting(&sg.group_id, data, &hash, w, epoch, is_commit)?;
+                        c.store_waiting(&sg.group_id, data, &hash, &w, epoch, is_commit)?;
                         Vec::new()
                     }
                 })
@@ -169,7 +153,7 @@ impl Ctx<'_> {
         }
     }
 
-    /// A leaf refresh of `epoch` is kept unprocessed ([`Wait::Commit`]): a commit that waits
+    /// A leaf refresh of `epoch` is kept unprocessed ([`WaitReason::Commit`]): a commit that waits
     /// for a proposal of that epoch may try again.
     fn proposal_deferred(&mut self, gid: &[u8; 32], epoch: u64) -> Result<(), EngineError> {
         if self.may_wait_for_proposal(gid)? {
@@ -184,39 +168,29 @@ impl Ctx<'_> {
         if self.deferred.contains(hash) {
             return Ok(true);
         }
-        Ok(self.conn.row_cached(
-            "SELECT EXISTS (SELECT 1 FROM dmls_seen WHERE hash = ?1)
-                 OR EXISTS (SELECT 1 FROM dmls_waiting WHERE hash = ?1)",
-            [hash.as_slice()],
-            |r| r.get::<_, bool>(0),
-        )?)
+        seen::seen_or_waiting(self.conn, hash)
     }
 
+    /// Keeps a message that waits for `w`.
     fn store_waiting(
         &mut self,
         gid: &[u8; 32],
         data: &[u8],
         hash: &[u8; 32],
-        w: Wait,
+        w: &WaitReason,
         epoch: u64,
         is_commit: bool,
     ) -> Result<(), EngineError> {
-        let cols: WaitCols = match w {
-            Wait::Epoch(e) => ("epoch", Some(e as i64), None),
-            Wait::Psk(p) => ("psk", None, Some(p.to_bytes().to_vec())),
-            Wait::Welcome => ("welcome", None, None),
-            Wait::Proposal(e) => {
-                self.set_proposal_wait(*gid);
-                ("proposal", Some(e as i64), None)
-            }
-            Wait::Commit(e) => {
+        match w {
+            WaitReason::Proposal(_) => self.set_proposal_wait(*gid),
+            WaitReason::Commit(e) => {
                 // In memory until the end of the operation (see `deferred.rs`).
-                self.deferred.insert(*gid, e, *hash, data.to_vec());
+                self.deferred.insert(*gid, *e, *hash, data.to_vec());
                 return Ok(());
             }
-            Wait::Stopped => ("stopped", None, None),
-        };
-        self.insert_waiting(gid, epoch, is_commit, cols, hash, data)
+            _ => {}
+        }
+        waiting::insert(self.conn, gid, epoch, is_commit, w, hash, data)
     }
 
     /// Writes the deferred leaf refreshes still held in memory to `dmls_waiting`: at the end
@@ -230,35 +204,8 @@ impl Ctx<'_> {
 
     /// One deferred leaf refresh as a `dmls_waiting` row.
     fn insert_deferred(&self, gid: &[u8; 32], epoch: u64, r: &Refresh) -> Result<(), EngineError> {
-        let cols = ("commit", Some(epoch as i64), None);
-        self.insert_waiting(gid, epoch, false, cols, &r.hash, &r.data)
-    }
-
-    /// Inserts one `dmls_waiting` row; a message already waiting (same hash) stays as it is.
-    fn insert_waiting(
-        &self,
-        gid: &[u8; 32],
-        epoch: u64,
-        is_commit: bool,
-        (kind, wait_epoch, wait_psk): WaitCols,
-        hash: &[u8; 32],
-        data: &[u8],
-    ) -> Result<(), EngineError> {
-        self.conn.exec_cached(
-            "INSERT OR IGNORE INTO dmls_waiting(group_id, epoch, is_commit, wait_kind, wait_epoch, wait_psk, hash, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                gid.as_slice(),
-                epoch as i64,
-                is_commit,
-                kind,
-                wait_epoch,
-                wait_psk,
-                hash.as_slice(),
-                data
-            ],
-        )?;
-        Ok(())
+        let w = WaitReason::Commit(epoch);
+        waiting::insert(self.conn, gid, epoch, false, &w, &r.hash, &r.data)
     }
 
     /// Processes queued triggers until none is left: each releases exactly the waiting
@@ -267,59 +214,25 @@ impl Ctx<'_> {
         let mut events = Vec::new();
         while !self.triggers.is_empty() {
             let t = self.triggers.remove(0);
-            let rows: Vec<WaitingRow> = {
-                let (sql, p1, p2): (&str, Vec<u8>, Option<i64>) = match &t {
-                    Trigger::Epoch(g, e) => (
-                        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'epoch' AND wait_epoch = ?2 ORDER BY is_commit, id",
-                        g.to_vec(),
-                        Some(*e as i64),
-                    ),
-                    Trigger::Proposal(g, e) => (
-                        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'proposal' AND wait_epoch = ?2 ORDER BY id",
-                        g.to_vec(),
-                        Some(*e as i64),
-                    ),
-                    Trigger::Psk(p) => (
-                        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE wait_psk = ?1 AND (?2 IS NULL OR 1) ORDER BY id",
-                        p.to_bytes().to_vec(),
-                        None,
-                    ),
-                    Trigger::Joined(g) => (
-                        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'welcome' AND (?2 IS NULL OR 1) ORDER BY is_commit, id",
-                        g.to_vec(),
-                        None,
-                    ),
-                    // Proposals first (a commit may reference them), commits in epoch order.
-                    Trigger::Limit(g, e) => (
-                        "SELECT id, group_id, data, epoch, is_commit FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'stopped' AND epoch < ?2 ORDER BY is_commit, epoch, id",
-                        g.to_vec(),
-                        Some(*e as i64),
-                    ),
-                };
-                let mut st = self.conn.prepare_cached(sql)?;
-                st.query_map(params![p1, p2], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?
-            };
-            for (id, gid, data, epoch, is_commit) in rows {
-                self.conn
-                    .exec_cached("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
-                let Ok(gid) = <[u8; 32]>::try_from(gid.as_slice()) else {
+            let rows = waiting::released_by(self.conn, &t)?;
+            for w in rows {
+                waiting::delete(self.conn, w.id)?;
+                let (data, epoch, is_commit) = (w.data, w.epoch, w.is_commit);
+                let Some(gid) = super::store::id32(&w.group_id) else {
                     continue;
                 };
                 let Some(sg) = self.send_group(&gid)? else {
                     continue;
                 };
                 let hash = message_hash(&data);
-                match self.savepoint("dmls_released", |c| c.ingest(&sg, &data, &hash)) {
+                match self.savepoint(Savepoint::Released, |c| c.ingest(&sg, &data, &hash)) {
                     Ok(Outcome::Done(ev)) => events.extend(ev),
                     Ok(Outcome::Wait(w)) => {
-                        self.store_waiting(&gid, &data, &hash, w, epoch as u64, is_commit)?
+                        self.store_waiting(&gid, &data, &hash, &w, epoch, is_commit)?
                     }
                     Err(e) if e.is_input_error() => {
                         // A bad message changes nothing; drop it for good.
-                        self.mark_seen(&hash)?;
+                        seen::insert(self.conn, &hash)?;
                     }
                     Err(e) => return Err(e),
                 }
@@ -348,10 +261,10 @@ impl Ctx<'_> {
             if sg.closed {
                 return Ok(Outcome::Done(Vec::new()));
             }
-            return Ok(Outcome::Wait(Wait::Welcome));
+            return Ok(Outcome::Wait(WaitReason::Welcome));
         }
         let done_nothing = |c: &Ctx<'_>| -> Result<Outcome, EngineError> {
-            c.mark_seen(hash)?;
+            seen::insert(c.conn, hash)?;
             Ok(Outcome::Done(Vec::new()))
         };
         // Removed owner: nothing beyond the epoch we held when we learned of the removal
@@ -365,7 +278,7 @@ impl Ctx<'_> {
                     return Ok(Outcome::Done(Vec::new()));
                 }
                 ContentType::Commit | ContentType::Proposal if epoch >= limit => {
-                    return Ok(Outcome::Wait(Wait::Stopped));
+                    return Ok(Outcome::Wait(WaitReason::Stopped));
                 }
                 _ => {}
             }
@@ -383,7 +296,8 @@ impl Ctx<'_> {
         result
     }
 
-    /// [`Ctx::ingest`] once the group is at hand.
+    /// [`Ctx::ingest`] once the group is at hand: order checks, processing, then what the
+    /// processed content does.
     fn ingest_into(
         &mut self,
         group: &mut MlsGroup,
@@ -393,81 +307,21 @@ impl Ctx<'_> {
         epoch: u64,
         ct: ContentType,
     ) -> Result<Outcome, EngineError> {
-        let done_nothing = |c: &Ctx<'_>| -> Result<Outcome, EngineError> {
-            c.mark_seen(hash)?;
-            Ok(Outcome::Done(Vec::new()))
-        };
         if !group.is_active() {
-            return done_nothing(self);
+            seen::insert(self.conn, hash)?;
+            return Ok(Outcome::Done(Vec::new()));
         }
-        let current = group.epoch().as_u64();
-        if epoch > current {
-            return Ok(Outcome::Wait(Wait::Epoch(epoch)));
-        }
-        let mut aad_psks = Vec::new();
-        match ct {
-            ContentType::Commit => {
-                if epoch < current {
-                    // Stale: recognised as such again at no cost, so not recorded as seen.
-                    return Ok(Outcome::Done(Vec::new()));
-                }
-                // Read the dependency hint before decrypting (PROTOCOL.md "Dependency hint").
-                aad_psks = PskId::list_from_aad(parse_protocol(data)?.aad())?;
-                for p in &aad_psks {
-                    if !self.has_psk(p)? {
-                        if p.group_id != sg.group_id {
-                            self.raise_psk_limit(p)?;
-                        }
-                        return Ok(Outcome::Wait(Wait::Psk(*p)));
-                    }
-                }
-            }
-            ContentType::Proposal => {
-                if epoch < current {
-                    // A stale leaf refresh: its sender sends it again with its next update.
-                    return Ok(Outcome::Done(Vec::new()));
-                }
-                if !sg.is_own {
-                    // Only the owner commits it, so we need it only if the owner's commit of
-                    // this epoch references it; most never are (the owner commits first and
-                    // they go stale). Keep it unprocessed until then, and let a commit that
-                    // waits for a proposal of this epoch try again.
-                    self.proposal_deferred(&sg.group_id, epoch)?;
-                    return Ok(Outcome::Wait(Wait::Commit(epoch)));
-                }
-            }
-            ContentType::Application => {}
-        }
-        // A commit may reference deferred leaf refreshes of its epoch. Processing a few of
-        // them first costs little even when the commit does not use them; with many (in a
-        // round where everyone updates at once, the owner usually committed before it saw
-        // them) try the commit alone first, at the price of one failed attempt if it does.
-        if ct == ContentType::Commit
-            && !sg.is_own
-            && self.deferred_count(&sg.group_id, epoch)? <= FEED_DEFERRED_FIRST_MAX
-        {
-            self.process_deferred_proposals(group, sg, epoch)?;
-        }
-        let processed = match self.attempt(group, sg, data, epoch, current, ct)? {
-            Attempt::Processed(p) => *p,
-            Attempt::Replay => {
+        let aad_psks = match self.check_order(group, sg, data, epoch, ct)? {
+            Ok(psks) => psks,
+            Err(outcome) => return Ok(outcome),
+        };
+        let processed = match self.process(group, sg, data, epoch, ct)? {
+            Ok(p) => p,
+            Err(Attempt::MissingProposal) => return Ok(Outcome::Wait(WaitReason::Proposal(epoch))),
+            Err(_) => {
                 self.counters.duplicates += 1;
-                return done_nothing(self);
-            }
-            Attempt::MissingProposal => {
-                // The commit references leaf refreshes: process the deferred ones of this
-                // epoch, then the commit again.
-                if self.process_deferred_proposals(group, sg, epoch)? == 0 {
-                    return Ok(Outcome::Wait(Wait::Proposal(epoch)));
-                }
-                match self.attempt(group, sg, data, epoch, current, ct)? {
-                    Attempt::Processed(p) => *p,
-                    Attempt::MissingProposal => return Ok(Outcome::Wait(Wait::Proposal(epoch))),
-                    Attempt::Replay => {
-                        self.counters.duplicates += 1;
-                        return done_nothing(self);
-                    }
-                }
+                seen::insert(self.conn, hash)?;
+                return Ok(Outcome::Done(Vec::new()));
             }
         };
         let sender = match processed.sender() {
@@ -485,30 +339,7 @@ impl Ctx<'_> {
                         "application message from non-owner {sender_id}"
                     )));
                 }
-                let env = DmlsEnvelope::decode(&app.into_bytes())?;
-                self.conn.exec_cached(
-                    "INSERT INTO dmls_history(dgroup_id, sender, sent_at_ms, message_id, content_type, body, epoch, generation)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
-                    params![
-                        sg.dgroup_id.0.as_slice(),
-                        sg.owner,
-                        env.sent_at_ms as i64,
-                        env.message_id.0.as_slice(),
-                        env.content_type,
-                        env.body,
-                        epoch as i64
-                    ],
-                )?;
-                events.push(Event::Message(ReceivedMessage {
-                    dgroup: sg.dgroup_id,
-                    sender: sg.owner.clone(),
-                    sent_at_ms: env.sent_at_ms,
-                    message_id: env.message_id,
-                    content_type: env.content_type,
-                    body: env.body,
-                    epoch,
-                    generation: None,
-                }));
+                events.push(self.application_message(sg, epoch, app)?);
             }
             ProcessedMessageContent::ProposalMessage(qp) => {
                 // Only a self-Update proposal from a non-owner (PROTOCOL.md "Leaf refresh").
@@ -527,105 +358,229 @@ impl Ctx<'_> {
                         "commit from non-owner {sender_id}"
                     )));
                 }
-                // The AAD must name exactly the imported PSKs (PROTOCOL.md "Dependency hint").
-                let imported = staged
-                    .psk_proposals()
-                    .map(|q| external_psk_id(q.psk_proposal()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if imported != aad_psks {
-                    return Err(EngineError::Rejected(
-                        "commit authenticated_data differs from its PSK proposals".into(),
-                    ));
-                }
-                // Late add (ENGINE_NOTES.md "Late add"): only config members that are not
-                // removed and not in the group yet.
-                let added = if staged.add_proposals().next().is_some() {
-                    self.check_late_adds(group, sg, &staged)?
-                } else {
-                    Vec::new()
-                };
-                if staged
-                    .queued_proposals()
-                    .any(|q| matches!(q.proposal(), Proposal::GroupContextExtensions(_)))
-                {
-                    return Err(EngineError::Rejected(
-                        "commit changes the DGroup config".into(),
-                    ));
-                }
-                let mut removed = Vec::new();
-                for r in staged.remove_proposals() {
-                    if let Some(c) = group.member(r.remove_proposal().removed()) {
-                        removed.push(credential_identity(c)?);
-                    }
-                }
-                let self_removed = staged.self_removed();
-                self.removals_merged |= !removed.is_empty();
-                // A removed owner's commit beyond the epoch we stopped at is merged only for
-                // the PSK it lets us export (ENGINE_NOTES.md "Removal race"): none of its
-                // other effects (acks, removals, events) apply.
-                let beyond_stop = sg.stop_epoch.is_some_and(|s| epoch >= s);
-                group
-                    .merge_staged_commit(&self.provider, *staged)
-                    .map_err(|e| EngineError::mls("merging commit", e))?;
-                if !beyond_stop {
-                    self.ack(&sg.dgroup_id, &sg.owner, &imported)?;
-                    self.ack_joined(&sg.dgroup_id, &sg.group_id, epoch, &added)?;
-                    if !imported.is_empty() {
-                        // Pruned once at the end of the operation (one batch of inputs), not
-                        // per commit: every commit of a round names every group.
-                        self.prune_later
-                            .extend(imported.iter().map(|p| (sg.dgroup_id, *p)));
-                    }
-                }
-                let new_epoch = group.epoch().as_u64();
-                // Deferred leaf refreshes of older epochs can no longer be committed.
-                self.deferred.drop_older(&sg.group_id, new_epoch);
-                self.conn.exec_cached(
-                    "DELETE FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch < ?2",
-                    params![sg.group_id.as_slice(), new_epoch as i64],
-                )?;
-                if self_removed && beyond_stop {
-                    // Out of a group we stopped following anyway: nothing to export.
-                } else if self_removed {
-                    self.conn.exec_cached(
-                        "UPDATE dmls_dgroup SET we_removed = 1 WHERE dgroup_id = ?1 AND we_removed = 0",
-                        [sg.dgroup_id.0.as_slice()],
-                    )?;
-                    if self.conn.changes() > 0 {
-                        events.push(Event::WeWereRemoved {
-                            dgroup: sg.dgroup_id,
-                            by: sg.owner.clone(),
-                        });
-                    }
-                } else {
-                    self.export_psk(group, &sg.group_id)?;
-                    self.triggers.push(Trigger::Epoch(sg.group_id, new_epoch));
-                    if !beyond_stop {
-                        events.push(Event::SendGroupAdvanced {
-                            dgroup: sg.dgroup_id,
-                            owner: sg.owner.clone(),
-                            epoch: new_epoch,
-                        });
-                    }
-                }
-                if beyond_stop {
-                    removed.clear();
-                }
-                for x in removed {
-                    if self.note_removed(&sg.dgroup_id, &x)? {
-                        events.push(Event::MemberRemoved {
-                            dgroup: sg.dgroup_id,
-                            member: x,
-                            by: sg.owner.clone(),
-                        });
-                    }
-                }
+                events = self.merge_commit(group, sg, epoch, *staged, &aad_psks)?;
             }
             _ => return Err(EngineError::Rejected("unexpected message content".into())),
         }
         self.counters.processed += 1;
-        self.mark_seen(hash)?;
+        seen::insert(self.conn, hash)?;
         Ok(Outcome::Done(events))
+    }
+
+    /// Whether a message of `epoch` can be processed now by a group at its current epoch
+    /// (PROTOCOL.md "Receiving"): `Ok` with the PSKs a commit's dependency hint names (all
+    /// stored), else what to do with it instead.
+    fn check_order(
+        &mut self,
+        group: &MlsGroup,
+        sg: &SendGroupRow,
+        data: &[u8],
+        epoch: u64,
+        ct: ContentType,
+    ) -> Result<Result<Vec<PskId>, Outcome>, EngineError> {
+        let current = group.epoch().as_u64();
+        if epoch > current {
+            return Ok(Err(Outcome::Wait(WaitReason::Epoch(epoch))));
+        }
+        match ct {
+            // Stale: recognised as such again at no cost, so not recorded as seen.
+            ContentType::Commit if epoch < current => Ok(Err(Outcome::Done(Vec::new()))),
+            ContentType::Commit => {
+                // Read the dependency hint before decrypting (PROTOCOL.md "Dependency hint").
+                let aad_psks = PskId::list_from_aad(parse_protocol(data)?.aad())?;
+                for p in &aad_psks {
+                    if !psks::contains(self.conn, p)? {
+                        if p.group_id != sg.group_id {
+                            self.raise_psk_limit(p)?;
+                        }
+                        return Ok(Err(Outcome::Wait(WaitReason::Psk(*p))));
+                    }
+                }
+                Ok(Ok(aad_psks))
+            }
+            // A stale leaf refresh: its sender sends it again with its next update.
+            ContentType::Proposal if epoch < current => Ok(Err(Outcome::Done(Vec::new()))),
+            ContentType::Proposal if !sg.is_own => {
+                // Only the owner commits it, so we need it only if the owner's commit of
+                // this epoch references it; most never are (the owner commits first and
+                // they go stale). Keep it unprocessed until then, and let a commit that
+                // waits for a proposal of this epoch try again.
+                self.proposal_deferred(&sg.group_id, epoch)?;
+                Ok(Err(Outcome::Wait(WaitReason::Commit(epoch))))
+            }
+            _ => Ok(Ok(Vec::new())),
+        }
+    }
+
+    /// Processes a message with openmls, feeding it the deferred leaf refreshes of its epoch
+    /// a commit may reference. `Err` with [`Attempt::MissingProposal`] when a commit
+    /// references a proposal we do not have, [`Attempt::Replay`] for a duplicate.
+    fn process(
+        &mut self,
+        group: &mut MlsGroup,
+        sg: &SendGroupRow,
+        data: &[u8],
+        epoch: u64,
+        ct: ContentType,
+    ) -> Result<Result<ProcessedMessage, Attempt>, EngineError> {
+        let current = group.epoch().as_u64();
+        // A commit may reference deferred leaf refreshes of its epoch. Processing a few of
+        // them first costs little even when the commit does not use them; with many (in a
+        // round where everyone updates at once, the owner usually committed before it saw
+        // them) try the commit alone first, at the price of one failed attempt if it does.
+        if ct == ContentType::Commit
+            && !sg.is_own
+            && self.deferred_count(&sg.group_id, epoch)? <= FEED_DEFERRED_FIRST_MAX
+        {
+            self.process_deferred_proposals(group, sg, epoch)?;
+        }
+        match self.attempt(group, sg, data, epoch, current, ct)? {
+            Attempt::Processed(p) => Ok(Ok(*p)),
+            Attempt::MissingProposal => {
+                // The commit references leaf refreshes: process the deferred ones of this
+                // epoch, then the commit again.
+                if self.process_deferred_proposals(group, sg, epoch)? == 0 {
+                    return Ok(Err(Attempt::MissingProposal));
+                }
+                match self.attempt(group, sg, data, epoch, current, ct)? {
+                    Attempt::Processed(p) => Ok(Ok(*p)),
+                    other => Ok(Err(other)),
+                }
+            }
+            Attempt::Replay => Ok(Err(Attempt::Replay)),
+        }
+    }
+
+    /// An application message of the owner: kept in the history and shown.
+    fn application_message(
+        &mut self,
+        sg: &SendGroupRow,
+        epoch: u64,
+        app: ApplicationMessage,
+    ) -> Result<Event, EngineError> {
+        let env = DmlsEnvelope::decode(&app.into_bytes())?;
+        let m = ReceivedMessage {
+            dgroup: sg.dgroup_id,
+            sender: sg.owner.clone(),
+            sent_at_ms: env.sent_at_ms,
+            message_id: env.message_id,
+            content_type: env.content_type,
+            body: env.body,
+            epoch,
+            generation: None,
+        };
+        history::insert(self.conn, &m)?;
+        Ok(Event::Message(m))
+    }
+
+    /// Checks a commit of the owner of `sg` of `epoch` and merges it (PROTOCOL.md "Receiving",
+    /// "Dependency hint", "Removal"; ENGINE_NOTES.md "Late add").
+    fn merge_commit(
+        &mut self,
+        group: &mut MlsGroup,
+        sg: &SendGroupRow,
+        epoch: u64,
+        staged: StagedCommit,
+        aad_psks: &[PskId],
+    ) -> Result<Vec<Event>, EngineError> {
+        // The AAD must name exactly the imported PSKs (PROTOCOL.md "Dependency hint").
+        let imported = staged
+            .psk_proposals()
+            .map(|q| external_psk_id(q.psk_proposal()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if imported != aad_psks {
+            return Err(EngineError::Rejected(
+                "commit authenticated_data differs from its PSK proposals".into(),
+            ));
+        }
+        // Late add (ENGINE_NOTES.md "Late add"): only config members that are not
+        // removed and not in the group yet.
+        let added = if staged.add_proposals().next().is_some() {
+            self.check_late_adds(group, sg, &staged)?
+        } else {
+            Vec::new()
+        };
+        if staged
+            .queued_proposals()
+            .any(|q| matches!(q.proposal(), Proposal::GroupContextExtensions(_)))
+        {
+            return Err(EngineError::Rejected(
+                "commit changes the DGroup config".into(),
+            ));
+        }
+        let mut removed = Vec::new();
+        for r in staged.remove_proposals() {
+            if let Some(c) = group.member(r.remove_proposal().removed()) {
+                removed.push(credential_identity(c)?);
+            }
+        }
+        let self_removed = staged.self_removed();
+        self.removals_merged |= !removed.is_empty();
+        // A removed owner's commit beyond the epoch we stopped at is merged only for
+        // the PSK it lets us export (ENGINE_NOTES.md "Removal race"): none of its
+        // other effects (acks, removals, events) apply.
+        let beyond_stop = sg.stop_epoch.is_some_and(|s| epoch >= s);
+        group
+            .merge_staged_commit(&self.provider, staged)
+            .map_err(|e| EngineError::mls("merging commit", e))?;
+        if !beyond_stop {
+            self.ack(&sg.dgroup_id, &sg.owner, &imported)?;
+            self.ack_joined(&sg.dgroup_id, &sg.group_id, epoch, &added)?;
+            // Pruned once at the end of the operation (one batch of inputs), not
+            // per commit: every commit of a round names every group.
+            self.prune_later
+                .extend(imported.iter().map(|p| (sg.dgroup_id, *p)));
+        }
+        let mut events = self.commit_merged(group, sg, self_removed, beyond_stop)?;
+        if beyond_stop {
+            removed.clear();
+        }
+        for x in removed {
+            if self.note_removed(&sg.dgroup_id, &x)? {
+                events.push(Event::MemberRemoved {
+                    dgroup: sg.dgroup_id,
+                    member: x,
+                    by: sg.owner.clone(),
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    /// After merging a commit of `sg`: drops the leaf refreshes it left behind, then exports
+    /// the new epoch's PSK and releases what waits for it, or, if it removed us, records that.
+    fn commit_merged(
+        &mut self,
+        group: &MlsGroup,
+        sg: &SendGroupRow,
+        self_removed: bool,
+        beyond_stop: bool,
+    ) -> Result<Vec<Event>, EngineError> {
+        let new_epoch = group.epoch().as_u64();
+        // Deferred leaf refreshes of older epochs can no longer be committed.
+        self.deferred.drop_older(&sg.group_id, new_epoch);
+        waiting::drop_deferred_before(self.conn, &sg.group_id, new_epoch)?;
+        let mut events = Vec::new();
+        if self_removed {
+            // Beyond the stop epoch: out of a group we stopped following anyway.
+            if !beyond_stop && dgroups::set_we_removed(self.conn, &sg.dgroup_id)? {
+                events.push(Event::WeWereRemoved {
+                    dgroup: sg.dgroup_id,
+                    by: sg.owner.clone(),
+                });
+            }
+        } else {
+            self.export_psk(group, &sg.group_id)?;
+            self.triggers.push(Trigger::Epoch(sg.group_id, new_epoch));
+            if !beyond_stop {
+                events.push(Event::SendGroupAdvanced {
+                    dgroup: sg.dgroup_id,
+                    owner: sg.owner.clone(),
+                    epoch: new_epoch,
+                });
+            }
+        }
+        Ok(events)
     }
 
     /// A commit we process waits for `psk` (ENGINE_NOTES.md "Removal race"): if it is an
@@ -639,61 +594,35 @@ impl Ctx<'_> {
         if !x.joined || x.limit().is_none_or(|l| psk.epoch <= l) {
             return Ok(());
         }
-        self.write_send_group(
-            "UPDATE dmls_send_group SET psk_limit_epoch = ?2 WHERE group_id = ?1",
-            params![psk.group_id.as_slice(), psk.epoch as i64],
-        )?;
+        self.write_send_group(|conn| send_groups::set_psk_limit(conn, &psk.group_id, psk.epoch))?;
         self.triggers.push(Trigger::Limit(psk.group_id, psk.epoch));
         Ok(())
     }
 
     /// We learned that the owner of Send Group `gid` was removed and stop at `stop`
     /// (see [`Ctx::note_removed`]): its waiting application messages beyond `stop` are
-    /// dropped, its commits and proposals beyond it are kept as [`Wait::Stopped`]. Commits
+    /// dropped, its commits and proposals beyond it are kept as [`WaitReason::Stopped`]. Commits
     /// already waiting for the PSK of a later epoch of it raise the limit at once.
     pub(crate) fn stop_waiting(&mut self, gid: &[u8; 32], stop: u64) -> Result<(), EngineError> {
         // Its deferred leaf refreshes held in memory are kept like the stored ones.
         for (epoch, r) in self.deferred.take_group(gid) {
             self.insert_deferred(gid, epoch, &r)?;
         }
-        let rows: Vec<(i64, i64, bool, Vec<u8>)> = {
-            let mut st = self.conn.prepare_cached(
-                "SELECT id, epoch, is_commit, data FROM dmls_waiting WHERE group_id = ?1
-                 AND (epoch > ?2 OR (is_commit AND epoch >= ?2) OR wait_kind = 'commit')",
-            )?;
-            st.query_map(params![gid.as_slice(), stop as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?
-        };
-        for (id, epoch, is_commit, data) in rows {
-            let application = !is_commit
-                && parse_protocol(&data)
+        for w in waiting::beyond_stop(self.conn, gid, stop)? {
+            let application = !w.is_commit
+                && parse_protocol(&w.data)
                     .is_ok_and(|pm| pm.content_type() == ContentType::Application);
             if application {
-                if epoch as u64 > stop {
-                    self.conn
-                        .exec_cached("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
-                    self.mark_seen(&message_hash(&data))?;
+                if w.epoch > stop {
+                    waiting::delete(self.conn, w.id)?;
+                    seen::insert(self.conn, &message_hash(&w.data))?;
                 }
             } else {
-                self.conn.exec_cached(
-                    "UPDATE dmls_waiting SET wait_kind = 'stopped', wait_epoch = NULL, wait_psk = NULL WHERE id = ?1",
-                    [id],
-                )?;
+                waiting::set_stopped(self.conn, w.id)?;
             }
         }
-        let waiting: Vec<Vec<u8>> = {
-            let mut st = self.conn.prepare_cached(
-                "SELECT wait_psk FROM dmls_waiting WHERE wait_kind = 'psk' AND substr(wait_psk, 9) = ?1",
-            )?;
-            st.query_map([gid.as_slice()], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
-        let latest = waiting
-            .iter()
-            .filter_map(|b| PskId::from_bytes(b).ok())
-            .filter(|p| p.group_id == *gid)
+        let latest = waiting::awaited_psks_of(self.conn, gid)?
+            .into_iter()
             .max_by_key(|p| p.epoch);
         if let Some(p) = latest {
             self.raise_psk_limit(&p)?;
@@ -714,11 +643,7 @@ impl Ctx<'_> {
         let (config, _, _) = self
             .config(&sg.dgroup_id)?
             .ok_or_else(|| EngineError::UnknownDGroup(sg.dgroup_id.to_hex()))?;
-        let removed: Vec<String> = self
-            .removed(&sg.dgroup_id)?
-            .into_iter()
-            .map(|r| r.0)
-            .collect();
+        let removed: Vec<String> = members::removed_names(self.conn, &sg.dgroup_id)?;
         let mut present: Vec<String> = group
             .members()
             .filter_map(|m| credential_identity(&m.credential).ok())
@@ -758,15 +683,14 @@ impl Ctx<'_> {
         self.counters.process_attempts += 1;
         let pm = parse_protocol(data)?;
         let conn = self.conn;
-        conn.exec_cached("SAVEPOINT dmls_process", [])?;
+        Savepoint::Process.begin(conn)?;
         match group.process_message(&self.provider, pm) {
             Ok(p) => {
-                conn.exec_cached("RELEASE dmls_process", [])?;
+                Savepoint::Process.release(conn)?;
                 Ok(Attempt::Processed(Box::new(p)))
             }
             Err(e) => {
-                conn.exec_cached("ROLLBACK TO dmls_process", [])?;
-                conn.exec_cached("RELEASE dmls_process", [])?;
+                Savepoint::Process.rollback(conn)?;
                 self.provider.storage.forget_cached();
                 *group = self.load_group(&sg.group_id)?;
                 if matches!(
@@ -787,16 +711,12 @@ impl Ctx<'_> {
 
     /// How many deferred leaf refreshes of `epoch` wait in a Send Group.
     fn deferred_count(&self, gid: &[u8; 32], epoch: u64) -> Result<u64, EngineError> {
-        let stored = self.conn.row_cached(
-            "SELECT COUNT(*) FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch = ?2",
-            params![gid.as_slice(), epoch as i64],
-            |r| r.get::<_, i64>(0),
-        )? as u64;
+        let stored = waiting::deferred_count(self.conn, gid, epoch)?;
         Ok(stored + self.deferred.count(gid, epoch) as u64)
     }
 
     /// Processes the deferred leaf-refresh proposals of `epoch` of a Send Group we do not
-    /// own (see [`Wait::Commit`]) into openmls's proposal store. A bad one is dropped.
+    /// own (see [`WaitReason::Commit`]) into openmls's proposal store. A bad one is dropped.
     /// Returns how many were stored.
     fn process_deferred_proposals(
         &mut self,
@@ -804,22 +724,8 @@ impl Ctx<'_> {
         sg: &SendGroupRow,
         epoch: u64,
     ) -> Result<usize, EngineError> {
-        let rows: Vec<(i64, Vec<u8>)> = {
-            let mut st = self.conn.prepare_cached(
-                "SELECT id, data FROM dmls_waiting WHERE group_id = ?1 AND wait_kind = 'commit' AND wait_epoch = ?2 ORDER BY id",
-            )?;
-            st.query_map(params![sg.group_id.as_slice(), epoch as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect::<Result<_, _>>()?
-        };
         // Stored ones arrived in earlier operations, before those held in memory.
-        let mut all: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
-        for (id, data) in rows {
-            self.conn
-                .exec_cached("DELETE FROM dmls_waiting WHERE id = ?1", [id])?;
-            all.push(data);
-        }
+        let mut all = waiting::take_deferred(self.conn, &sg.group_id, epoch)?;
         all.extend(
             self.deferred
                 .take(&sg.group_id, epoch)
@@ -829,7 +735,7 @@ impl Ctx<'_> {
         let mut stored = 0;
         for data in all {
             let hash = message_hash(&data);
-            match self.savepoint("dmls_deferred", |c| {
+            match self.savepoint(Savepoint::Deferred, |c| {
                 c.store_deferred(group, sg, &data, epoch)
             }) {
                 Ok(()) => stored += 1,
@@ -837,7 +743,7 @@ impl Ctx<'_> {
                 Err(e) if e.is_input_error() => *group = self.load_group(&sg.group_id)?,
                 Err(e) => return Err(e),
             }
-            self.mark_seen(&hash)?;
+            seen::insert(self.conn, &hash)?;
         }
         Ok(stored)
     }
@@ -870,7 +776,18 @@ impl Ctx<'_> {
         self.counters.processed += 1;
         Ok(())
     }
+}
 
+/// A Welcome that passed [`Ctx::check_welcome`], ready to join.
+struct CheckedWelcome {
+    staged: StagedWelcome,
+    gid: [u8; 32],
+    owner: String,
+    config: DGroupConfig,
+    config_bytes: Vec<u8>,
+}
+
+impl Ctx<'_> {
     /// A Welcome from our inbox (PROTOCOL.md "INIT" steps 2 and 3, "DGroup configuration").
     pub(crate) fn welcome(
         &mut self,
@@ -891,10 +808,79 @@ impl Ctx<'_> {
             ));
         };
         let hash = message_hash(data);
-        if self.seen(&hash)? {
+        if seen::contains(self.conn, &hash)? {
             self.counters.duplicates += 1;
             return Ok(Vec::new());
         }
+        let w = self.check_welcome(welcome, from, &me)?;
+        let (gid, d) = (w.gid, w.config.dgroup_id);
+        let mut events = Vec::new();
+        // Removal race, never-joined case (ENGINE_NOTES.md "Removal race"): the owner is
+        // known to be removed but its group is not closed, so a commit may still import one
+        // of its epochs. Join, but show nothing of it: its commits are kept ('stopped') and
+        // processed only up to an epoch a commit we process imports.
+        let mut removed_owner = false;
+        match self.config(&d)? {
+            Some((_, held, we_removed)) => {
+                if held != w.config_bytes {
+                    return Err(EngineError::Rejected(
+                        "Welcome's DGroup config differs from the one we hold".into(),
+                    ));
+                }
+                if we_removed {
+                    return Ok(vec![Event::Ignored {
+                        reason: "Welcome for a DGroup we were removed from".into(),
+                    }]);
+                }
+                let sg = self.send_group(&gid)?;
+                if sg.as_ref().is_some_and(|s| s.joined) {
+                    seen::insert(self.conn, &hash)?;
+                    self.counters.duplicates += 1;
+                    return Ok(Vec::new());
+                }
+                if sg.as_ref().is_some_and(|s| s.closed) {
+                    return Ok(vec![Event::Ignored {
+                        reason: format!("Welcome from removed member {}", w.owner),
+                    }]);
+                }
+                removed_owner = sg.is_some_and(|s| s.stop_epoch.is_some());
+            }
+            None => {
+                self.insert_dgroup(&w.config)?;
+                events.push(Event::JoinedDGroup {
+                    dgroup: d,
+                    name: w.config.name.clone(),
+                    members: w.config.members.clone(),
+                });
+            }
+        }
+        let epoch = self.join_send_group(w.staged, gid, removed_owner)?;
+        seen::insert(self.conn, &hash)?;
+        if !removed_owner {
+            events.push(Event::JoinedSendGroup {
+                dgroup: d,
+                owner: w.owner,
+                epoch,
+            });
+        }
+        // INIT step 2: make our own Send Group if we have none yet.
+        let own = self.own_send_group(&d)?;
+        if !own.joined {
+            self.create_own_send_group(&w.config, now_ms)?;
+        }
+        events.extend(self.run_triggers()?);
+        Ok(events)
+    }
+
+    /// Stages a Welcome and checks it against the rules of PROTOCOL.md "INIT" step 3: a
+    /// valid DGroup config listing us and its owner, an allowed ciphersuite, sent and posted
+    /// by the owner of the group it names, which is the owner's Send Group.
+    fn check_welcome(
+        &self,
+        welcome: Welcome,
+        from: &str,
+        me: &str,
+    ) -> Result<CheckedWelcome, EngineError> {
         let staged = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
             .map_err(|e| EngineError::Rejected(format!("cannot process Welcome: {e}")))?;
         let ctx = staged.group_context();
@@ -939,7 +925,7 @@ impl Ctx<'_> {
                 "Welcome's owner {owner} is not a DGroup member"
             )));
         }
-        if !config.has_member(&me) {
+        if !config.has_member(me) {
             return Err(EngineError::Rejected(
                 "the DGroup config does not list us".into(),
             ));
@@ -954,97 +940,38 @@ impl Ctx<'_> {
                 "Welcome's group id is not the Send Group id of its owner".into(),
             ));
         }
-        let d = config.dgroup_id;
-        let mut events = Vec::new();
-        let known = self.config(&d)?;
-        // Removal race, never-joined case (ENGINE_NOTES.md "Removal race"): the owner is
-        // known to be removed but its group is not closed, so a commit may still import one
-        // of its epochs. Join, but show nothing of it: its commits are kept ('stopped') and
-        // processed only up to an epoch a commit we process imports.
-        let mut removed_owner = false;
-        match &known {
-            Some((_, held, we_removed)) => {
-                if *held != config_bytes {
-                    return Err(EngineError::Rejected(
-                        "Welcome's DGroup config differs from the one we hold".into(),
-                    ));
-                }
-                if *we_removed {
-                    return Ok(vec![Event::Ignored {
-                        reason: "Welcome for a DGroup we were removed from".into(),
-                    }]);
-                }
-                let sg = self.send_group(&gid)?;
-                if sg.as_ref().is_some_and(|s| s.joined) {
-                    self.mark_seen(&hash)?;
-                    self.counters.duplicates += 1;
-                    return Ok(Vec::new());
-                }
-                if sg.as_ref().is_some_and(|s| s.closed) {
-                    return Ok(vec![Event::Ignored {
-                        reason: format!("Welcome from removed member {owner}"),
-                    }]);
-                }
-                removed_owner = sg.is_some_and(|s| s.stop_epoch.is_some());
-            }
-            None => {
-                self.insert_dgroup(&config)?;
-                events.push(Event::JoinedDGroup {
-                    dgroup: d,
-                    name: config.name.clone(),
-                    members: config.members.clone(),
-                });
-            }
-        }
+        Ok(CheckedWelcome {
+            staged,
+            gid,
+            owner,
+            config,
+            config_bytes,
+        })
+    }
+
+    /// Joins Send Group `gid` through its staged Welcome and exports the PSK of the epoch
+    /// joined, which it returns. A removed owner's group is stopped just before that epoch.
+    fn join_send_group(
+        &mut self,
+        staged: StagedWelcome,
+        gid: [u8; 32],
+        removed_owner: bool,
+    ) -> Result<u64, EngineError> {
         let group = staged
             .into_group(&self.provider)
             .map_err(|e| EngineError::mls("joining Send Group", e))?;
         let epoch = group.epoch().as_u64();
         self.export_psk(&group, &gid)?;
         self.keep_group(gid, group);
-        self.write_send_group(
-            "UPDATE dmls_send_group SET joined = 1, joined_epoch = ?2 WHERE group_id = ?1",
-            params![gid.as_slice(), epoch as i64],
-        )?;
-        self.mark_seen(&hash)?;
+        self.write_send_group(|conn| send_groups::set_joined(conn, &gid, epoch))?;
         self.triggers.push(Trigger::Joined(gid));
         if removed_owner {
             // Stopped just before the epoch we joined at: no application message of it is
             // shown, and commits waiting for one of its later epochs raise the limit.
             let stop = epoch.saturating_sub(1);
-            self.write_send_group(
-                "UPDATE dmls_send_group SET stop_epoch = ?2 WHERE group_id = ?1",
-                params![gid.as_slice(), stop as i64],
-            )?;
+            self.write_send_group(|conn| send_groups::set_stop_epoch(conn, &gid, stop))?;
             self.stop_waiting(&gid, stop)?;
-        } else {
-            events.push(Event::JoinedSendGroup {
-                dgroup: d,
-                owner,
-                epoch,
-            });
         }
-        // INIT step 2: make our own Send Group if we have none yet.
-        let own = self.own_send_group(&d)?;
-        if !own.joined {
-            self.create_own_send_group(&config, now_ms)?;
-        }
-        events.extend(self.run_triggers()?);
-        Ok(events)
-    }
-
-    pub(crate) fn set_welcome_cursor(&self, id: u64) -> Result<(), EngineError> {
-        let cur = self.welcome_cursor()?;
-        if id > cur {
-            meta_set(self.conn, "welcome_cursor", &id.to_be_bytes())?;
-        }
-        Ok(())
-    }
-
-    pub(crate) fn welcome_cursor(&self) -> Result<u64, EngineError> {
-        Ok(super::state::meta_get(self.conn, "welcome_cursor")?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(epoch)
     }
 }

@@ -3,7 +3,6 @@
 
 use openmls::prelude::*;
 use openmls::schedule::{ExternalPsk, PreSharedKeyId, Psk};
-use rusqlite::params;
 use tls_codec::{Deserialize as _, Serialize as _};
 
 use super::config::{DEFAULT_CIPHERSUITE, DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
@@ -14,8 +13,19 @@ use super::ctx::{
 use super::envelope::DmlsEnvelope;
 use super::identity::validate_client_id;
 use super::ids::{DGroupId, MessageId, PskId, send_group_id};
-use super::state::CachedSql as _;
-use super::{Effect, EngineError, Event};
+use super::store::send_groups::{self, OwnState, SendGroupRow};
+use super::store::{acks, dgroups, history, members, outbox, psks, seen};
+use super::{Effect, EngineError, Event, ReceivedMessage};
+
+/// [`Effect::PostWelcomes`] of one Welcome to each of `added`.
+fn welcomes(added: &[String], welcome: &[u8]) -> Effect {
+    Effect::PostWelcomes(
+        added
+            .iter()
+            .map(|a| (a.clone(), welcome.to_vec()))
+            .collect(),
+    )
+}
 
 fn encode(m: &MlsMessageOut) -> Result<Vec<u8>, EngineError> {
     m.tls_serialize_detached()
@@ -57,20 +67,11 @@ impl Ctx<'_> {
     /// Stores a DGroup and one row per Send Group.
     pub(crate) fn insert_dgroup(&mut self, config: &DGroupConfig) -> Result<(), EngineError> {
         let me = self.me()?;
-        self.conn.exec_cached(
-            "INSERT INTO dmls_dgroup(dgroup_id, config, name) VALUES (?1, ?2, ?3)",
-            params![config.dgroup_id.0.as_slice(), config.encode()?, config.name],
-        )?;
+        let d = config.dgroup_id;
+        dgroups::insert(self.conn, &d, &config.encode()?, &config.name)?;
         for m in &config.members {
-            self.write_send_group(
-                "INSERT INTO dmls_send_group(group_id, dgroup_id, owner, is_own) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    send_group_id(&config.dgroup_id, m).as_slice(),
-                    config.dgroup_id.0.as_slice(),
-                    m,
-                    *m == me
-                ],
-            )?;
+            let gid = send_group_id(&d, m);
+            self.write_send_group(|conn| send_groups::insert(conn, &gid, &d, m, *m == me))?;
         }
         Ok(())
     }
@@ -99,11 +100,7 @@ impl Ctx<'_> {
             .with_wire_format_policy(jc.wire_format_policy())
             .build(&self.provider, &signer, self.credential(&signer)?)
             .map_err(|e| EngineError::mls("creating our Send Group", e))?;
-        let removed: Vec<String> = self
-            .removed(&config.dgroup_id)?
-            .into_iter()
-            .map(|r| r.0)
-            .collect();
+        let removed = members::removed_names(self.conn, &config.dgroup_id)?;
         let others: Vec<String> = config
             .members
             .iter()
@@ -111,27 +108,30 @@ impl Ctx<'_> {
             .cloned()
             .collect();
         let state = if others.is_empty() {
-            "active"
+            OwnState::Active
         } else {
-            "claiming"
+            OwnState::Claiming
         };
-        self.write_send_group(
-            "UPDATE dmls_send_group SET joined = 1, joined_epoch = ?2, own_state = ?3, last_update_ms = ?4
-             WHERE group_id = ?1",
-            params![gid.as_slice(), group.epoch().as_u64() as i64, state, now_ms as i64],
-        )?;
+        let epoch = group.epoch().as_u64();
+        self.write_send_group(|conn| send_groups::own_created(conn, &gid, epoch, state, now_ms))?;
         if others.is_empty() {
-            self.outbox_push(&Effect::PutRelayGroup {
-                group_id: hex::encode(gid),
-                members: Vec::new(),
-            })?;
+            outbox::push(
+                self.conn,
+                &Effect::PutRelayGroup {
+                    group_id: hex::encode(gid),
+                    members: Vec::new(),
+                },
+            )?;
         } else {
             // The relay group is created once the claim is answered, with the members we
             // could add: the relay refuses a member list naming an account it does not know.
-            self.outbox_push(&Effect::ClaimKeyPackages {
-                dgroup_id: config.dgroup_id,
-                client_ids: others,
-            })?;
+            outbox::push(
+                self.conn,
+                &Effect::ClaimKeyPackages {
+                    dgroup_id: config.dgroup_id,
+                    client_ids: others,
+                },
+            )?;
         }
         Ok(())
     }
@@ -148,33 +148,12 @@ impl Ctx<'_> {
         missing: Vec<String>,
         now_ms: u64,
     ) -> Result<Vec<Event>, EngineError> {
-        let bytes: Vec<u8> = self
-            .conn
-            .row_cached(
-                "SELECT effect FROM dmls_outbox WHERE id = ?1",
-                [outbox_id as i64],
-                |r| r.get(0),
-            )
-            .map_err(|_| {
-                EngineError::InvalidArgument(format!("no pending outbox item {outbox_id}"))
-            })?;
-        let effect = Self::decode_effect(outbox_id as i64, &bytes)?;
-        let Effect::ClaimKeyPackages {
-            dgroup_id,
-            client_ids,
-        } = effect
-        else {
-            return Err(EngineError::InvalidArgument(format!(
-                "outbox item {outbox_id} is not a key-package claim"
-            )));
-        };
-        self.conn
-            .exec_cached("DELETE FROM dmls_outbox WHERE id = ?1", [outbox_id as i64])?;
+        let (dgroup_id, client_ids) = self.take_claim(outbox_id)?;
         let own = self.own_send_group(&dgroup_id)?;
-        let late = match own.own_state.as_deref() {
-            Some("claiming") => false,
-            Some("active") => true,
-            _ => return Ok(Vec::new()),
+        let late = match own.own_state {
+            Some(OwnState::Claiming) => false,
+            Some(OwnState::Active) => true,
+            None => return Ok(Vec::new()),
         };
         let client_ids: Vec<String> = if late {
             if self.active_own(&dgroup_id).is_err() {
@@ -190,77 +169,22 @@ impl Ctx<'_> {
         } else {
             client_ids
         };
-        let mut missing: Vec<String> = missing
-            .into_iter()
-            .filter(|m| client_ids.contains(m))
-            .collect();
-        let mut kps = Vec::new();
-        let mut added = Vec::new();
-        for (cid, bytes) in key_packages {
-            if !client_ids.contains(&cid) || added.contains(&cid) || missing.contains(&cid) {
-                continue;
-            }
-            match self.validate_key_package(&cid, &bytes) {
-                Ok(kp) => {
-                    kps.push(kp);
-                    added.push(cid);
-                }
-                Err(_) => missing.push(cid),
-            }
-        }
-        for c in &client_ids {
-            if !added.contains(c) && !missing.contains(c) {
-                missing.push(c.clone());
-            }
-        }
-        let mut events = Vec::new();
-        let gid = own.group_id;
+        let (adds, missing) = self.sort_claimed(&client_ids, key_packages, missing);
+        let added: Vec<String> = adds.iter().map(|(a, _)| a.clone()).collect();
         if late {
-            if !kps.is_empty() {
-                let adds = added.iter().cloned().zip(kps).collect();
+            if !adds.is_empty() {
                 self.dmls_commit_adding(&dgroup_id, now_ms, adds)?;
             }
         } else {
-            // The relay group, with the members we add, before their Welcomes go out.
-            self.outbox_push(&Effect::PutRelayGroup {
-                group_id: hex::encode(gid),
-                members: added.clone(),
-            })?;
-            if !kps.is_empty() {
-                let signer = self.signer()?;
-                let mut group = self.take_group(&gid)?;
-                // Every own commit has a path (PROTOCOL.md "DMLS Update and DMLS Commit").
-                let (_, welcome) = self.build_commit(&mut group, &signer, &[], &[], &kps)?;
-                let welcome = welcome
-                    .ok_or_else(|| EngineError::Internal("add commit without Welcome".into()))?;
-                group
-                    .merge_pending_commit(&self.provider)
-                    .map_err(|e| EngineError::mls("merging add commit", e))?;
-                self.export_psk(&group, &gid)?;
-                self.keep_group(gid, group);
-                // The add commit is not posted: nobody else is in epoch 0 (PROTOCOL.md "INIT").
-                self.outbox_push(&Effect::PostWelcomes(
-                    added.iter().map(|a| (a.clone(), welcome.clone())).collect(),
-                ))?;
-            }
-            self.write_send_group(
-                "UPDATE dmls_send_group SET own_state = 'active', last_update_ms = ?2, msgs_since_update = 0,
-                 sent_in_epoch = 0 WHERE group_id = ?1",
-                params![gid.as_slice(), now_ms as i64],
-            )?;
+            self.add_initial_members(own.group_id, adds, now_ms)?;
         }
         for a in &added {
-            self.conn.exec_cached(
-                "DELETE FROM dmls_missing WHERE dgroup_id = ?1 AND member = ?2",
-                params![dgroup_id.0.as_slice(), a],
-            )?;
+            members::delete_missing(self.conn, &dgroup_id, a)?;
         }
         for m in &missing {
-            self.conn.exec_cached(
-                "INSERT OR IGNORE INTO dmls_missing(dgroup_id, member) VALUES (?1, ?2)",
-                params![dgroup_id.0.as_slice(), m],
-            )?;
+            members::insert_missing(self.conn, &dgroup_id, m)?;
         }
+        let mut events = Vec::new();
         if !missing.is_empty() {
             events.push(Event::KeyPackagesMissing {
                 dgroup: dgroup_id,
@@ -270,20 +194,101 @@ impl Ctx<'_> {
         Ok(events)
     }
 
+    /// Takes the pending key-package claim `outbox_id` out of the outbox: its DGroup and
+    /// whom it claimed for.
+    fn take_claim(&self, outbox_id: u64) -> Result<(DGroupId, Vec<String>), EngineError> {
+        let effect = outbox::get(self.conn, outbox_id)?.ok_or_else(|| {
+            EngineError::InvalidArgument(format!("no pending outbox item {outbox_id}"))
+        })?;
+        let Effect::ClaimKeyPackages {
+            dgroup_id,
+            client_ids,
+        } = effect
+        else {
+            return Err(EngineError::InvalidArgument(format!(
+                "outbox item {outbox_id} is not a key-package claim"
+            )));
+        };
+        outbox::delete(self.conn, outbox_id)?;
+        Ok((dgroup_id, client_ids))
+    }
+
+    /// Sorts a claim's answer for `client_ids`: the members with a valid key package (the
+    /// first one of each), and those without (the relay had none, or it was invalid).
+    fn sort_claimed(
+        &self,
+        client_ids: &[String],
+        key_packages: Vec<(String, Vec<u8>)>,
+        missing: Vec<String>,
+    ) -> (Vec<(String, KeyPackage)>, Vec<String>) {
+        let mut missing: Vec<String> = missing
+            .into_iter()
+            .filter(|m| client_ids.contains(m))
+            .collect();
+        let mut adds: Vec<(String, KeyPackage)> = Vec::new();
+        for (cid, bytes) in key_packages {
+            if !client_ids.contains(&cid)
+                || adds.iter().any(|(a, _)| *a == cid)
+                || missing.contains(&cid)
+            {
+                continue;
+            }
+            match self.validate_key_package(&cid, &bytes) {
+                Ok(kp) => adds.push((cid, kp)),
+                Err(_) => missing.push(cid),
+            }
+        }
+        for c in client_ids {
+            if !adds.iter().any(|(a, _)| a == c) && !missing.contains(c) {
+                missing.push(c.clone());
+            }
+        }
+        (adds, missing)
+    }
+
+    /// INIT (PROTOCOL.md "INIT"): creates the relay group of our new Send Group `gid` with
+    /// `adds`, adds them in one commit that is not posted (nobody else is in epoch 0), queues
+    /// their Welcomes, and makes the group active.
+    fn add_initial_members(
+        &mut self,
+        gid: [u8; 32],
+        adds: Vec<(String, KeyPackage)>,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        let (added, kps): (Vec<String>, Vec<KeyPackage>) = adds.into_iter().unzip();
+        // The relay group, with the members we add, before their Welcomes go out.
+        outbox::push(
+            self.conn,
+            &Effect::PutRelayGroup {
+                group_id: hex::encode(gid),
+                members: added.clone(),
+            },
+        )?;
+        if !kps.is_empty() {
+            let signer = self.signer()?;
+            let mut group = self.take_group(&gid)?;
+            // Every own commit has a path (PROTOCOL.md "DMLS Update and DMLS Commit").
+            let (_, welcome) = self.build_commit(&mut group, &signer, &[], &[], &kps)?;
+            let welcome = welcome
+                .ok_or_else(|| EngineError::Internal("add commit without Welcome".into()))?;
+            group
+                .merge_pending_commit(&self.provider)
+                .map_err(|e| EngineError::mls("merging add commit", e))?;
+            self.export_psk(&group, &gid)?;
+            self.keep_group(gid, group);
+            outbox::push(self.conn, &welcomes(&added, &welcome))?;
+        }
+        self.write_send_group(|conn| send_groups::own_activated(conn, &gid, now_ms))
+    }
+
     /// Config members still missing from our own Send Group of `d`: recorded as missing at a
     /// claim, not known to be removed and not in the group (ENGINE_NOTES.md "Late add").
     pub(crate) fn still_missing(&self, d: &DGroupId) -> Result<Vec<String>, EngineError> {
-        let recorded: Vec<String> = {
-            let mut st = self.conn.prepare_cached(
-                "SELECT member FROM dmls_missing WHERE dgroup_id = ?1 ORDER BY member",
-            )?;
-            st.query_map([d.0.as_slice()], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
+        let recorded = members::missing(self.conn, d)?;
         if recorded.is_empty() {
             return Ok(recorded);
         }
-        let removed: Vec<String> = self.removed(d)?.into_iter().map(|r| r.0).collect();
+        let removed = members::removed_names(self.conn, d)?;
         let own = self.own_send_group(d)?;
         let present: Vec<String> = if own.joined {
             self.members_of(&own.group_id)?
@@ -300,12 +305,7 @@ impl Ctx<'_> {
     /// active Send Group of each DGroup that has no claim pending in the outbox. Forgets
     /// recorded members that were removed or added meanwhile. Returns the DGroups claimed for.
     pub(crate) fn retry_missing_members(&mut self) -> Result<Vec<DGroupId>, EngineError> {
-        let ids: Vec<Vec<u8>> = {
-            let mut st = self
-                .conn
-                .prepare_cached("SELECT DISTINCT dgroup_id FROM dmls_missing ORDER BY dgroup_id")?;
-            st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
-        };
+        let ids = members::with_missing(self.conn)?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -318,29 +318,25 @@ impl Ctx<'_> {
             })
             .collect();
         let mut claimed = Vec::new();
-        for id in ids {
-            let d = DGroupId::from_slice(&id)?;
+        for d in ids {
             if pending.contains(&d) || self.active_own(&d).is_err() {
                 continue;
             }
             let still = self.still_missing(&d)?;
-            self.conn.exec_cached(
-                "DELETE FROM dmls_missing WHERE dgroup_id = ?1",
-                [d.0.as_slice()],
-            )?;
+            members::clear_missing(self.conn, &d)?;
             if still.is_empty() {
                 continue;
             }
             for m in &still {
-                self.conn.exec_cached(
-                    "INSERT INTO dmls_missing(dgroup_id, member) VALUES (?1, ?2)",
-                    params![d.0.as_slice(), m],
-                )?;
+                members::insert_missing(self.conn, &d, m)?;
             }
-            self.outbox_push(&Effect::ClaimKeyPackages {
-                dgroup_id: d,
-                client_ids: still,
-            })?;
+            outbox::push(
+                self.conn,
+                &Effect::ClaimKeyPackages {
+                    dgroup_id: d,
+                    client_ids: still,
+                },
+            )?;
             claimed.push(d);
         }
         Ok(claimed)
@@ -381,7 +377,7 @@ impl Ctx<'_> {
     }
 
     /// Our own usable Send Group of a DGroup, or why not.
-    pub(crate) fn active_own(&self, d: &DGroupId) -> Result<super::ctx::SendGroupRow, EngineError> {
+    pub(crate) fn active_own(&self, d: &DGroupId) -> Result<SendGroupRow, EngineError> {
         let Some((_, _, we_removed)) = self.config(d)? else {
             return Err(EngineError::UnknownDGroup(d.to_hex()));
         };
@@ -391,7 +387,7 @@ impl Ctx<'_> {
             ));
         }
         let own = self.own_send_group(d)?;
-        if own.own_state.as_deref() != Some("active") {
+        if own.own_state != Some(OwnState::Active) {
             return Err(EngineError::NotReady(
                 "members are not added yet: the key-package claim is unanswered".into(),
             ));
@@ -408,17 +404,17 @@ impl Ctx<'_> {
     /// other owner has added the member and we merged that commit.
     pub(crate) fn unimported(&self, d: &DGroupId) -> Result<Vec<PskId>, EngineError> {
         let me = self.me()?;
-        let removed: Vec<String> = self.removed(d)?.into_iter().map(|r| r.0).collect();
+        let removed = members::removed_names(self.conn, d)?;
         let groups = self.send_groups_of(d)?;
         // Members of our Send Group that must be able to process our next commit.
         let mut ours: Option<Vec<String>> = None;
         let mut out = Vec::new();
-        let acked = self.acks_of(d, &me)?;
+        let acked = acks::of(self.conn, d, &me)?;
         for sg in &groups {
             if sg.is_own || removed.contains(&sg.owner) {
                 continue;
             }
-            let Some(latest) = self.latest_psk_epoch(&sg.group_id)? else {
+            let Some(latest) = psks::latest_epoch(self.conn, &sg.group_id)? else {
                 continue;
             };
             if acked.get(&sg.group_id).is_some_and(|a| *a >= latest) {
@@ -510,59 +506,23 @@ impl Ctx<'_> {
         let gid = own.group_id;
         let mut group = self.take_group(&gid)?;
         let (added, kps): (Vec<String>, Vec<KeyPackage>) = adds.into_iter().unzip();
-        let candidates = if kps.is_empty() {
-            self.unimported(d)?
+        let mut imports = if kps.is_empty() {
+            self.psk_imports(&group, d)?
         } else {
             Vec::new()
         };
-        let mut imports = Vec::new();
-        for p in candidates {
-            let id = PreSharedKeyId::new(
-                group.ciphersuite(),
-                self.provider.rand,
-                Psk::External(ExternalPsk::new(p.to_bytes().to_vec())),
-            )
-            .map_err(|e| EngineError::mls("PSK nonce", e))?;
-            imports.push((p, id));
-        }
-        let pending: Vec<String> = self
-            .removed(d)?
+        let pending: Vec<String> = members::removed(self.conn, d)?
             .into_iter()
             .filter(|r| r.1)
             .map(|r| r.0)
             .collect();
-        let mut leaves = Vec::new();
-        for m in group.members() {
-            if credential_identity(&m.credential).is_ok_and(|id| pending.contains(&id)) {
-                leaves.push(m.index);
-            }
-        }
-        let (mut commit, mut welcome) =
-            self.build_commit(&mut group, &signer, &imports, &leaves, &kps)?;
-        // The AAD must list the PSKs in the order of the commit's PSK proposals (PROTOCOL.md
-        // "Dependency hint"). openmls keeps our order, but should it ever choose another one,
-        // rebuild the commit once with the AAD in its order instead of failing.
-        let order = self.staged_psk_order(&group)?;
-        if order != imports.iter().map(|(p, _)| *p).collect::<Vec<_>>() {
-            group
-                .clear_pending_commit(&self.provider.storage)
-                .map_err(|e| EngineError::mls("DMLS commit", e))?;
-            let mut reordered = Vec::with_capacity(order.len());
-            for p in &order {
-                let pos = imports.iter().position(|(q, _)| q == p).ok_or_else(|| {
-                    EngineError::Internal(format!("openmls added a PSK proposal for {p:?}"))
-                })?;
-                reordered.push(imports.remove(pos));
-            }
-            imports = reordered;
-            (commit, welcome) = self.build_commit(&mut group, &signer, &imports, &leaves, &kps)?;
-            let again = self.staged_psk_order(&group)?;
-            if again != order {
-                return Err(EngineError::Internal(format!(
-                    "openmls orders PSK proposals unpredictably: {again:?} after {order:?}"
-                )));
-            }
-        }
+        let leaves: Vec<LeafNodeIndex> = group
+            .members()
+            .filter(|m| credential_identity(&m.credential).is_ok_and(|id| pending.contains(&id)))
+            .map(|m| m.index)
+            .collect();
+        let (commit, welcome) =
+            self.build_commit_in_psk_order(&mut group, &signer, &mut imports, &leaves, &kps)?;
         let imports: Vec<PskId> = imports.into_iter().map(|(p, _)| p).collect();
         let left = group.epoch().as_u64();
         group
@@ -574,48 +534,113 @@ impl Ctx<'_> {
         if !imports.is_empty() {
             self.prune_psks(d, &imports)?;
         }
-        self.mark_seen(&message_hash(&commit))?;
-        self.outbox_push(&Effect::PostMessage {
-            owner: me.clone(),
-            group_id: hex::encode(gid),
-            data: commit,
-        })?;
         if !pending.is_empty() {
             self.removals_merged = true;
-            self.conn.exec_cached(
-                "UPDATE dmls_removed SET pending = 0 WHERE dgroup_id = ?1",
-                [d.0.as_slice()],
-            )?;
+            members::removals_done(self.conn, d)?;
         }
-        if !pending.is_empty() || !added.is_empty() {
-            // Drop removed members from the relay group after the commit is posted; let
-            // added ones read it before their Welcome arrives.
-            let members: Vec<String> = group
-                .members()
-                .filter_map(|m| credential_identity(&m.credential).ok())
-                .filter(|id| *id != me)
-                .collect();
-            self.outbox_push(&Effect::PutRelayGroup {
-                group_id: hex::encode(gid),
-                members,
-            })?;
-        }
-        if !added.is_empty() {
-            let welcome = welcome
-                .take()
-                .ok_or_else(|| EngineError::Internal("add commit without Welcome".into()))?;
-            self.outbox_push(&Effect::PostWelcomes(
-                added.iter().map(|a| (a.clone(), welcome.clone())).collect(),
-            ))?;
-        }
-        self.write_send_group(
-            "UPDATE dmls_send_group SET last_update_ms = ?2, msgs_since_update = 0, sent_in_epoch = 0
-             WHERE group_id = ?1",
-            params![gid.as_slice(), now_ms as i64],
-        )?;
+        let changed = !pending.is_empty() || !added.is_empty();
+        self.queue_own_commit(&group, &me, commit, changed, &added, welcome)?;
+        self.write_send_group(|conn| send_groups::own_committed(conn, &gid, now_ms))?;
         self.keep_group(gid, group);
         if leaf_refresh {
             self.propose_leaf_refresh(d)?;
+        }
+        Ok(())
+    }
+
+    /// The PSK proposals of our next commit in `d`: the epochs of other Send Groups we have
+    /// not imported yet ([`Ctx::unimported`]), each with a fresh nonce.
+    fn psk_imports(
+        &self,
+        group: &MlsGroup,
+        d: &DGroupId,
+    ) -> Result<Vec<(PskId, PreSharedKeyId)>, EngineError> {
+        let mut imports = Vec::new();
+        for p in self.unimported(d)? {
+            let id = PreSharedKeyId::new(
+                group.ciphersuite(),
+                self.provider.rand,
+                Psk::External(ExternalPsk::new(p.to_bytes().to_vec())),
+            )
+            .map_err(|e| EngineError::mls("PSK nonce", e))?;
+            imports.push((p, id));
+        }
+        Ok(imports)
+    }
+
+    /// [`Ctx::build_commit`] with the AAD listing the PSKs in the order of the commit's PSK
+    /// proposals (PROTOCOL.md "Dependency hint"). openmls keeps our order, but should it ever
+    /// choose another one, the commit is rebuilt once with `imports` in its order instead of
+    /// failing.
+    fn build_commit_in_psk_order(
+        &mut self,
+        group: &mut MlsGroup,
+        signer: &super::identity::DmlsSigner,
+        imports: &mut Vec<(PskId, PreSharedKeyId)>,
+        leaves: &[LeafNodeIndex],
+        kps: &[KeyPackage],
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), EngineError> {
+        let built = self.build_commit(group, signer, imports, leaves, kps)?;
+        let order = self.staged_psk_order(group)?;
+        if order == imports.iter().map(|(p, _)| *p).collect::<Vec<_>>() {
+            return Ok(built);
+        }
+        group
+            .clear_pending_commit(&self.provider.storage)
+            .map_err(|e| EngineError::mls("DMLS commit", e))?;
+        let mut reordered = Vec::with_capacity(order.len());
+        for p in &order {
+            let pos = imports.iter().position(|(q, _)| q == p).ok_or_else(|| {
+                EngineError::Internal(format!("openmls added a PSK proposal for {p:?}"))
+            })?;
+            reordered.push(imports.remove(pos));
+        }
+        *imports = reordered;
+        let built = self.build_commit(group, signer, imports, leaves, kps)?;
+        let again = self.staged_psk_order(group)?;
+        if again != order {
+            return Err(EngineError::Internal(format!(
+                "openmls orders PSK proposals unpredictably: {again:?} after {order:?}"
+            )));
+        }
+        Ok(built)
+    }
+
+    /// Queues what our merged commit sends: the commit itself; when it `changed` the
+    /// membership, the relay group's new member list (after the commit, so removed members
+    /// are dropped once it is posted and added ones can read it); then the Welcomes of the
+    /// `added` members.
+    fn queue_own_commit(
+        &self,
+        group: &MlsGroup,
+        me: &str,
+        commit: Vec<u8>,
+        changed: bool,
+        added: &[String],
+        welcome: Option<Vec<u8>>,
+    ) -> Result<(), EngineError> {
+        let group_id = hex::encode(group.group_id().as_slice());
+        seen::insert(self.conn, &message_hash(&commit))?;
+        outbox::push(
+            self.conn,
+            &Effect::PostMessage {
+                owner: me.to_owned(),
+                group_id: group_id.clone(),
+                data: commit,
+            },
+        )?;
+        if changed {
+            let members: Vec<String> = group
+                .members()
+                .filter_map(|m| credential_identity(&m.credential).ok())
+                .filter(|id| id != me)
+                .collect();
+            outbox::push(self.conn, &Effect::PutRelayGroup { group_id, members })?;
+        }
+        if !added.is_empty() {
+            let welcome = welcome
+                .ok_or_else(|| EngineError::Internal("add commit without Welcome".into()))?;
+            outbox::push(self.conn, &welcomes(added, &welcome))?;
         }
         Ok(())
     }
@@ -697,12 +722,15 @@ impl Ctx<'_> {
                 .map_err(|e| EngineError::mls("proposing leaf refresh", e))?;
             self.keep_group(sg.group_id, group);
             let data = encode(&msg)?;
-            self.mark_seen(&message_hash(&data))?;
-            self.outbox_push(&Effect::PostMessage {
-                owner: sg.owner.clone(),
-                group_id: hex::encode(sg.group_id),
-                data,
-            })?;
+            seen::insert(self.conn, &message_hash(&data))?;
+            outbox::push(
+                self.conn,
+                &Effect::PostMessage {
+                    owner: sg.owner.clone(),
+                    group_id: hex::encode(sg.group_id),
+                    data,
+                },
+            )?;
         }
         Ok(())
     }
@@ -722,7 +750,7 @@ impl Ctx<'_> {
             || own.msgs_since_update >= self.policy.max_messages_per_update;
         let has_proposals =
             self.with_group(&gid, |g| Ok(g.pending_proposals().next().is_some()))?;
-        let has_removals = self.removed(d)?.iter().any(|r| r.1);
+        let has_removals = members::removed(self.conn, d)?.iter().any(|r| r.1);
         let has_imports = self.policy.import_before_send && !self.unimported(d)?.is_empty();
         let mut own = own;
         if stale || has_proposals || has_removals || has_imports {
@@ -744,32 +772,31 @@ impl Ctx<'_> {
         let data = encode(&msg)?;
         let epoch = group.epoch().as_u64();
         self.keep_group(gid, group);
-        self.conn.exec_cached(
-            "INSERT INTO dmls_history(dgroup_id, sender, sent_at_ms, message_id, content_type, body, epoch, generation)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                d.0.as_slice(),
-                me,
-                now_ms as i64,
-                envelope.message_id.0.as_slice(),
-                envelope.content_type,
-                envelope.body,
-                epoch as i64,
-                own.sent_in_epoch as i64
-            ],
+        let message_id = envelope.message_id;
+        history::insert(
+            self.conn,
+            &ReceivedMessage {
+                dgroup: *d,
+                sender: me.clone(),
+                sent_at_ms: now_ms,
+                message_id,
+                content_type: envelope.content_type,
+                body: envelope.body,
+                epoch,
+                generation: Some(own.sent_in_epoch as u32),
+            },
         )?;
-        self.write_send_group(
-            "UPDATE dmls_send_group SET msgs_since_update = msgs_since_update + 1,
-             sent_in_epoch = sent_in_epoch + 1 WHERE group_id = ?1",
-            [gid.as_slice()],
+        self.write_send_group(|conn| send_groups::own_sent(conn, &gid))?;
+        seen::insert(self.conn, &message_hash(&data))?;
+        outbox::push(
+            self.conn,
+            &Effect::PostMessage {
+                owner: me,
+                group_id: hex::encode(gid),
+                data,
+            },
         )?;
-        self.mark_seen(&message_hash(&data))?;
-        self.outbox_push(&Effect::PostMessage {
-            owner: me,
-            group_id: hex::encode(gid),
-            data,
-        })?;
-        Ok(envelope.message_id)
+        Ok(message_id)
     }
 
     pub(crate) fn remove(
@@ -795,14 +822,8 @@ impl Ctx<'_> {
         &mut self,
         now_ms: u64,
     ) -> Result<Vec<DGroupId>, EngineError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT DISTINCT dgroup_id FROM dmls_removed WHERE pending = 1")?;
-        let ids: Vec<Vec<u8>> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        drop(st);
         let mut done = Vec::new();
-        for id in ids {
-            let d = DGroupId::from_slice(&id)?;
+        for d in members::with_pending_removals(self.conn)? {
             if self.active_own(&d).is_ok() {
                 self.dmls_commit(&d, now_ms, false)?;
                 done.push(d);

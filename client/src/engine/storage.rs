@@ -1,7 +1,7 @@
 //! openmls's storage over our connection, with cached statements.
 //!
 //! [`DmlsStorage`] reads and writes exactly the tables of openmls_sqlite_storage (created by
-//! its migrations, see [`super::provider::migrate`]), with the same keys, values and `provider_version`,
+//! its migrations, see `provider::migrate`), with the same keys, values and `provider_version`,
 //! so a database written by one is read by the other. The only difference: every statement
 //! goes through the connection's statement cache instead of being parsed again on each call.
 //! openmls reads and writes a few dozen rows for every message it processes (63 PSK look-ups
@@ -21,7 +21,42 @@ use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::provider::StateCodec;
+/// Codec of openmls's state in openmls_sqlite_storage: MessagePack (rmp-serde), a compact
+/// binary format that, unlike JSON, does not spell every key byte as a decimal number. It is
+/// self-describing, which openmls's serde types need (one of them is an untagged enum).
+/// Loading and storing group state dominated the engine's cost with JSON.
+#[derive(Default)]
+pub(crate) struct StateCodec;
+
+impl Codec for StateCodec {
+    type Error = CodecError;
+
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        // openmls's byte strings serialize as sequences of u8; store them as MessagePack
+        // `bin` (one copy) instead of one integer per byte. rmp-serde reads `bin` back into
+        // any sequence of u8.
+        let mut out = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut out)
+            .with_bytes(rmp_serde::config::BytesMode::ForceIterables);
+        value
+            .serialize(&mut ser)
+            .map_err(|e| CodecError(e.to_string()))?;
+        Ok(out)
+    }
+
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        rmp_serde::from_slice(slice).map_err(|e| CodecError(e.to_string()))
+    }
+}
+
+/// An encoding or decoding error of [`StateCodec`].
+#[derive(Debug, thiserror::Error)]
+#[error("openmls state codec: {0}")]
+pub(crate) struct CodecError(String);
+
+/// Name of the storage codec, recorded in `dmls_meta` so that a database written with
+/// another codec is refused with a clear error instead of failing to decode later.
+pub(crate) const STATE_CODEC_NAME: &[u8] = b"msgpack-bin";
 
 /// The `provider_version` openmls_sqlite_storage stores in (and filters on in) every row.
 /// It is private there; it equals the version of the storage trait we implement, so a change
@@ -192,7 +227,7 @@ pub(crate) struct DmlsStorage<'a> {
 type PskCache = HashMap<Vec<u8>, Zeroizing<Vec<u8>>>;
 
 impl<'a> DmlsStorage<'a> {
-    /// The storage over `conn`, whose openmls tables exist (see [`super::provider::migrate`]),
+    /// The storage over `conn`, whose openmls tables exist (see `provider::migrate`),
     /// reading every value from the database (the engine uses [`DmlsStorage::caching_psks`]).
     #[cfg(test)]
     pub(crate) fn new(conn: &'a Connection) -> Self {
@@ -887,8 +922,7 @@ mod tests {
     use rusqlite::Connection;
     use serde::{Deserialize, Serialize};
 
-    use super::{DmlsStorage, VERSION};
-    use crate::engine::provider::StateCodec;
+    use super::{DmlsStorage, StateCodec, VERSION};
 
     /// openmls_sqlite_storage with our codec.
     type Plain<'a> = SqliteStorageProvider<StateCodec, &'a Connection>;

@@ -1,0 +1,62 @@
+//! `dmls_dgroup`: the DGroups we know, with their config.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::CachedSql as _;
+use crate::engine::error::EngineError;
+use crate::engine::ids::DGroupId;
+
+/// Stores a DGroup's config (encoded) and name.
+pub(crate) fn insert(
+    conn: &Connection,
+    d: &DGroupId,
+    config: &[u8],
+    name: &str,
+) -> Result<(), EngineError> {
+    conn.exec_cached(
+        "INSERT INTO dmls_dgroup(dgroup_id, config, name) VALUES (?1, ?2, ?3)",
+        params![d.0.as_slice(), config, name],
+    )?;
+    Ok(())
+}
+
+/// The encoded config of a DGroup, and whether we were removed from it.
+pub(crate) fn config(
+    conn: &Connection,
+    d: &DGroupId,
+) -> Result<Option<(Vec<u8>, bool)>, EngineError> {
+    Ok(conn
+        .row_cached(
+            "SELECT config, we_removed FROM dmls_dgroup WHERE dgroup_id = ?1",
+            [d.0.as_slice()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+/// Every DGroup, in the order we learned them.
+pub(crate) fn all(conn: &Connection) -> Result<Vec<DGroupId>, EngineError> {
+    ids(conn, "SELECT dgroup_id FROM dmls_dgroup ORDER BY rowid")
+}
+
+/// Every DGroup we were not removed from, in the order we learned them.
+pub(crate) fn not_left(conn: &Connection) -> Result<Vec<DGroupId>, EngineError> {
+    ids(
+        conn,
+        "SELECT dgroup_id FROM dmls_dgroup WHERE we_removed = 0 ORDER BY rowid",
+    )
+}
+
+fn ids(conn: &Connection, sql: &str) -> Result<Vec<DGroupId>, EngineError> {
+    let ids: Vec<Vec<u8>> = conn.rows_cached(sql, [], |r| r.get(0))?;
+    ids.iter().map(|id| DGroupId::from_slice(id)).collect()
+}
+
+/// Records that we were removed from `d`; whether that is news.
+pub(crate) fn set_we_removed(conn: &Connection, d: &DGroupId) -> Result<bool, EngineError> {
+    let n = conn.exec_cached(
+        "UPDATE dmls_dgroup SET we_removed = 1 WHERE dgroup_id = ?1 AND we_removed = 0",
+        [d.0.as_slice()],
+    )?;
+    Ok(n > 0)
+}

@@ -1,0 +1,64 @@
+//! `dmls_meta`: single values of this database (identity, welcome cursor, state codec).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::CachedSql as _;
+use crate::engine::error::EngineError;
+
+/// The values kept in `dmls_meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Key {
+    /// Our client id (UTF-8).
+    ClientId,
+    /// Our signature public key (the key pair is in openmls's storage).
+    SignaturePublic,
+    /// The welcome inbox cursor (big-endian u64).
+    WelcomeCursor,
+    /// Name of the codec of openmls's state.
+    StateCodec,
+}
+
+impl Key {
+    fn name(self) -> &'static str {
+        match self {
+            Key::ClientId => "client_id",
+            Key::SignaturePublic => "signature_public",
+            Key::WelcomeCursor => "welcome_cursor",
+            Key::StateCodec => "state_codec",
+        }
+    }
+}
+
+/// Reads a value.
+pub(crate) fn get(conn: &Connection, key: Key) -> Result<Option<Vec<u8>>, EngineError> {
+    Ok(conn
+        .row_cached(
+            "SELECT value FROM dmls_meta WHERE key = ?1",
+            [key.name()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Writes a value.
+pub(crate) fn set(conn: &Connection, key: Key, value: &[u8]) -> Result<(), EngineError> {
+    conn.exec_cached(
+        "INSERT INTO dmls_meta(key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key.name(), value],
+    )?;
+    Ok(())
+}
+
+/// The welcome inbox cursor (0 when none was read).
+pub(crate) fn welcome_cursor(conn: &Connection) -> Result<u64, EngineError> {
+    Ok(get(conn, Key::WelcomeCursor)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// Stores the welcome inbox cursor.
+pub(crate) fn set_welcome_cursor(conn: &Connection, id: u64) -> Result<(), EngineError> {
+    set(conn, Key::WelcomeCursor, &id.to_be_bytes())
+}
