@@ -1,4 +1,4 @@
-//! Wire types of the DMLS relay HTTP API, version 1 (`shared/API.md`).
+//! Wire types of the DMLS relay HTTP API, version 1 (`docs/API.md`).
 //!
 //! These are plain serde structs shared by the relay and the client. They do no I/O. Binary
 //! fields use [`Bytes`], which travels as standard base64 with padding (RFC 4648 section 4).

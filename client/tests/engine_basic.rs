@@ -437,7 +437,7 @@ enum RaceOrder {
     ABeforeRemoval,
 }
 
-/// ENGINE_NOTES.md "Removal race": A (m1) imports a later epoch of removed X's (m3) Send
+/// docs/PROTOCOL.md "Removal race": A (m1) imports a later epoch of removed X's (m3) Send
 /// Group before it learns of the removal; B (m2) learned of it (from the remover m0) before
 /// it processed that epoch of X's group. B still merges A's commit, gets X's later epoch only
 /// for its PSK, and neither imports it nor shows X's later messages.

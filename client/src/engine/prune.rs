@@ -73,7 +73,7 @@ impl Ctx<'_> {
 
 impl Ctx<'_> {
     /// Closes the Send Group of every removed owner X that no other Send Group we hold still
-    /// has as a member (ENGINE_NOTES.md "Removal race"). A member stops importing X's epochs
+    /// has as a member (docs/PROTOCOL.md "Closing a removed member's Send Group"). A member stops importing X's epochs
     /// once it knows of the removal, and removes X in its next commit; so once we merged the
     /// commit of every other Send Group that removed X, we merged every commit that could
     /// import an epoch of X's group, and the limit we process it up to is final. X's kept

@@ -269,7 +269,7 @@ impl Ctx<'_> {
         };
         // Removed owner: nothing beyond the epoch we held when we learned of the removal
         // (PROTOCOL.md "Removal"), except its commits up to an epoch that a commit we process
-        // imports (ENGINE_NOTES.md "Removal race"): those are kept until then.
+        // imports (docs/PROTOCOL.md "Removal race"): those are kept until then.
         if let (Some(stop), Some(limit)) = (sg.stop_epoch, sg.limit()) {
             match ct {
                 ContentType::Application if epoch > stop => return done_nothing(self),
@@ -474,7 +474,7 @@ impl Ctx<'_> {
     }
 
     /// Checks a commit of the owner of `sg` of `epoch` and merges it (PROTOCOL.md "Receiving",
-    /// "Dependency hint", "Removal"; ENGINE_NOTES.md "Late add").
+    /// "Dependency hint", "Removal"; docs/PROTOCOL.md "Late add").
     fn merge_commit(
         &mut self,
         group: &mut MlsGroup,
@@ -493,7 +493,7 @@ impl Ctx<'_> {
                 "commit authenticated_data differs from its PSK proposals".into(),
             ));
         }
-        // Late add (ENGINE_NOTES.md "Late add"): only config members that are not
+        // Late add (docs/PROTOCOL.md "Late add"): only config members that are not
         // removed and not in the group yet.
         let added = if staged.add_proposals().next().is_some() {
             self.check_late_adds(group, sg, &staged)?
@@ -517,7 +517,7 @@ impl Ctx<'_> {
         let self_removed = staged.self_removed();
         self.removals_merged |= !removed.is_empty();
         // A removed owner's commit beyond the epoch we stopped at is merged only for
-        // the PSK it lets us export (ENGINE_NOTES.md "Removal race"): none of its
+        // the PSK it lets us export (docs/PROTOCOL.md "Removal race"): none of its
         // other effects (acks, removals, events) apply.
         let beyond_stop = sg.stop_epoch.is_some_and(|s| epoch >= s);
         group
@@ -583,7 +583,7 @@ impl Ctx<'_> {
         Ok(events)
     }
 
-    /// A commit we process waits for `psk` (ENGINE_NOTES.md "Removal race"): if it is an
+    /// A commit we process waits for `psk` (docs/PROTOCOL.md "Removal race"): if it is an
     /// epoch of a removed owner's Send Group beyond the limit we process that group up to,
     /// raise the limit to it and release the group's kept commits and proposals before it.
     /// Its commits then bring us to that epoch, whose PSK releases the waiting commit.
@@ -632,7 +632,7 @@ impl Ctx<'_> {
 
     /// Accepts the Add proposals of an owner's commit only when each adds a member of the
     /// DGroup config that is not known to be removed and not in the Send Group already
-    /// (ENGINE_NOTES.md "Late add").
+    /// (docs/PROTOCOL.md "Late add").
     /// Returns the client ids it adds.
     fn check_late_adds(
         &self,
@@ -815,7 +815,7 @@ impl Ctx<'_> {
         let w = self.check_welcome(welcome, from, &me)?;
         let (gid, d) = (w.gid, w.config.dgroup_id);
         let mut events = Vec::new();
-        // Removal race, never-joined case (ENGINE_NOTES.md "Removal race"): the owner is
+        // Removal race, never-joined case (docs/PROTOCOL.md "Removal race"): the owner is
         // known to be removed but its group is not closed, so a commit may still import one
         // of its epochs. Join, but show nothing of it: its commits are kept ('stopped') and
         // processed only up to an epoch a commit we process imports.

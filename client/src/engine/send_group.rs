@@ -282,7 +282,7 @@ impl Ctx<'_> {
     }
 
     /// Config members still missing from our own Send Group of `d`: recorded as missing at a
-    /// claim, not known to be removed and not in the group (ENGINE_NOTES.md "Late add").
+    /// claim, not known to be removed and not in the group (docs/PROTOCOL.md "Late add").
     pub(crate) fn still_missing(&self, d: &DGroupId) -> Result<Vec<String>, EngineError> {
         let recorded = members::missing(self.conn, d)?;
         if recorded.is_empty() {
@@ -399,7 +399,7 @@ impl Ctx<'_> {
     /// (PROTOCOL.md "DMLS Commit").
     ///
     /// An epoch is left out while a member of our Send Group is not a member of that Send
-    /// Group (it was added late to ours but not yet to that one, ENGINE_NOTES.md "Late add"): it
+    /// Group (it was added late to ours but not yet to that one, docs/PROTOCOL.md "Late add"): it
     /// cannot hold that PSK, so our commit would wait for it forever. It is imported once the
     /// other owner has added the member and we merged that commit.
     pub(crate) fn unimported(&self, d: &DGroupId) -> Result<Vec<PskId>, EngineError> {
@@ -478,7 +478,7 @@ impl Ctx<'_> {
         self.dmls_commit_with(d, now_ms, leaf_refresh, Vec::new())
     }
 
-    /// Late add (ENGINE_NOTES.md "Late add"): a DMLS Commit in our active Send Group that also
+    /// Late add (docs/PROTOCOL.md "Late add"): a DMLS Commit in our active Send Group that also
     /// adds these members, posted like every commit, followed by the relay group's new member
     /// list and then the Welcomes (so that a joiner can read the group once it joined).
     /// It imports no PSK: the Welcome would name it, and a joiner holds no PSK of epochs

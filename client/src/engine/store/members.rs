@@ -1,6 +1,6 @@
 //! Members of a DGroup that are not (or no longer) in our Send Group: `dmls_removed` (removed
 //! members, `pending` while still in our own Send Group) and `dmls_missing` (config members no
-//! valid key package could be claimed for, ENGINE_NOTES.md "Late add").
+//! valid key package could be claimed for, docs/PROTOCOL.md "Late add").
 
 use rusqlite::{Connection, params};
 

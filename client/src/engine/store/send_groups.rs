@@ -73,7 +73,7 @@ pub(crate) struct SendGroupRow {
 impl SendGroupRow {
     /// For a removed owner's Send Group: the epoch its commits are processed up to (the
     /// commit of epoch `limit - 1` is the last). That is `stop_epoch`, raised to the latest
-    /// epoch whose PSK a commit we process imports (ENGINE_NOTES.md "Removal race").
+    /// epoch whose PSK a commit we process imports (docs/PROTOCOL.md "Removal race").
     /// `None` when the owner is not known to be removed.
     pub(crate) fn limit(&self) -> Option<u64> {
         self.stop_epoch

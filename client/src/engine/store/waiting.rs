@@ -129,7 +129,7 @@ pub(crate) enum Trigger {
     /// We joined this Send Group.
     Joined([u8; 32]),
     /// The processing limit of a removed owner's Send Group was raised to this epoch
-    /// (ENGINE_NOTES.md "Removal race"): its kept messages of earlier epochs may go on.
+    /// (docs/PROTOCOL.md "Removal race"): its kept messages of earlier epochs may go on.
     Limit([u8; 32], u64),
 }
 
