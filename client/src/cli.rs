@@ -16,12 +16,21 @@ use serde_json::{Value, json};
 use crate::client::{Client, ClientError, Delivery, Durability, dgroup_hex};
 use crate::engine::{DGroupStatus, DGroupSummary, Event, ReceivedMessage, WaitReason};
 
+/// The long explanation of `--durability`, shown by `dmls --help` only (every subcommand's
+/// help lists the option with its one-line summary).
+const DURABILITY_HELP: &str = "\
+Durability (--durability, DMLS_DURABILITY):
+  full     (default) every change is on disk before the command goes on, so even a power
+           loss never shows a message twice.
+  relaxed  fsync only before something is sent; after a power loss (not a crash of dmls)
+           recently received messages may be shown again. Slightly faster on slow disks.";
+
 /// dmls: end-to-end encrypted group chat over Distributed MLS (draft-xue-distributed-mls).
 ///
 /// Each identity lives in its own home directory (--home or DMLS_HOME). Start with
 /// `dmls init --relay URL --name NAME`, then `dmls group create`, `dmls send`, `dmls sync`.
 #[derive(Debug, Parser)]
-#[command(name = "dmls", version, about, long_about)]
+#[command(name = "dmls", version, about, long_about, after_long_help = DURABILITY_HELP)]
 pub struct Cli {
     /// Directory of this identity's state (state.db, config.json). Default: the platform's
     /// data directory (e.g. ~/.local/share/dmls).
@@ -32,11 +41,15 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// How state reaches the disk. `full`: every change is on disk before the command goes
-    /// on, so even a power loss never shows a message twice. `relaxed`: fsync only before
-    /// something is sent; after a power loss (not a crash of dmls) recently received
-    /// messages may be shown again.
-    #[arg(long, env = "DMLS_DURABILITY", global = true, value_enum, default_value_t = Durability::Full)]
+    /// How state reaches the disk: full or relaxed (`dmls --help` explains).
+    #[arg(
+        long,
+        env = "DMLS_DURABILITY",
+        global = true,
+        value_enum,
+        default_value_t = Durability::Full,
+        hide_possible_values = true
+    )]
     pub durability: Durability,
 
     /// What to do.
@@ -143,185 +156,277 @@ pub struct SyncArgs {
     pub evict_after_days: u64,
 }
 
-/// Runs the parsed command line.
+/// Runs the parsed command line: one function per command.
 pub async fn run(cli: Cli) -> Result<()> {
     let home = match cli.home.clone() {
         Some(h) => h,
         None => default_home()?,
     };
-    let json = cli.json;
+    let ctx = Ctx {
+        home,
+        json: cli.json,
+        durability: cli.durability,
+    };
     match cli.command {
-        Command::Init { relay, name } => {
-            let client = Client::init(&home, &relay, &name)
-                .await
-                .with_context(|| format!("cannot create the identity {name:?} at {relay}"))?;
-            if json {
-                emit(&json!({
-                    "client_id": client.client_id(),
-                    "relay": client.relay_url(),
-                    "home": home.display().to_string(),
-                }));
-            } else {
-                println!(
-                    "Created identity {} on {} (state in {}).",
-                    client.client_id(),
-                    client.relay_url(),
-                    home.display()
-                );
-                println!(
-                    "Next: `dmls group create NAME MEMBER...` or wait to be invited and run `dmls sync`."
-                );
-            }
-        }
+        Command::Init { relay, name } => cmd_init(&ctx, &relay, &name).await,
         Command::Group(GroupCommand::Create { name, members }) => {
-            let mut client = open(&home, cli.durability)?;
-            let id = client
-                .create_group(&name, &members)
-                .await
-                .with_context(|| format!("cannot create the group {name:?}"))?;
-            let names = vec![(dgroup_hex(&id), name.clone())];
-            let events = client.take_events();
-            if json {
-                emit(&json!({
-                    "dgroup": dgroup_hex(&id),
-                    "name": name,
-                    "members": members,
-                    "events": events.iter().map(|e| event_json(e, &names)).collect::<Vec<_>>(),
-                }));
-            } else {
-                println!("Created group {name} ({}).", dgroup_hex(&id));
-                for e in &events {
-                    if let Some(line) = event_line(e, &names) {
-                        println!("{line}");
-                    }
-                }
-                println!(
-                    "Members join when they run `dmls sync`; run `dmls sync` yourself to see them join."
-                );
-            }
+            cmd_group_create(&ctx, &name, &members).await
         }
-        Command::Groups => {
-            let mut client = open(&home, cli.durability)?;
-            flush_quietly(&mut client).await?;
-            let groups = client.groups().context("cannot list groups")?;
-            if json {
-                emit(&Value::Array(groups.iter().map(summary_json).collect()));
-            } else if groups.is_empty() {
-                println!(
-                    "No groups yet. Create one with `dmls group create NAME MEMBER...`, or run `dmls sync` to receive invitations."
-                );
-            } else {
-                for g in &groups {
-                    let mut line = format!(
-                        "{}  {}  ({})",
-                        short_id(&g.id),
-                        g.name,
-                        g.members.join(", ")
-                    );
-                    if g.we_are_removed {
-                        line.push_str("  [you were removed]");
-                    } else if !g.removed.is_empty() {
-                        line.push_str(&format!("  [removed: {}]", g.removed.join(", ")));
-                    }
-                    println!("{line}");
-                }
-            }
+        Command::Groups => cmd_groups(&ctx).await,
+        Command::Sync(args) => cmd_sync(&ctx, &args).await,
+        Command::Send { group, text } => cmd_send(&ctx, &group, text.as_deref()).await,
+        Command::Log { group, limit } => cmd_log(&ctx, &group, limit).await,
+        Command::Update { group } => cmd_update(&ctx, &group).await,
+        Command::Remove { group, member } => cmd_remove(&ctx, &group, &member).await,
+        Command::Status { group } => cmd_status(&ctx, &group).await,
+    }
+}
+
+/// What every command needs from the global options.
+struct Ctx {
+    home: PathBuf,
+    json: bool,
+    durability: Durability,
+}
+
+impl Ctx {
+    /// Opens the identity in the home directory.
+    fn open(&self) -> Result<Client> {
+        match Client::open_with(&self.home, self.durability) {
+            Ok(c) => Ok(c),
+            Err(e @ ClientError::NoIdentity { .. }) => Err(e.into()),
+            Err(e) => Err(anyhow::Error::new(e))
+                .with_context(|| format!("cannot open the identity in {}", self.home.display())),
         }
-        Command::Sync(args) => {
-            let mut client = open(&home, cli.durability)?;
-            client.set_eviction_threshold(
-                (args.evict_after_days > 0)
-                    .then(|| Duration::from_secs(args.evict_after_days.saturating_mul(86_400))),
-            );
-            if args.follow {
-                follow(&mut client, args.wait_ms, json).await?;
-            } else {
-                sync_once(&mut client, json).await?;
-            }
-        }
-        Command::Send { group, text } => {
-            let text = match text.as_deref() {
-                None | Some("-") => {
-                    let mut s = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut s)
-                        .context("cannot read the message from standard input")?;
-                    s.trim_end_matches('\n').to_string()
-                }
-                Some(t) => t.to_string(),
-            };
-            if text.is_empty() {
-                bail!("the message is empty: give TEXT or pipe it to standard input");
-            }
-            let mut client = open(&home, cli.durability)?;
-            let delivery = client.send_text(&group, &text).await.with_context(|| {
-                format!("cannot send to {group:?} (try `dmls sync` and `dmls status {group}`)")
-            })?;
-            report_delivery(
-                json,
-                &delivery,
-                json!({"group": group, "bytes": text.len()}),
-                "Sent.",
-            );
-        }
-        Command::Log { group, limit } => {
-            let mut client = open(&home, cli.durability)?;
-            flush_quietly(&mut client).await?;
-            let messages = client
-                .log(&group, limit)
-                .with_context(|| format!("cannot read {group:?}"))?;
-            if json {
-                emit(&Value::Array(
-                    messages.iter().map(|m| message_json(m, None)).collect(),
-                ));
-            } else if messages.is_empty() {
-                println!("No messages yet (run `dmls sync` to fetch new ones).");
-            } else {
-                for m in &messages {
-                    println!("{}", message_line(m, None));
-                }
-            }
-        }
-        Command::Update { group } => {
-            let mut client = open(&home, cli.durability)?;
-            let delivery = client
-                .update(&group)
-                .await
-                .with_context(|| format!("cannot update in {group:?}"))?;
-            report_delivery(
-                json,
-                &delivery,
-                json!({"updated": true, "group": group}),
-                &format!("Committed a DMLS Update in {group}."),
-            );
-        }
-        Command::Remove { group, member } => {
-            let mut client = open(&home, cli.durability)?;
-            let delivery = client
-                .remove(&group, &member)
-                .await
-                .with_context(|| format!("cannot remove {member:?} from {group:?}"))?;
-            report_delivery(
-                json,
-                &delivery,
-                json!({"removed": member, "group": group}),
-                &format!("Removed {member} from {group}; the others follow when they sync."),
-            );
-        }
-        Command::Status { group } => {
-            let mut client = open(&home, cli.durability)?;
-            flush_quietly(&mut client).await?;
-            let status = client
-                .status(&group)
-                .with_context(|| format!("cannot read {group:?}"))?;
-            if json {
-                emit(&status_json(&status));
-            } else {
-                print_status(&status);
-            }
+    }
+
+    /// Opens the identity and sends what is queued, keeping going offline (commands that
+    /// only read local state).
+    async fn open_and_flush(&self) -> Result<Client> {
+        let mut client = self.open()?;
+        flush_quietly(&mut client).await?;
+        Ok(client)
+    }
+}
+
+/// `dmls init`
+async fn cmd_init(ctx: &Ctx, relay: &str, name: &str) -> Result<()> {
+    let client = Client::init(&ctx.home, relay, name)
+        .await
+        .with_context(|| format!("cannot create the identity {name:?} at {relay}"))?;
+    if ctx.json {
+        emit(&json!({
+            "client_id": client.client_id(),
+            "relay": client.relay_url(),
+            "home": ctx.home.display().to_string(),
+        }));
+    } else {
+        println!(
+            "Created identity {} on {} (state in {}).",
+            client.client_id(),
+            client.relay_url(),
+            ctx.home.display()
+        );
+        println!(
+            "Next: `dmls group create NAME MEMBER...` or wait to be invited and run `dmls sync`."
+        );
+    }
+    Ok(())
+}
+
+/// `dmls group create`
+async fn cmd_group_create(ctx: &Ctx, name: &str, members: &[String]) -> Result<()> {
+    let mut client = ctx.open()?;
+    let id = client
+        .create_group(name, members)
+        .await
+        .with_context(|| format!("cannot create the group {name:?}"))?;
+    let names = vec![(dgroup_hex(&id), name.to_string())];
+    let events = client.take_events();
+    if ctx.json {
+        emit(&json!({
+            "dgroup": dgroup_hex(&id),
+            "name": name,
+            "members": members,
+            "events": events.iter().map(|e| event_json(e, &names)).collect::<Vec<_>>(),
+        }));
+    } else {
+        println!("Created group {name} ({}).", dgroup_hex(&id));
+        print_event_lines(&events, &names);
+        println!(
+            "Members join when they run `dmls sync`; run `dmls sync` yourself to see them join."
+        );
+    }
+    Ok(())
+}
+
+/// `dmls groups`
+async fn cmd_groups(ctx: &Ctx) -> Result<()> {
+    let client = ctx.open_and_flush().await?;
+    let groups = client.groups().context("cannot list groups")?;
+    if ctx.json {
+        emit(&Value::Array(groups.iter().map(summary_json).collect()));
+    } else if groups.is_empty() {
+        println!(
+            "No groups yet. Create one with `dmls group create NAME MEMBER...`, or run `dmls sync` to receive invitations."
+        );
+    } else {
+        for g in &groups {
+            println!("{}", summary_line(g));
         }
     }
     Ok(())
+}
+
+/// One line of `dmls groups`.
+fn summary_line(g: &DGroupSummary) -> String {
+    let mut line = format!(
+        "{}  {}  ({})",
+        short_id(&g.id),
+        g.name,
+        g.members.join(", ")
+    );
+    if g.we_are_removed {
+        line.push_str("  [you were removed]");
+    } else if !g.removed.is_empty() {
+        line.push_str(&format!("  [removed: {}]", g.removed.join(", ")));
+    }
+    line
+}
+
+/// `dmls sync`
+async fn cmd_sync(ctx: &Ctx, args: &SyncArgs) -> Result<()> {
+    let mut client = ctx.open()?;
+    client.set_eviction_threshold(
+        (args.evict_after_days > 0)
+            .then(|| Duration::from_secs(args.evict_after_days.saturating_mul(86_400))),
+    );
+    if args.follow {
+        follow(&mut client, args.wait_ms, ctx.json).await
+    } else {
+        sync_once(&mut client, ctx.json).await
+    }
+}
+
+/// `dmls send`
+async fn cmd_send(ctx: &Ctx, group: &str, text: Option<&str>) -> Result<()> {
+    let text = match text {
+        None | Some("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the message from standard input")?;
+            s.trim_end_matches('\n').to_string()
+        }
+        Some(t) => t.to_string(),
+    };
+    if text.is_empty() {
+        bail!("the message is empty: give TEXT or pipe it to standard input");
+    }
+    let mut client = ctx.open()?;
+    let delivery = client.send_text(group, &text).await.with_context(|| {
+        format!("cannot send to {group:?} (try `dmls sync` and `dmls status {group}`)")
+    })?;
+    report_delivery(
+        ctx.json,
+        &delivery,
+        json!({"group": group, "bytes": text.len()}),
+        "Sent.",
+    );
+    Ok(())
+}
+
+/// `dmls log`
+async fn cmd_log(ctx: &Ctx, group: &str, limit: usize) -> Result<()> {
+    let client = ctx.open_and_flush().await?;
+    let messages = client
+        .log(group, limit)
+        .with_context(|| format!("cannot read {group:?}"))?;
+    if ctx.json {
+        emit(&Value::Array(
+            messages.iter().map(|m| message_json(m, None)).collect(),
+        ));
+    } else if messages.is_empty() {
+        println!("No messages yet (run `dmls sync` to fetch new ones).");
+    } else {
+        for m in &messages {
+            println!("{}", message_line(m, None));
+        }
+    }
+    Ok(())
+}
+
+/// `dmls update`
+async fn cmd_update(ctx: &Ctx, group: &str) -> Result<()> {
+    let mut client = ctx.open()?;
+    let delivery = client
+        .update(group)
+        .await
+        .with_context(|| format!("cannot update in {group:?}"))?;
+    report_delivery(
+        ctx.json,
+        &delivery,
+        json!({"updated": true, "group": group}),
+        &format!("Committed a DMLS Update in {group}."),
+    );
+    Ok(())
+}
+
+/// `dmls remove`
+async fn cmd_remove(ctx: &Ctx, group: &str, member: &str) -> Result<()> {
+    let mut client = ctx.open()?;
+    let delivery = client
+        .remove(group, member)
+        .await
+        .with_context(|| format!("cannot remove {member:?} from {group:?}"))?;
+    report_delivery(
+        ctx.json,
+        &delivery,
+        json!({"removed": member, "group": group}),
+        &format!("Removed {member} from {group}; the others follow when they sync."),
+    );
+    Ok(())
+}
+
+/// `dmls status`
+async fn cmd_status(ctx: &Ctx, group: &str) -> Result<()> {
+    let client = ctx.open_and_flush().await?;
+    let status = client
+        .status(group)
+        .with_context(|| format!("cannot read {group:?}"))?;
+    if ctx.json {
+        emit(&status_json(&status));
+    } else {
+        print_status(&status);
+    }
+    Ok(())
+}
+
+/// Prints the human line of every event that has one.
+fn print_event_lines(events: &[Event], names: &[(String, String)]) {
+    for e in events {
+        if let Some(line) = event_line(e, names) {
+            println!("{line}");
+        }
+    }
+}
+
+/// The error and its causes on one line, `outer: cause: root cause`, naming each cause once:
+/// an error whose message already contains its cause's message (as many wrappers do, for
+/// readers that print only the outer message) does not repeat it.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if text.contains(&msg) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&msg);
+    }
+    text
 }
 
 /// Sends what is queued, but keeps going (with a warning) when the relay is unreachable, so
@@ -362,15 +467,6 @@ fn default_home() -> Result<PathBuf> {
     Ok(dirs.data_dir().to_path_buf())
 }
 
-fn open(home: &std::path::Path, durability: Durability) -> Result<Client> {
-    match Client::open_with(home, durability) {
-        Ok(c) => Ok(c),
-        Err(e @ ClientError::NoIdentity { .. }) => Err(e.into()),
-        Err(e) => Err(anyhow::Error::new(e))
-            .with_context(|| format!("cannot open the identity in {}", home.display())),
-    }
-}
-
 async fn sync_once(client: &mut Client, json: bool) -> Result<()> {
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -398,11 +494,7 @@ async fn sync_once(client: &mut Client, json: bool) -> Result<()> {
             "events": report.events.iter().map(|e| event_json(e, &names)).collect::<Vec<_>>(),
         }));
     } else {
-        for e in &report.events {
-            if let Some(line) = event_line(e, &names) {
-                println!("{line}");
-            }
-        }
+        print_event_lines(&report.events, &names);
         println!(
             "Synced: {} relay messages and {} welcomes processed.",
             report.messages, report.welcomes
@@ -770,6 +862,23 @@ mod tests {
     fn formats_utc_times() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
         assert_eq!(format_time(1_700_000_000_000), "2023-11-14 22:13:20");
+    }
+
+    #[test]
+    fn an_error_names_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot reach the relay: {source}")]
+        struct Outer {
+            source: std::io::Error,
+        }
+        let root = std::io::Error::other("connection refused");
+        let e = anyhow::Error::new(Outer { source: root }).context("sync failed");
+        assert_eq!(
+            error_text(&e),
+            "sync failed: cannot reach the relay: connection refused"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&plain), "outer: inner");
     }
 
     #[test]

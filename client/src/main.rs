@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use dmls_client::cli::{Cli, run};
+use dmls_client::cli::{Cli, error_text, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,10 +29,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let text = error_text(&e);
             if json {
-                println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+                println!("{}", serde_json::json!({ "error": text }));
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {text}");
             ExitCode::FAILURE
         }
     }
