@@ -125,7 +125,8 @@ impl Net {
     }
 
     /// Feeds `m` everything new for it, in store order, in one batch as the facade's sync
-    /// does. Returns how many inputs it got.
+    /// does, then, caught up, does its due duties (`Engine::handle_timeout`). Returns how
+    /// many inputs it got.
     fn deliver(&mut self, m: &mut Member) -> Result<usize> {
         let mut inputs = Vec::new();
         let cursor = m.engine.welcome_cursor()?;
@@ -160,6 +161,8 @@ impl Net {
                 }
             }
         }
+        m.engine.set_caught_up(true);
+        m.engine.handle_timeout(NOW)?;
         Ok(n)
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::engine::{
-    DGroupId, DGroupStatus, DGroupSummary, Effect, Engine, EngineError, Event, Input,
+    DGroupId, DGroupStatus, DGroupSummary, DutyPolicy, Effect, Engine, EngineError, Event, Input,
     ReceivedMessage,
 };
 use crate::relay::{RelayClient, RelayError, Token};
@@ -182,21 +182,7 @@ pub struct Client {
     sync_limit: u32,
     pending_events: Vec<Event>,
     barrier: Option<DurabilityBarrier>,
-    /// When [`Client::sync_step`] last asked the engine to retry missing members (late add).
-    missing_retried: Option<std::time::Instant>,
-    /// Eviction threshold ([`Client::set_eviction_threshold`]); `None`: never evict.
-    eviction: Option<Duration>,
-    /// When [`Client::sync_step`] last looked for overdue acknowledgements and silent members.
-    eviction_checked: Option<std::time::Instant>,
 }
-
-/// How often [`Client::sync_step`] claims key packages again for members missing from our
-/// Send Groups ([`Engine::retry_missing_members`]).
-const MISSING_RETRY_INTERVAL: Duration = Duration::from_secs(60);
-
-/// How often [`Client::sync_step`] looks for overdue acknowledgements (ours) and silent
-/// members to evict.
-const EVICTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The default eviction threshold of [`Client`]: 30 days (PROTOCOL.md "Acknowledgement and
 /// key deletion").
@@ -306,9 +292,6 @@ impl Client {
             sync_limit: dmls_api::limits::SYNC_LIMIT_DEFAULT,
             pending_events: Vec::new(),
             barrier,
-            missing_retried: None,
-            eviction: Some(DEFAULT_EVICTION_THRESHOLD),
-            eviction_checked: None,
         }
     }
 
@@ -360,10 +343,15 @@ impl Client {
     ///
     /// Whatever the threshold, such a sync also acknowledges what others updated when we have
     /// not done so for 7 days ([`Engine::acknowledge_overdue`]), so that a member who only
-    /// reads is not evicted by the others.
+    /// reads is not evicted by the others. Both are duties of [`Engine::handle_timeout`], with
+    /// the engine's [`crate::engine::DutyPolicy`].
     pub fn set_eviction_threshold(&mut self, threshold: Option<Duration>) {
-        self.eviction = threshold.map(|t| t.max(Duration::from_millis(1)));
-        self.eviction_checked = None;
+        let policy = DutyPolicy {
+            eviction_threshold_ms: threshold
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            ..self.engine.duty_policy()
+        };
+        self.engine.set_duty_policy(policy);
     }
 
     // ------------------------------------------------------------ outbox
@@ -572,10 +560,10 @@ impl Client {
 
     /// One sync round trip: drains the outbox, asks the relay for everything new in every
     /// followed Send Group and the welcome inbox (holding the request up to `wait_ms` when
-    /// nothing is new), feeds it all to the engine in relay order, then drains the outbox
-    /// again. After a round that saw removals it commits them in our own Send Group. On the
-    /// first step and then at most once a minute it also claims key packages again for
-    /// members still missing from our Send Groups ([`Engine::retry_missing_members`]).
+    /// nothing is new), feeds it all to the engine in relay order, tells the engine whether
+    /// it caught up and does its due duties ([`Engine::handle_timeout`]: committing removals
+    /// seen in this round, late-add retries, and once caught up overdue acknowledgements and
+    /// eviction), then drains the outbox again.
     pub async fn sync_step(&mut self, wait_ms: u64) -> Result<SyncStep, ClientError> {
         let mut events = std::mem::take(&mut self.pending_events);
         events.extend(self.flush_outbox().await?);
@@ -670,39 +658,11 @@ impl Client {
             }
             cursors = rest;
         }
-        // Removals learned from other Send Groups go into our next commit (PROTOCOL.md
-        // "Removal"); a no-op when there are none.
-        if step.messages > 0 {
-            self.engine.commit_pending_removals(now_ms())?;
-        }
-        // Acknowledgements and eviction (PROTOCOL.md "Acknowledgement and key deletion"): only
-        // once caught up (the relay has nothing newer, so every commit there counted), on the
-        // first such step and then at most once a minute. First our own overdue
-        // acknowledgements (so that others do not evict us for only reading), then evicting
-        // members behind for longer than the threshold.
-        if !step.more
-            && self
-                .eviction_checked
-                .is_none_or(|t| t.elapsed() >= EVICTION_CHECK_INTERVAL)
-        {
-            self.eviction_checked = Some(std::time::Instant::now());
-            self.engine
-                .acknowledge_overdue(now_ms(), crate::engine::DEFAULT_ACK_DEADLINE_MS)?;
-            if let Some(threshold) = self.eviction {
-                let threshold_ms = u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX);
-                step.events
-                    .extend(self.engine.evict_silent_members(now_ms(), threshold_ms)?);
-            }
-        }
-        // Late add: claim again for members whose key packages were missing, on the first
-        // step and then at most once a minute (each claim is a relay request).
-        if self
-            .missing_retried
-            .is_none_or(|t| t.elapsed() >= MISSING_RETRY_INTERVAL)
-        {
-            self.missing_retried = Some(std::time::Instant::now());
-            self.engine.retry_missing_members()?;
-        }
+        // The clock-driven duties: pending removals after messages; overdue acknowledgements
+        // and eviction only once caught up (the relay has nothing newer, so every commit there
+        // counted); late-add retries.
+        self.engine.set_caught_up(!step.more);
+        step.events.extend(self.engine.handle_timeout(now_ms())?);
         step.events.extend(self.flush_outbox().await?);
         if step.welcomes > 0 {
             // Others claimed our key packages to make those welcomes.

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use dmls_client::engine::{DGroupId, Effect, Engine, Event, Input};
+use dmls_client::engine::{DGroupId, Effect, Engine, Event, FollowedGroup, Input};
 
 /// A delivery in flight to one member.
 #[derive(Debug, Clone)]
@@ -166,6 +166,26 @@ impl Net {
         }
     }
 
+    /// Whether the pool holds a delivery member `i` can take now (a Welcome, or a message of
+    /// a Send Group it follows): if not, a sync of `i` would find nothing new.
+    pub fn has_pending(&self, i: usize) -> bool {
+        let followed = self.engines[i].followed_groups().unwrap();
+        self.pool
+            .iter()
+            .any(|p| p.to == i && can_take(&followed, &p.input))
+    }
+
+    /// Member `i`'s clock-driven duties, driven as a shell does after a sync: tells the engine
+    /// whether it caught up (see [`Net::has_pending`]), does what is due at `now_ms`
+    /// (`Engine::handle_timeout`) and drains the outbox.
+    pub fn tick(&mut self, i: usize, now_ms: u64) {
+        let caught_up = !self.has_pending(i);
+        self.engines[i].set_caught_up(caught_up);
+        let ev = self.engines[i].handle_timeout(now_ms).unwrap();
+        self.events[i].extend(ev);
+        self.drain(i, now_ms);
+    }
+
     /// Drains every member's outbox.
     pub fn drain_all(&mut self, now_ms: u64) {
         for i in 0..self.engines.len() {
@@ -177,19 +197,9 @@ impl Net {
     pub fn deliver(&mut self, k: usize, keep: bool, now_ms: u64) -> Result<(), String> {
         // A member polls a Send Group only once it knows the DGroup (a relay keeps the
         // message until then).
-        if let Input::GroupMessage {
-            owner, group_id, ..
-        } = &self.pool[k].input
-        {
-            let to = self.pool[k].to;
-            let follows = self.engines[to]
-                .followed_groups()
-                .unwrap()
-                .iter()
-                .any(|f| f.owner == *owner && f.group_id == *group_id);
-            if !follows {
-                return Ok(());
-            }
+        let followed = self.engines[self.pool[k].to].followed_groups().unwrap();
+        if !can_take(&followed, &self.pool[k].input) {
+            return Ok(());
         }
         let d = if keep {
             self.pool[k].clone()
@@ -221,15 +231,7 @@ impl Net {
         for &k in ks {
             assert_eq!(self.pool[k].to, to, "a batch is for one member");
             // As in `deliver`: a group is polled only once its DGroup is known.
-            let follows = match &self.pool[k].input {
-                Input::GroupMessage {
-                    owner, group_id, ..
-                } => followed
-                    .iter()
-                    .any(|f| f.owner == *owner && f.group_id == *group_id),
-                _ => true,
-            };
-            if follows {
+            if can_take(&followed, &self.pool[k].input) {
                 take.push(k);
             }
         }
@@ -317,6 +319,19 @@ impl Net {
     /// The DGroup id as seen by member `i` (its first DGroup).
     pub fn dgroup(&self, i: usize) -> DGroupId {
         self.engines[i].dgroups().unwrap()[0].id
+    }
+}
+
+/// Whether a member following `followed` would fetch `input`: a relay keeps a Send Group's
+/// messages until the member knows its DGroup and polls it.
+fn can_take(followed: &[FollowedGroup], input: &Input) -> bool {
+    match input {
+        Input::GroupMessage {
+            owner, group_id, ..
+        } => followed
+            .iter()
+            .any(|f| f.owner == *owner && f.group_id == *group_id),
+        _ => true,
     }
 }
 
