@@ -203,7 +203,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Groups => {
             let mut client = open(&home, cli.durability)?;
             flush_quietly(&mut client).await?;
-            let groups = client.groups().context("cannot list groups")?;
+            let groups = client.groups().await.context("cannot list groups")?;
             if json {
                 emit(&Value::Array(groups.iter().map(summary_json).collect()));
             } else if groups.is_empty() {
@@ -229,10 +229,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Sync(args) => {
             let mut client = open(&home, cli.durability)?;
-            client.set_eviction_threshold(
-                (args.evict_after_days > 0)
-                    .then(|| Duration::from_secs(args.evict_after_days.saturating_mul(86_400))),
-            );
+            client
+                .set_eviction_threshold(
+                    (args.evict_after_days > 0)
+                        .then(|| Duration::from_secs(args.evict_after_days.saturating_mul(86_400))),
+                )
+                .await?;
             if args.follow {
                 follow(&mut client, args.wait_ms, json).await?;
             } else {
@@ -269,6 +271,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             flush_quietly(&mut client).await?;
             let messages = client
                 .log(&group, limit)
+                .await
                 .with_context(|| format!("cannot read {group:?}"))?;
             if json {
                 emit(&Value::Array(
@@ -313,6 +316,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             flush_quietly(&mut client).await?;
             let status = client
                 .status(&group)
+                .await
                 .with_context(|| format!("cannot read {group:?}"))?;
             if json {
                 emit(&status_json(&status));
@@ -389,7 +393,7 @@ async fn sync_once(client: &mut Client, json: bool) -> Result<()> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let names = group_names(client);
+    let names = group_names(client).await;
     if json {
         emit(&json!({
             "messages_fetched": report.messages,
@@ -415,7 +419,7 @@ async fn follow(client: &mut Client, wait_ms: u64, json: bool) -> Result<()> {
     if !json {
         eprintln!("Following {} (Ctrl-C to stop)...", client.relay_url());
     }
-    let mut names = group_names(client);
+    let mut names = group_names(client).await;
     let fut = async {
         let mut stdout = std::io::stdout();
         client
@@ -453,9 +457,10 @@ fn emit(v: &Value) {
 }
 
 /// `(dgroup hex, name)` of every DGroup, for labelling events.
-fn group_names(client: &Client) -> Vec<(String, String)> {
+async fn group_names(client: &Client) -> Vec<(String, String)> {
     client
         .groups()
+        .await
         .map(|gs| {
             gs.into_iter()
                 .map(|g| (dgroup_hex(&g.id), g.name))
