@@ -418,9 +418,10 @@ impl Client {
         let (fresh, last_resort) = self
             .with_engine(move |e| {
                 let fresh = e.generate_key_packages(fresh as usize)?;
-                let last_resort = match last_resort {
-                    true => Some(e.generate_last_resort_key_package()?),
-                    false => None,
+                let last_resort = if last_resort {
+                    Some(e.generate_last_resort_key_package()?)
+                } else {
+                    None
                 };
                 Ok::<_, EngineError>((fresh, last_resort))
             })
