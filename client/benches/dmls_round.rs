@@ -17,15 +17,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use dmls_client::client::{
-    Client, Durability, DurabilityBarrier, KeyPackagePolicy, open_state_db_with,
+    Client, Durability, DurabilityBarrier, KeyPackagePolicy, LocalEngine, open_state_db_with,
 };
-use dmls_client::engine::{DGroupId, Effect, Engine, Input};
+use dmls_client::drive::{ClaimAnswer, OutboxError, Transport, perform_outbox};
+use dmls_client::engine::{DGroupId, Engine, Input};
+use futures::executor::block_on;
 
 const NOW: u64 = 1_700_000_000_000;
 
@@ -49,83 +52,28 @@ struct Net {
 }
 
 impl Net {
-    /// Carries out `m`'s outbox until it is empty, as the facade does: one snapshot of the
-    /// outbox at a time, performed items marked done in one transaction.
+    /// Carries out `m`'s outbox until it is empty with the library's outbox driver, as the
+    /// facade does.
     fn drain(&mut self, m: &mut Member) -> Result<()> {
-        loop {
-            let items = m.engine.outbox()?;
-            if items.is_empty() {
-                return Ok(());
-            }
-            let mut done_ids = Vec::new();
-            for item in items {
-                // As the facade does: what is posted must be on disk first.
-                if !matches!(item.effect, Effect::ClaimKeyPackages { .. })
-                    && let Some(b) = &mut m.barrier
-                {
-                    b.sync()?;
-                }
-                match item.effect {
-                    Effect::ClaimKeyPackages { client_ids, .. } => {
-                        done(m, &done_ids)?;
-                        let input = self.claim(item.id, client_ids);
-                        m.engine.handle(input, NOW)?;
-                        // The answer queued new items: read the outbox again.
-                        done_ids.clear();
-                        break;
-                    }
-                    Effect::PutRelayGroup { .. } => {}
-                    Effect::PostWelcomes(ws) => {
-                        for (to, data) in ws {
-                            self.next_welcome += 1;
-                            self.messages += 1;
-                            self.bytes += data.len() as u64;
-                            self.inbox.entry(to).or_default().push((
-                                self.next_welcome,
-                                m.id.clone(),
-                                data,
-                            ));
-                        }
-                    }
-                    Effect::PostMessage {
-                        owner,
-                        group_id,
-                        data,
-                    } => {
-                        self.bytes += data.len() as u64;
-                        self.messages += 1;
-                        self.groups.entry((owner, group_id)).or_default().push(data);
-                    }
-                }
-                done_ids.push(item.id);
-            }
-            done(m, &done_ids)?;
-        }
-    }
-
-    /// Answers a key-package claim from the stock (falling back to last-resort packages).
-    fn claim(&mut self, outbox_id: u64, client_ids: Vec<String>) -> Input {
-        let mut kps = Vec::new();
-        let mut missing = Vec::new();
-        for c in client_ids {
-            let kp = self.stock.get_mut(&c).and_then(|s| s.pop_front());
-            match kp.or_else(|| self.last_resort.get(&c).cloned()) {
-                Some(kp) => {
-                    self.bytes += kp.len() as u64;
-                    kps.push((c, kp));
-                }
-                None => missing.push(c),
-            }
-        }
-        Input::ClaimedKeyPackages {
-            outbox_id,
-            key_packages: kps,
-            missing,
+        let mut engine = LocalEngine {
+            engine: &mut m.engine,
+            barrier: m.barrier.as_mut(),
+            now_ms: NOW,
+        };
+        let mut relay = BenchRelay {
+            net: self,
+            me: &m.id,
+        };
+        match block_on(perform_outbox(&mut engine, &mut relay)) {
+            Ok(_) => Ok(()),
+            Err(OutboxError::Engine(e)) => Err(e.into()),
+            Err(OutboxError::Transport(e)) => match e {},
         }
     }
 
     /// Feeds `m` everything new for it, in store order, in one batch as the facade's sync
-    /// does. Returns how many inputs it got.
+    /// does, then, caught up, does its due duties (`Engine::handle_timeout`). Returns how
+    /// many inputs it got.
     fn deliver(&mut self, m: &mut Member) -> Result<usize> {
         let mut inputs = Vec::new();
         let cursor = m.engine.welcome_cursor()?;
@@ -160,21 +108,79 @@ impl Net {
                 }
             }
         }
+        m.engine.set_caught_up(true);
+        m.engine.handle_timeout(NOW)?;
         Ok(n)
     }
 }
 
-/// Marks performed outbox items done; losing that mark is harmless (the post is repeated with
-/// the same idempotency key), so it needs no barrier, as in the facade.
-fn done(m: &mut Member, ids: &[u64]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
+/// The in-memory network as the transport of member `me`'s outbox.
+struct BenchRelay<'a> {
+    net: &'a mut Net,
+    me: &'a str,
+}
+
+impl Transport for BenchRelay<'_> {
+    type Error = Infallible;
+
+    /// Answers from the stock, falling back to last-resort packages.
+    async fn claim_key_packages(
+        &mut self,
+        client_ids: Vec<String>,
+    ) -> Result<ClaimAnswer, Infallible> {
+        let net = &mut *self.net;
+        let mut answer = ClaimAnswer::default();
+        for c in client_ids {
+            let kp = net.stock.get_mut(&c).and_then(|s| s.pop_front());
+            match kp.or_else(|| net.last_resort.get(&c).cloned()) {
+                Some(kp) => {
+                    net.bytes += kp.len() as u64;
+                    answer.key_packages.push((c, kp));
+                }
+                None => answer.missing.push(c),
+            }
+        }
+        Ok(answer)
     }
-    m.engine.outbox_done_many(ids)?;
-    if let Some(b) = &mut m.barrier {
-        b.skip_pending()?;
+
+    async fn put_relay_group(&mut self, _: String, _: Vec<String>) -> Result<(), Infallible> {
+        Ok(())
     }
-    Ok(())
+
+    async fn post_welcomes(&mut self, welcomes: Vec<(String, Vec<u8>)>) -> Result<(), Infallible> {
+        let net = &mut *self.net;
+        for (to, data) in welcomes {
+            net.next_welcome += 1;
+            net.messages += 1;
+            net.bytes += data.len() as u64;
+            net.inbox
+                .entry(to)
+                .or_default()
+                .push((net.next_welcome, self.me.to_string(), data));
+        }
+        Ok(())
+    }
+
+    async fn post_message(
+        &mut self,
+        owner: String,
+        group_id: String,
+        data: Vec<u8>,
+        _idempotency_key: String,
+    ) -> Result<(), Infallible> {
+        self.net.bytes += data.len() as u64;
+        self.net.messages += 1;
+        self.net
+            .groups
+            .entry((owner, group_id))
+            .or_default()
+            .push(data);
+        Ok(())
+    }
+
+    fn is_permanent(&self, e: &Infallible) -> bool {
+        match *e {}
+    }
 }
 
 /// CPU time used so far by every live thread of this process (nanosecond precision), or
@@ -361,15 +367,19 @@ async fn bench_backlog(
     }
     // The backlog: the sender's engine encrypts everything, then its outbox posts it all.
     let t = Instant::now();
-    for i in 0..count {
-        let body = format!("backlog message number {i:06} with a little padding");
-        a.engine_mut().send(
-            &dgroup,
-            dmls_client::engine::TEXT_PLAIN,
-            body.as_bytes(),
-            NOW + i as u64,
-        )?;
-    }
+    a.with_engine(move |e| {
+        for i in 0..count {
+            let body = format!("backlog message number {i:06} with a little padding");
+            e.send(
+                &dgroup,
+                dmls_client::engine::TEXT_PLAIN,
+                body.as_bytes(),
+                NOW + i as u64,
+            )?;
+        }
+        Ok::<_, dmls_client::engine::EngineError>(())
+    })
+    .await?;
     a.flush_outbox().await?;
     let send = t.elapsed();
     let mut syncs = Vec::new();
@@ -380,7 +390,7 @@ async fn bench_backlog(
         let t = Instant::now();
         let report = b.sync_once().await?;
         let sync = t.elapsed();
-        let got = b.log("backlog", count + 10)?.len();
+        let got = b.log("backlog", count + 10).await?.len();
         anyhow::ensure!(
             got == count,
             "{name} has {got} of {count} messages ({} fetched)",

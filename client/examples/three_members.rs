@@ -81,7 +81,7 @@ async fn main() -> Result<()> {
     sync_all(&mut members).await?;
 
     for c in &members {
-        let status = c.status("example")?;
+        let status = c.status("example").await?;
         let epochs: Vec<String> = status
             .send_groups
             .iter()
@@ -98,7 +98,7 @@ async fn main() -> Result<()> {
             c.client_id(),
             epochs.join(" ")
         );
-        for m in c.log("example", 100)? {
+        for m in c.log("example", 100).await? {
             println!("    {}: {}", m.sender, String::from_utf8_lossy(&m.body));
         }
     }

@@ -263,7 +263,7 @@ async fn cmd_group_create(ctx: &Ctx, name: &str, members: &[String]) -> Result<(
 /// `dmls groups`
 async fn cmd_groups(ctx: &Ctx) -> Result<()> {
     let client = ctx.open_and_flush().await?;
-    let groups = client.groups().context("cannot list groups")?;
+    let groups = client.groups().await.context("cannot list groups")?;
     if ctx.json {
         emit(&Value::Array(groups.iter().map(summary_json).collect()));
     } else if groups.is_empty() {
@@ -297,10 +297,12 @@ fn summary_line(g: &DGroupSummary) -> String {
 /// `dmls sync`
 async fn cmd_sync(ctx: &Ctx, args: &SyncArgs) -> Result<()> {
     let mut client = ctx.open()?;
-    client.set_eviction_threshold(
-        (args.evict_after_days > 0)
-            .then(|| Duration::from_secs(args.evict_after_days.saturating_mul(86_400))),
-    );
+    client
+        .set_eviction_threshold(
+            (args.evict_after_days > 0)
+                .then(|| Duration::from_secs(args.evict_after_days.saturating_mul(86_400))),
+        )
+        .await?;
     if args.follow {
         follow(&mut client, args.wait_ms, ctx.json).await
     } else {
@@ -341,6 +343,7 @@ async fn cmd_log(ctx: &Ctx, group: &str, limit: usize) -> Result<()> {
     let client = ctx.open_and_flush().await?;
     let messages = client
         .log(group, limit)
+        .await
         .with_context(|| format!("cannot read {group:?}"))?;
     if ctx.json {
         emit(&Value::Array(
@@ -393,6 +396,7 @@ async fn cmd_status(ctx: &Ctx, group: &str) -> Result<()> {
     let client = ctx.open_and_flush().await?;
     let status = client
         .status(group)
+        .await
         .with_context(|| format!("cannot read {group:?}"))?;
     if ctx.json {
         emit(&status_json(&status));
@@ -485,7 +489,7 @@ async fn sync_once(client: &mut Client, json: bool) -> Result<()> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let names = group_names(client);
+    let names = group_names(client).await;
     if json {
         emit(&json!({
             "messages_fetched": report.messages,
@@ -507,7 +511,7 @@ async fn follow(client: &mut Client, wait_ms: u64, json: bool) -> Result<()> {
     if !json {
         eprintln!("Following {} (Ctrl-C to stop)...", client.relay_url());
     }
-    let mut names = group_names(client);
+    let mut names = group_names(client).await;
     let fut = async {
         let mut stdout = std::io::stdout();
         client
@@ -545,9 +549,10 @@ fn emit(v: &Value) {
 }
 
 /// `(dgroup hex, name)` of every DGroup, for labelling events.
-fn group_names(client: &Client) -> Vec<(String, String)> {
+async fn group_names(client: &Client) -> Vec<(String, String)> {
     client
         .groups()
+        .await
         .map(|gs| {
             gs.into_iter()
                 .map(|g| (dgroup_hex(&g.id), g.name))

@@ -10,15 +10,16 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dmls_api::{SyncGroupCursor, SyncRequest};
+use dmls_api::{SyncGroupCursor, SyncRequest, SyncResponse};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
+use crate::drive::{ClaimAnswer, OutboxEngine, OutboxError, Transport, perform_outbox};
 use crate::engine::{
-    DGroupId, DGroupStatus, DGroupSummary, Effect, Engine, EngineError, Event, Input,
-    ReceivedMessage,
+    DGroupId, DGroupStatus, DGroupSummary, DutyPolicy, Engine, EngineError, Event, Input,
+    OutboxItem, ReceivedMessage,
 };
 use crate::relay::{RelayClient, RelayError, Token};
 
@@ -85,6 +86,10 @@ pub enum ClientError {
     /// The engine failed or refused.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The engine cannot be reached: the async runtime is shutting down, or an earlier engine
+    /// call panicked.
+    #[error("the state database is not available: {0}")]
+    EngineUnavailable(String),
     /// The state database could not be opened.
     #[error("cannot open the state database {}: {source}", .path.display())]
     Database {
@@ -173,30 +178,19 @@ pub struct SyncReport {
 }
 
 /// One DMLS identity with its state directory and relay.
+///
+/// The engine's SQLite work (fsync included) runs on tokio's blocking threads
+/// ([`tokio::task::spawn_blocking`]), never on the async executor, so an application's other
+/// tasks keep running while the engine works; relay requests run on the executor.
 pub struct Client {
     home: PathBuf,
     config: ClientConfig,
     relay: RelayClient,
-    engine: Engine,
+    engine: EngineHandle,
     key_packages: KeyPackagePolicy,
     sync_limit: u32,
     pending_events: Vec<Event>,
-    barrier: Option<DurabilityBarrier>,
-    /// When [`Client::sync_step`] last asked the engine to retry missing members (late add).
-    missing_retried: Option<std::time::Instant>,
-    /// Eviction threshold ([`Client::set_eviction_threshold`]); `None`: never evict.
-    eviction: Option<Duration>,
-    /// When [`Client::sync_step`] last looked for overdue acknowledgements and silent members.
-    eviction_checked: Option<std::time::Instant>,
 }
-
-/// How often [`Client::sync_step`] claims key packages again for members missing from our
-/// Send Groups ([`Engine::retry_missing_members`]).
-const MISSING_RETRY_INTERVAL: Duration = Duration::from_secs(60);
-
-/// How often [`Client::sync_step`] looks for overdue acknowledgements (ours) and silent
-/// members to evict.
-const EVICTION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The default eviction threshold of [`Client`]: 30 days (PROTOCOL.md "Acknowledgement and
 /// key deletion").
@@ -243,9 +237,13 @@ impl Client {
             });
         }
         let relay = RelayClient::new(relay_url)?;
-        create_dir_private(home)?;
         // Open the database before registering so that a home we cannot write fails early.
-        let (mut engine, barrier) = open_engine(home, Durability::default())?;
+        let dir = home.to_path_buf();
+        let core = blocking(move || {
+            create_dir_private(&dir)?;
+            Core::open(&dir, Durability::default())
+        })
+        .await?;
         let registered = match relay.register(name).await {
             Ok(r) => r,
             Err(e) if e.is_conflict() => return Err(ClientError::NameTaken(name.to_string())),
@@ -257,20 +255,25 @@ impl Client {
             token: registered.token.clone(),
         };
         // The token is shown only once: store it before anything else can fail.
-        write_config(&config_path, &config)?;
-        engine.create_identity(&config.client_id)?;
+        let written = config.clone();
+        blocking(move || write_config(&config_path, &written)).await?;
         let relay = relay.with_token(Token::new(config.token.clone()));
-        let mut client = Self::assemble(home, config, relay, engine, barrier);
+        let mut client = Self::assemble(home, config, relay, core);
+        let id = client.config.client_id.clone();
+        client.with_engine(move |e| e.create_identity(&id)).await?;
         client.upkeep_key_packages().await?;
         Ok(client)
     }
 
-    /// Opens the identity in `home` (no network access).
+    /// Opens the identity in `home` (no network access). It opens the state database on the
+    /// calling thread; from async code that must not stall, call it in
+    /// [`tokio::task::spawn_blocking`].
     pub fn open(home: &Path) -> Result<Client, ClientError> {
         Self::open_with(home, Durability::default())
     }
 
-    /// Opens the identity in `home` with the given [`Durability`] of its state database.
+    /// Opens the identity in `home` with the given [`Durability`] of its state database (on
+    /// the calling thread, as [`Client::open`]).
     pub fn open_with(home: &Path, durability: Durability) -> Result<Client, ClientError> {
         let config_path = home.join(CONFIG_FILE);
         if !config_path.exists() {
@@ -279,36 +282,26 @@ impl Client {
             });
         }
         let config = read_config(&config_path)?;
-        let (mut engine, barrier) = open_engine(home, durability)?;
+        let mut core = Core::open(home, durability)?;
         // `init` stores the token before it creates the MLS identity: finish a crashed init.
-        if engine.client_id()?.is_none() {
-            engine.create_identity(&config.client_id)?;
+        if core.engine.client_id()?.is_none() {
+            core.engine.create_identity(&config.client_id)?;
         }
         let relay =
             RelayClient::new(&config.relay_url)?.with_token(Token::new(config.token.clone()));
-        Ok(Self::assemble(home, config, relay, engine, barrier))
+        Ok(Self::assemble(home, config, relay, core))
     }
 
     /// A client over opened parts, with the default key-package policy and sync limit.
-    fn assemble(
-        home: &Path,
-        config: ClientConfig,
-        relay: RelayClient,
-        engine: Engine,
-        barrier: Option<DurabilityBarrier>,
-    ) -> Client {
+    fn assemble(home: &Path, config: ClientConfig, relay: RelayClient, core: Core) -> Client {
         Client {
             home: home.to_path_buf(),
             config,
             relay,
-            engine,
+            engine: EngineHandle(Arc::new(Mutex::new(core))),
             key_packages: KeyPackagePolicy::default(),
             sync_limit: dmls_api::limits::SYNC_LIMIT_DEFAULT,
             pending_events: Vec::new(),
-            barrier,
-            missing_retried: None,
-            eviction: Some(DEFAULT_EVICTION_THRESHOLD),
-            eviction_checked: None,
         }
     }
 
@@ -327,14 +320,18 @@ impl Client {
         &self.home
     }
 
-    /// The engine, for queries the facade does not wrap.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    /// The engine, mutably (e.g. to set its update policy).
-    pub fn engine_mut(&mut self) -> &mut Engine {
-        &mut self.engine
+    /// Runs `f` with the engine on a blocking thread, off the async executor, for queries and
+    /// commands the facade does not wrap (e.g. setting the engine's update policy). Calls are
+    /// serialised: `f` waits for any engine work of this client still running.
+    pub async fn with_engine<T, E, F>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(&mut Engine) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        ClientError: From<E>,
+    {
+        self.engine
+            .run(move |core| f(&mut core.engine).map_err(ClientError::from))
+            .await
     }
 
     /// The relay client.
@@ -360,184 +357,44 @@ impl Client {
     ///
     /// Whatever the threshold, such a sync also acknowledges what others updated when we have
     /// not done so for 7 days ([`Engine::acknowledge_overdue`]), so that a member who only
-    /// reads is not evicted by the others.
-    pub fn set_eviction_threshold(&mut self, threshold: Option<Duration>) {
-        self.eviction = threshold.map(|t| t.max(Duration::from_millis(1)));
-        self.eviction_checked = None;
+    /// reads is not evicted by the others. Both are duties of [`Engine::handle_timeout`], with
+    /// the engine's [`DutyPolicy`].
+    pub async fn set_eviction_threshold(
+        &mut self,
+        threshold: Option<Duration>,
+    ) -> Result<(), ClientError> {
+        let threshold_ms = threshold.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        self.with_engine(move |e| {
+            let policy = DutyPolicy {
+                eviction_threshold_ms: threshold_ms,
+                ..e.duty_policy()
+            };
+            e.set_duty_policy(policy);
+            Ok::<_, ClientError>(())
+        })
+        .await
     }
 
     // ------------------------------------------------------------ outbox
 
-    /// Carries out the engine's outbox, oldest first, until it is empty. Returns the events
-    /// that answers (key-package claims) produced.
+    /// Carries out the engine's outbox, oldest first, until it is empty
+    /// ([`crate::drive::perform_outbox`]). Returns the events that answers (key-package
+    /// claims) produced.
     ///
     /// A relay refusal that cannot change by retrying (4xx other than 401, 408 and 429) drops
     /// the item with a warning, so that one bad item cannot block the identity for ever;
     /// network errors and 5xx keep it for the next command.
     pub async fn flush_outbox(&mut self) -> Result<Vec<Event>, ClientError> {
-        let mut events = Vec::new();
-        let mut done = Vec::new();
-        let result = self.perform_outbox(&mut events, &mut done).await;
-        // Marked done even when a later item failed: they were performed.
-        self.mark_done(&mut done)?;
-        result.map(|()| events)
-    }
-
-    /// Items performed but not yet marked done are marked in batches of this many: each mark
-    /// is a database commit (an fsync with [`Durability::Full`]). A crash before the mark
-    /// posts them again with the same idempotency keys, which the relay stores once.
-    const DONE_BATCH: usize = 64;
-
-    /// [`Client::flush_outbox`]'s loop; performed items are collected in `done`.
-    async fn perform_outbox(
-        &mut self,
-        events: &mut Vec<Event>,
-        done: &mut Vec<u64>,
-    ) -> Result<(), ClientError> {
-        // Work through one snapshot of the outbox; read it again only after a claim answer
-        // (which queues new items), so that a long outbox is read a few times, not once per item.
-        let mut queue = std::collections::VecDeque::new();
-        loop {
-            if queue.is_empty() {
-                // What was performed must not be read (and performed) again.
-                self.mark_done(done)?;
-                queue.extend(self.engine.outbox()?);
-            }
-            let Some(item) = queue.pop_front() else {
-                return Ok(());
-            };
-            let id = item.id;
-            if matches!(item.effect, Effect::ClaimKeyPackages { .. }) {
-                queue.clear();
-            }
-            if !matches!(item.effect, Effect::ClaimKeyPackages { .. }) {
-                // What we post must never be lost locally after it reached the relay.
-                self.make_durable()?;
-            }
-            match item.effect {
-                Effect::ClaimKeyPackages { client_ids, .. } => {
-                    let (key_packages, missing) = match self
-                        .relay
-                        .claim_key_packages(&client_ids)
-                        .await
-                    {
-                        Ok(r) => (
-                            r.key_packages
-                                .into_iter()
-                                .map(|k| (k.client_id, k.key_package.into_inner()))
-                                .collect(),
-                            r.missing,
-                        ),
-                        // 404: some id is unknown to the relay, and nothing was claimed.
-                        // Claim for each id alone, so that one member who has not
-                        // registered yet does not hold back the others.
-                        Err(e) if e.is_not_found() => {
-                            tracing::warn!(error = %e, "key-package claim refused; claiming one by one");
-                            let mut kps = Vec::new();
-                            let mut missing = Vec::new();
-                            for c in client_ids {
-                                match self
-                                    .relay
-                                    .claim_key_packages(std::slice::from_ref(&c))
-                                    .await
-                                {
-                                    Ok(r) => {
-                                        kps.extend(
-                                            r.key_packages
-                                                .into_iter()
-                                                .map(|k| (k.client_id, k.key_package.into_inner())),
-                                        );
-                                        missing.extend(r.missing);
-                                    }
-                                    Err(e) if e.is_not_found() => missing.push(c),
-                                    Err(e) => return Err(e.into()),
-                                }
-                            }
-                            (kps, missing)
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    let input = Input::ClaimedKeyPackages {
-                        outbox_id: id,
-                        key_packages,
-                        missing,
-                    };
-                    self.mark_done(done)?;
-                    events.extend(self.engine.handle(input, now_ms())?);
-                }
-                Effect::PutRelayGroup { group_id, members } => {
-                    let r = self
-                        .relay
-                        .put_group(&self.config.client_id, &group_id, &members)
-                        .await;
-                    self.finish_item(id, r.map(|_| ()), events, done)?;
-                }
-                Effect::PostWelcomes(welcomes) => {
-                    let r = self.relay.post_welcomes(welcomes).await;
-                    self.finish_item(id, r.map(|_| ()), events, done)?;
-                }
-                Effect::PostMessage {
-                    owner,
-                    group_id,
-                    data,
-                } => {
-                    let key = idempotency_key(id, &data);
-                    let r = self
-                        .relay
-                        .post_message(&owner, &group_id, &data, Some(&key))
-                        .await;
-                    self.finish_item(id, r.map(|_| ()), events, done)?;
-                }
-            }
-        }
-    }
-
-    /// The durability barrier of [`Durability::BeforeEffects`] (a no-op with
-    /// [`Durability::Full`], where every transaction is already on disk).
-    fn make_durable(&mut self) -> Result<(), ClientError> {
-        if let Some(b) = &mut self.barrier {
-            b.sync()?;
-        }
-        Ok(())
-    }
-
-    /// Queues outbox item `id` to be marked done after success or a permanent refusal;
-    /// keeps it otherwise.
-    fn finish_item(
-        &mut self,
-        id: u64,
-        result: Result<(), RelayError>,
-        events: &mut Vec<Event>,
-        done: &mut Vec<u64>,
-    ) -> Result<(), ClientError> {
-        match result {
-            Ok(()) => {}
-            Err(e) if is_permanent(&e) => {
-                tracing::warn!(outbox_id = id, error = %e, "relay refused an outbox item; dropping it");
-                events.push(Event::Ignored {
-                    reason: format!("relay refused outbox item {id}: {e}"),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
-        done.push(id);
-        if done.len() >= Self::DONE_BATCH {
-            self.mark_done(done)?;
-        }
-        Ok(())
-    }
-
-    /// Marks the performed outbox items in `done` done, in one transaction, and empties it.
-    fn mark_done(&mut self, done: &mut Vec<u64>) -> Result<(), ClientError> {
-        if done.is_empty() {
-            return Ok(());
-        }
-        self.engine.outbox_done_many(done)?;
-        done.clear();
-        if let Some(b) = &mut self.barrier {
-            b.skip_pending()?;
-        }
-        Ok(())
+        let mut transport = RelayTransport {
+            relay: &self.relay,
+            me: &self.config.client_id,
+        };
+        perform_outbox(&mut self.engine, &mut transport)
+            .await
+            .map_err(|e| match e {
+                OutboxError::Engine(e) => e,
+                OutboxError::Transport(e) => e.into(),
+            })
     }
 
     // ------------------------------------------------------------ key packages
@@ -547,22 +404,28 @@ impl Client {
     /// Returns how many key packages were uploaded.
     pub async fn upkeep_key_packages(&mut self) -> Result<u64, ClientError> {
         let me = self.relay.me().await?;
-        let mut fresh = Vec::new();
-        if me.key_packages_available < self.key_packages.low_water {
-            let n = self
-                .key_packages
+        let fresh = if me.key_packages_available < self.key_packages.low_water {
+            self.key_packages
                 .target
-                .saturating_sub(me.key_packages_available);
-            fresh = self.engine.generate_key_packages(n as usize)?;
-        }
-        let last_resort = if me.has_last_resort {
-            None
+                .saturating_sub(me.key_packages_available)
         } else {
-            Some(self.engine.generate_last_resort_key_package()?)
+            0
         };
-        if fresh.is_empty() && last_resort.is_none() {
+        let last_resort = !me.has_last_resort;
+        if fresh == 0 && !last_resort {
             return Ok(0);
         }
+        let (fresh, last_resort) = self
+            .with_engine(move |e| {
+                let fresh = e.generate_key_packages(fresh as usize)?;
+                let last_resort = if last_resort {
+                    Some(e.generate_last_resort_key_package()?)
+                } else {
+                    None
+                };
+                Ok::<_, EngineError>((fresh, last_resort))
+            })
+            .await?;
         let uploaded = fresh.len() as u64;
         self.relay.upload_key_packages(fresh, last_resort).await?;
         Ok(uploaded)
@@ -572,10 +435,10 @@ impl Client {
 
     /// One sync round trip: drains the outbox, asks the relay for everything new in every
     /// followed Send Group and the welcome inbox (holding the request up to `wait_ms` when
-    /// nothing is new), feeds it all to the engine in relay order, then drains the outbox
-    /// again. After a round that saw removals it commits them in our own Send Group. On the
-    /// first step and then at most once a minute it also claims key packages again for
-    /// members still missing from our Send Groups ([`Engine::retry_missing_members`]).
+    /// nothing is new), feeds it all to the engine in relay order, tells the engine whether
+    /// it caught up and does its due duties ([`Engine::handle_timeout`]: committing removals
+    /// seen in this round, late-add retries, and once caught up overdue acknowledgements and
+    /// eviction), then drains the outbox again.
     pub async fn sync_step(&mut self, wait_ms: u64) -> Result<SyncStep, ClientError> {
         let mut events = std::mem::take(&mut self.pending_events);
         events.extend(self.flush_outbox().await?);
@@ -583,132 +446,80 @@ impl Client {
             events,
             ..SyncStep::default()
         };
-        let followed = self.engine.followed_groups()?;
-        let welcomes_after = self.engine.welcome_cursor()?;
-        let mut cursors: Vec<SyncGroupCursor> = followed
-            .into_iter()
-            .map(|g| SyncGroupCursor {
-                owner: g.owner,
-                group_id: g.group_id,
-                after: g.after_seq,
-            })
-            .collect();
-        let mut first = true;
-        // The relay takes at most 10,000 groups per request; the inbox is read with the first.
-        loop {
-            let rest = if cursors.len() > dmls_api::limits::MAX_SYNC_GROUPS {
-                cursors.split_off(dmls_api::limits::MAX_SYNC_GROUPS)
-            } else {
-                Vec::new()
-            };
-            let request = SyncRequest {
-                groups: std::mem::take(&mut cursors),
-                welcomes_after: first.then_some(welcomes_after),
-                limit: Some(self.sync_limit),
-                wait_ms: (first && rest.is_empty() && wait_ms > 0)
-                    .then_some(wait_ms.min(dmls_api::limits::WAIT_MS_MAX)),
-            };
-            first = false;
+        let limit = self.sync_limit;
+        let requests = self
+            .with_engine(move |e| sync_requests(e, limit, wait_ms))
+            .await?;
+        for request in requests {
             let response = self.relay.sync(&request).await?;
-            for f in &response.forbidden {
-                tracing::debug!(owner = %f.owner, group_id = %f.group_id, "relay forbids reading this group");
-            }
-            // Welcomes first: Send Group messages may need the group they create. Everything
-            // goes to the engine in one batch (one transaction); a bad input is skipped by
-            // the engine (its cursor moves past it) and reported here.
-            let mut inputs = Vec::new();
-            let mut labels = Vec::new();
-            let mut last_welcome = None;
-            for w in response.welcomes {
-                step.welcomes += 1;
-                last_welcome = Some(w.id);
-                labels.push(format!("welcome {}", w.id));
-                inputs.push(Input::Welcome {
-                    inbox_id: Some(w.id),
-                    from: w.from,
-                    data: w.data.into_inner(),
-                });
-                step.more = true; // new Send Groups to follow
-            }
-            for g in response.groups {
-                step.more |= g.more;
-                for m in g.messages {
-                    step.messages += 1;
-                    labels.push(format!("message {} of {}/{}", m.seq, g.owner, g.group_id));
-                    inputs.push(Input::GroupMessage {
-                        owner: g.owner.clone(),
-                        group_id: g.group_id.clone(),
-                        seq: Some(m.seq),
-                        data: m.data.into_inner(),
-                    });
-                }
-            }
-            if !inputs.is_empty() {
-                let results = self.engine.handle_batch(inputs, now_ms())?;
-                for (label, result) in labels.into_iter().zip(results) {
-                    match result {
-                        Ok(events) => step.events.extend(events),
-                        Err(e) => step.events.push(Event::Ignored {
-                            reason: format!("{label} rejected: {e}"),
-                        }),
-                    }
-                }
-            }
-            if step.messages + step.welcomes >= u64::from(self.sync_limit) {
-                step.more = true;
-            }
-            if let Some(upto) = last_welcome {
-                self.make_durable()?;
-                // Processed (the engine stored the cursor with the state), so the relay may
-                // drop them. Failing to is harmless: they are skipped by cursor next time.
-                if let Err(e) = self.relay.delete_welcomes(upto).await {
-                    tracing::debug!(error = %e, "could not delete processed welcomes");
-                }
-            }
-            if rest.is_empty() {
-                break;
-            }
-            cursors = rest;
+            self.feed(response, &mut step).await?;
         }
-        // Removals learned from other Send Groups go into our next commit (PROTOCOL.md
-        // "Removal"); a no-op when there are none.
-        if step.messages > 0 {
-            self.engine.commit_pending_removals(now_ms())?;
+        if step.messages + step.welcomes >= u64::from(self.sync_limit) {
+            step.more = true;
         }
-        // Acknowledgements and eviction (PROTOCOL.md "Acknowledgement and key deletion"): only
-        // once caught up (the relay has nothing newer, so every commit there counted), on the
-        // first such step and then at most once a minute. First our own overdue
-        // acknowledgements (so that others do not evict us for only reading), then evicting
-        // members behind for longer than the threshold.
-        if !step.more
-            && self
-                .eviction_checked
-                .is_none_or(|t| t.elapsed() >= EVICTION_CHECK_INTERVAL)
-        {
-            self.eviction_checked = Some(std::time::Instant::now());
-            self.engine
-                .acknowledge_overdue(now_ms(), crate::engine::DEFAULT_ACK_DEADLINE_MS)?;
-            if let Some(threshold) = self.eviction {
-                let threshold_ms = u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX);
-                step.events
-                    .extend(self.engine.evict_silent_members(now_ms(), threshold_ms)?);
-            }
-        }
-        // Late add: claim again for members whose key packages were missing, on the first
-        // step and then at most once a minute (each claim is a relay request).
-        if self
-            .missing_retried
-            .is_none_or(|t| t.elapsed() >= MISSING_RETRY_INTERVAL)
-        {
-            self.missing_retried = Some(std::time::Instant::now());
-            self.engine.retry_missing_members()?;
-        }
+        // The clock-driven duties: pending removals after messages; overdue acknowledgements
+        // and eviction only once caught up (the relay has nothing newer, so every commit there
+        // counted); late-add retries.
+        let caught_up = !step.more;
+        let due = self
+            .with_engine(move |e| {
+                e.set_caught_up(caught_up);
+                e.handle_timeout(now_ms())
+            })
+            .await?;
+        step.events.extend(due);
         step.events.extend(self.flush_outbox().await?);
         if step.welcomes > 0 {
             // Others claimed our key packages to make those welcomes.
             self.upkeep_key_packages().await?;
         }
         Ok(step)
+    }
+
+    /// Feeds one sync answer to the engine in one batch (one transaction), welcomes first
+    /// (Send Group messages may need the group they create), and then lets the relay drop the
+    /// welcomes processed. A bad input is skipped by the engine (its cursor moves past it) and
+    /// reported as [`Event::Ignored`].
+    async fn feed(
+        &mut self,
+        response: SyncResponse,
+        step: &mut SyncStep,
+    ) -> Result<(), ClientError> {
+        for f in &response.forbidden {
+            tracing::debug!(owner = %f.owner, group_id = %f.group_id, "relay forbids reading this group");
+        }
+        let last_welcome = response.welcomes.last().map(|w| w.id);
+        let (inputs, labels) = inputs_of(response, step);
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        let results = self
+            .engine
+            .run(move |core| {
+                let results = core.engine.handle_batch(inputs, now_ms())?;
+                if last_welcome.is_some() {
+                    // Nothing leaves the device before the state that produced it is on disk.
+                    core.make_durable()?;
+                }
+                Ok(results)
+            })
+            .await?;
+        for (label, result) in labels.into_iter().zip(results) {
+            match result {
+                Ok(events) => step.events.extend(events),
+                Err(e) => step.events.push(Event::Ignored {
+                    reason: format!("{label}: {e}"),
+                }),
+            }
+        }
+        if let Some(upto) = last_welcome {
+            // Processed (the engine stored the cursor with the state), so the relay may drop
+            // them. Failing to is harmless: they are skipped by cursor next time.
+            if let Err(e) = self.relay.delete_welcomes(upto).await {
+                tracing::debug!(error = %e, "could not delete processed welcomes");
+            }
+        }
+        Ok(())
     }
 
     /// Syncs until the relay has nothing more, without waiting. Also keeps the key-package
@@ -792,7 +603,10 @@ impl Client {
             ));
         }
         self.flush_before().await?;
-        let id = self.engine.create_dgroup(name, &others, now_ms())?;
+        let name = name.to_string();
+        let id = self
+            .with_engine(move |e| e.create_dgroup(&name, &others, now_ms()))
+            .await?;
         self.try_flush_outbox().await?;
         Ok(id)
     }
@@ -814,27 +628,35 @@ impl Client {
         content_type: &str,
         body: &[u8],
     ) -> Result<Delivery, ClientError> {
-        let id = self.resolve_group(group)?;
-        self.flush_before().await?;
-        self.engine.send(&id, content_type, body, now_ms())?;
-        self.try_flush_outbox().await
+        let (content_type, body) = (content_type.to_string(), body.to_vec());
+        self.command(group, move |e, id| {
+            e.send(id, &content_type, &body, now_ms()).map(|_| ())
+        })
+        .await
     }
 
     /// Makes a DMLS Update (a commit with a fresh leaf, importing what others did) in our Send
     /// Group of `group`.
     pub async fn update(&mut self, group: &str) -> Result<Delivery, ClientError> {
-        let id = self.resolve_group(group)?;
-        self.flush_before().await?;
-        self.engine.update(&id, now_ms())?;
-        self.try_flush_outbox().await
+        self.command(group, |e, id| e.update(id, now_ms())).await
     }
 
     /// Removes `member` from the DGroup `group`: our commit removes it from our Send Group;
     /// the others follow when they see it.
     pub async fn remove(&mut self, group: &str, member: &str) -> Result<Delivery, ClientError> {
-        let id = self.resolve_group(group)?;
+        let member = member.to_string();
+        self.command(group, move |e, id| e.remove(id, &member, now_ms()))
+            .await
+    }
+
+    /// Runs a command of the engine on the DGroup `group` between two drains of the outbox.
+    async fn command<F>(&mut self, group: &str, f: F) -> Result<Delivery, ClientError>
+    where
+        F: FnOnce(&mut Engine, &DGroupId) -> Result<(), EngineError> + Send + 'static,
+    {
+        let id = self.resolve_group(group).await?;
         self.flush_before().await?;
-        self.engine.remove(&id, member, now_ms())?;
+        self.with_engine(move |e| f(e, &id)).await?;
         self.try_flush_outbox().await
     }
 
@@ -870,60 +692,397 @@ impl Client {
     }
 
     /// Our DGroups.
-    pub fn groups(&self) -> Result<Vec<DGroupSummary>, ClientError> {
-        Ok(self.engine.dgroups()?)
+    pub async fn groups(&self) -> Result<Vec<DGroupSummary>, ClientError> {
+        self.with_engine(|e| e.dgroups()).await
     }
 
     /// The last `limit` messages of `group`, ours included, oldest first.
-    pub fn log(&self, group: &str, limit: usize) -> Result<Vec<ReceivedMessage>, ClientError> {
-        let id = self.resolve_group(group)?;
-        Ok(self.engine.history(&id, limit)?)
+    pub async fn log(
+        &self,
+        group: &str,
+        limit: usize,
+    ) -> Result<Vec<ReceivedMessage>, ClientError> {
+        let id = self.resolve_group(group).await?;
+        self.with_engine(move |e| e.history(&id, limit)).await
     }
 
     /// Status of `group`: members, every Send Group's epoch, waiting messages.
-    pub fn status(&self, group: &str) -> Result<DGroupStatus, ClientError> {
-        let id = self.resolve_group(group)?;
-        Ok(self.engine.status(&id)?)
+    pub async fn status(&self, group: &str) -> Result<DGroupStatus, ClientError> {
+        let id = self.resolve_group(group).await?;
+        self.with_engine(move |e| e.status(&id)).await
     }
 
     /// Finds a DGroup by exact name, else by id or unique id prefix (hex).
-    pub fn resolve_group(&self, query: &str) -> Result<DGroupId, ClientError> {
-        let groups = self.engine.dgroups()?;
-        let by_name: Vec<&DGroupSummary> = groups.iter().filter(|g| g.name == query).collect();
-        if by_name.len() == 1 {
-            return Ok(by_name[0].id);
-        }
-        if by_name.len() > 1 {
-            return Err(ClientError::AmbiguousGroup {
-                query: query.to_string(),
-                candidates: by_name.iter().map(|g| dgroup_hex(&g.id)).collect(),
+    pub async fn resolve_group(&self, query: &str) -> Result<DGroupId, ClientError> {
+        pick_group(&self.groups().await?, query)
+    }
+}
+
+/// The DGroup of `groups` named `query`, else the one whose id (hex) starts with it.
+fn pick_group(groups: &[DGroupSummary], query: &str) -> Result<DGroupId, ClientError> {
+    let by_name: Vec<&DGroupSummary> = groups.iter().filter(|g| g.name == query).collect();
+    if by_name.len() == 1 {
+        return Ok(by_name[0].id);
+    }
+    if by_name.len() > 1 {
+        return Err(ClientError::AmbiguousGroup {
+            query: query.to_string(),
+            candidates: by_name.iter().map(|g| dgroup_hex(&g.id)).collect(),
+        });
+    }
+    let q = query.to_ascii_lowercase();
+    if q.is_empty() || !q.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ClientError::UnknownGroup(query.to_string()));
+    }
+    let by_id: Vec<&DGroupSummary> = groups
+        .iter()
+        .filter(|g| dgroup_hex(&g.id).starts_with(&q))
+        .collect();
+    match by_id.as_slice() {
+        [] => Err(ClientError::UnknownGroup(query.to_string())),
+        [one] => Ok(one.id),
+        many => Err(ClientError::AmbiguousGroup {
+            query: query.to_string(),
+            candidates: many.iter().map(|g| dgroup_hex(&g.id)).collect(),
+        }),
+    }
+}
+
+/// The sync requests for everything new in every Send Group `engine` follows and its welcome
+/// inbox: the relay takes at most 10,000 groups per request; the inbox is read with the
+/// first, and only a single request waits up to `wait_ms`.
+fn sync_requests(
+    engine: &Engine,
+    limit: u32,
+    wait_ms: u64,
+) -> Result<Vec<SyncRequest>, EngineError> {
+    let welcomes_after = engine.welcome_cursor()?;
+    let cursors: Vec<SyncGroupCursor> = engine
+        .followed_groups()?
+        .into_iter()
+        .map(|g| SyncGroupCursor {
+            owner: g.owner,
+            group_id: g.group_id,
+            after: g.after_seq,
+        })
+        .collect();
+    let mut chunks: Vec<Vec<SyncGroupCursor>> = cursors
+        .chunks(dmls_api::limits::MAX_SYNC_GROUPS)
+        .map(<[SyncGroupCursor]>::to_vec)
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(Vec::new());
+    }
+    let single = chunks.len() == 1;
+    Ok(chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, groups)| SyncRequest {
+            groups,
+            welcomes_after: (i == 0).then_some(welcomes_after),
+            limit: Some(limit),
+            wait_ms: (single && wait_ms > 0).then_some(wait_ms.min(dmls_api::limits::WAIT_MS_MAX)),
+        })
+        .collect())
+}
+
+/// The engine inputs of one sync answer, welcomes first, each with a label for reports;
+/// counts them in `step` and notes there whether the relay has more.
+fn inputs_of(response: SyncResponse, step: &mut SyncStep) -> (Vec<Input>, Vec<String>) {
+    let mut inputs = Vec::new();
+    let mut labels = Vec::new();
+    for w in response.welcomes {
+        step.welcomes += 1;
+        labels.push(format!("welcome {}", w.id));
+        inputs.push(Input::Welcome {
+            inbox_id: Some(w.id),
+            from: w.from,
+            data: w.data.into_inner(),
+        });
+        step.more = true; // new Send Groups to follow
+    }
+    for g in response.groups {
+        step.more |= g.more;
+        for m in g.messages {
+            step.messages += 1;
+            labels.push(format!("message {} of {}/{}", m.seq, g.owner, g.group_id));
+            inputs.push(Input::GroupMessage {
+                owner: g.owner.clone(),
+                group_id: g.group_id.clone(),
+                seq: Some(m.seq),
+                data: m.data.into_inner(),
             });
         }
-        let q = query.to_ascii_lowercase();
-        if q.is_empty() || !q.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ClientError::UnknownGroup(query.to_string()));
+    }
+    (inputs, labels)
+}
+
+/// The engine and its durability barrier: what [`Client`] runs on blocking threads.
+struct Core {
+    engine: Engine,
+    barrier: Option<DurabilityBarrier>,
+}
+
+impl Core {
+    /// Opens `<home>/state.db`.
+    fn open(home: &Path, durability: Durability) -> Result<Core, ClientError> {
+        let (engine, barrier) = open_state_db_with(&home.join(STATE_FILE), durability)?;
+        Ok(Core { engine, barrier })
+    }
+
+    /// The durability barrier of [`Durability::BeforeEffects`] (a no-op with
+    /// [`Durability::Full`], where every transaction is already on disk).
+    fn make_durable(&mut self) -> Result<(), ClientError> {
+        if let Some(b) = &mut self.barrier {
+            b.sync()?;
         }
-        let by_id: Vec<&DGroupSummary> = groups
-            .iter()
-            .filter(|g| dgroup_hex(&g.id).starts_with(&q))
-            .collect();
-        match by_id.as_slice() {
-            [] => Err(ClientError::UnknownGroup(query.to_string())),
-            [one] => Ok(one.id),
-            many => Err(ClientError::AmbiguousGroup {
-                query: query.to_string(),
-                candidates: many.iter().map(|g| dgroup_hex(&g.id)).collect(),
-            }),
+        Ok(())
+    }
+
+    /// The engine side of the outbox driver, on this thread, at the system clock.
+    fn local(&mut self) -> LocalEngine<'_> {
+        LocalEngine {
+            engine: &mut self.engine,
+            barrier: self.barrier.as_mut(),
+            now_ms: now_ms(),
         }
     }
 }
 
-/// Idempotency key of outbox item `id` with body `data`: stable across restarts, so a post
-/// retried after a crash is stored once; the body hash keeps keys of a re-created state
-/// database from clashing with old ones.
-fn idempotency_key(id: u64, data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    format!("ob{id}-{}", hex::encode(&digest[..12]))
+/// [`Client`]'s engine, shared with the blocking threads that run it.
+struct EngineHandle(Arc<Mutex<Core>>);
+
+impl EngineHandle {
+    /// Runs `f` on the engine on a blocking thread ([`tokio::task::spawn_blocking`]): SQLite
+    /// work, fsync included, must not stall the async executor.
+    async fn run<T, F>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(&mut Core) -> Result<T, ClientError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let core = Arc::clone(&self.0);
+        blocking(move || {
+            // A poisoned lock: an earlier call panicked in the middle of engine work.
+            let mut core = core.lock().map_err(|_| {
+                ClientError::EngineUnavailable("an earlier engine call panicked".into())
+            })?;
+            f(&mut core)
+        })
+        .await
+    }
+}
+
+impl OutboxEngine for EngineHandle {
+    type Error = ClientError;
+
+    fn outbox(
+        &mut self,
+        performed: Vec<u64>,
+    ) -> impl Future<Output = Result<Vec<OutboxItem>, ClientError>> + Send {
+        self.run(move |core| core.local().snapshot(&performed))
+    }
+
+    fn outbox_done(
+        &mut self,
+        performed: Vec<u64>,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send {
+        self.run(move |core| core.local().mark_done(&performed))
+    }
+
+    fn handle_claim(
+        &mut self,
+        performed: Vec<u64>,
+        answer: Input,
+    ) -> impl Future<Output = Result<Vec<Event>, ClientError>> + Send {
+        self.run(move |core| core.local().claim(&performed, answer))
+    }
+}
+
+/// Runs blocking work `f` on tokio's blocking threads. A panic in `f` is resumed here.
+async fn blocking<T, F>(f: F) -> Result<T, ClientError>
+where
+    F: FnOnce() -> Result<T, ClientError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(ClientError::EngineUnavailable(e.to_string())),
+    }
+}
+
+/// An engine with its durability barrier, driven in place on the caller's thread at the
+/// clock `now_ms`: the engine side of [`perform_outbox`] for [`Client`] and for synchronous
+/// shells (a test network, a benchmark).
+pub struct LocalEngine<'a> {
+    /// The engine.
+    pub engine: &'a mut Engine,
+    /// Its barrier with [`Durability::BeforeEffects`]: synced before anything is posted.
+    pub barrier: Option<&'a mut DurabilityBarrier>,
+    /// The clock for claim answers.
+    pub now_ms: u64,
+}
+
+impl std::fmt::Debug for LocalEngine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalEngine")
+            .field("now_ms", &self.now_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalEngine<'_> {
+    /// Marks the performed outbox items done, in one transaction. Losing that mark is
+    /// harmless (they are posted again with the same idempotency keys), so it needs no
+    /// durability barrier.
+    pub fn mark_done(&mut self, performed: &[u64]) -> Result<(), ClientError> {
+        if performed.is_empty() {
+            return Ok(());
+        }
+        self.engine.outbox_done_many(performed)?;
+        if let Some(b) = &mut self.barrier {
+            b.skip_pending()?;
+        }
+        Ok(())
+    }
+
+    /// [`OutboxEngine::outbox`], on this thread.
+    pub fn snapshot(&mut self, performed: &[u64]) -> Result<Vec<OutboxItem>, ClientError> {
+        self.mark_done(performed)?;
+        let items = self.engine.outbox()?;
+        // What we post must never be lost locally after it reached the relay.
+        let posts = items
+            .iter()
+            .any(|i| !matches!(i.effect, crate::engine::Effect::ClaimKeyPackages { .. }));
+        if let (true, Some(b)) = (posts, &mut self.barrier) {
+            b.sync()?;
+        }
+        Ok(items)
+    }
+
+    /// [`OutboxEngine::handle_claim`], on this thread.
+    pub fn claim(&mut self, performed: &[u64], answer: Input) -> Result<Vec<Event>, ClientError> {
+        self.mark_done(performed)?;
+        Ok(self.engine.handle(answer, self.now_ms)?)
+    }
+}
+
+impl OutboxEngine for LocalEngine<'_> {
+    type Error = ClientError;
+
+    fn outbox(
+        &mut self,
+        performed: Vec<u64>,
+    ) -> impl Future<Output = Result<Vec<OutboxItem>, ClientError>> + Send {
+        std::future::ready(self.snapshot(&performed))
+    }
+
+    fn outbox_done(
+        &mut self,
+        performed: Vec<u64>,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send {
+        std::future::ready(self.mark_done(&performed))
+    }
+
+    fn handle_claim(
+        &mut self,
+        performed: Vec<u64>,
+        answer: Input,
+    ) -> impl Future<Output = Result<Vec<Event>, ClientError>> + Send {
+        std::future::ready(self.claim(&performed, answer))
+    }
+}
+
+/// The relay as the transport of [`perform_outbox`].
+struct RelayTransport<'a> {
+    relay: &'a RelayClient,
+    /// Our client id: the owner of the relay groups we put.
+    me: &'a str,
+}
+
+impl RelayTransport<'_> {
+    /// Claims for each id alone, so that one member who has not registered yet does not
+    /// hold back the others (after the relay refused a claim for all with 404: some id is
+    /// unknown to it, and nothing was claimed).
+    async fn claim_one_by_one(&self, client_ids: Vec<String>) -> Result<ClaimAnswer, RelayError> {
+        let mut answer = ClaimAnswer::default();
+        for c in client_ids {
+            match self
+                .relay
+                .claim_key_packages(std::slice::from_ref(&c))
+                .await
+            {
+                Ok(r) => {
+                    answer.key_packages.extend(
+                        r.key_packages
+                            .into_iter()
+                            .map(|k| (k.client_id, k.key_package.into_inner())),
+                    );
+                    answer.missing.extend(r.missing);
+                }
+                Err(e) if e.is_not_found() => answer.missing.push(c),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(answer)
+    }
+}
+
+impl Transport for RelayTransport<'_> {
+    type Error = RelayError;
+
+    async fn claim_key_packages(
+        &mut self,
+        client_ids: Vec<String>,
+    ) -> Result<ClaimAnswer, RelayError> {
+        match self.relay.claim_key_packages(&client_ids).await {
+            Ok(r) => Ok(ClaimAnswer {
+                key_packages: r
+                    .key_packages
+                    .into_iter()
+                    .map(|k| (k.client_id, k.key_package.into_inner()))
+                    .collect(),
+                missing: r.missing,
+            }),
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(error = %e, "key-package claim refused; claiming one by one");
+                self.claim_one_by_one(client_ids).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_relay_group(
+        &mut self,
+        group_id: String,
+        members: Vec<String>,
+    ) -> Result<(), RelayError> {
+        self.relay
+            .put_group(self.me, &group_id, &members)
+            .await
+            .map(|_| ())
+    }
+
+    async fn post_welcomes(&mut self, welcomes: Vec<(String, Vec<u8>)>) -> Result<(), RelayError> {
+        self.relay.post_welcomes(welcomes).await.map(|_| ())
+    }
+
+    async fn post_message(
+        &mut self,
+        owner: String,
+        group_id: String,
+        data: Vec<u8>,
+        idempotency_key: String,
+    ) -> Result<(), RelayError> {
+        self.relay
+            .post_message(&owner, &group_id, &data, Some(&idempotency_key))
+            .await
+            .map(|_| ())
+    }
+
+    fn is_permanent(&self, error: &RelayError) -> bool {
+        is_permanent(error)
+    }
 }
 
 /// A failure that may pass by itself (relay down, overloaded, rate limiting).
@@ -938,14 +1097,6 @@ fn is_transient(e: &RelayError) -> bool {
 /// A refusal that retrying cannot change.
 fn is_permanent(e: &RelayError) -> bool {
     matches!(e.status(), Some(s) if (400..500).contains(&s) && !matches!(s, 401 | 408 | 429))
-}
-
-/// Opens `<home>/state.db` for the engine.
-fn open_engine(
-    home: &Path,
-    durability: Durability,
-) -> Result<(Engine, Option<DurabilityBarrier>), ClientError> {
-    open_state_db_with(&home.join(STATE_FILE), durability)
 }
 
 /// How the engine's SQLite state reaches the disk.
@@ -1197,14 +1348,6 @@ mod tests {
         assert!(!barrier.sync().unwrap(), "skipped commits need no barrier");
         let (_, none) = open_state_db_with(&dir.path().join("other.db"), Durability::Full).unwrap();
         assert!(none.is_none());
-    }
-
-    #[test]
-    fn idempotency_keys_are_valid_and_stable() {
-        let k = idempotency_key(42, b"hello");
-        assert!(dmls_api::is_valid_idempotency_key(&k));
-        assert_eq!(k, idempotency_key(42, b"hello"));
-        assert_ne!(k, idempotency_key(43, b"hello"));
     }
 
     #[test]

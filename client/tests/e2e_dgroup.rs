@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use clap::Parser as _;
-use dmls_client::client::Client;
-use dmls_client::engine::{DGroupStatus, Event, Input};
+use dmls_client::client::{Client, now_ms};
+use dmls_client::engine::{DGroupStatus, EngineError, Event, Input, TEXT_PLAIN};
 
 async fn start_relay(dir: &Path) -> dmls_relay::RunningRelay {
     dmls_relay::testing::start_sqlite_relay(dir)
@@ -43,7 +43,7 @@ async fn trio(dir: &Path, url: &str) -> (Client, Client, Client) {
         .unwrap();
     settle(&mut [&mut a, &mut b, &mut c], 3).await;
     for x in [&a, &b, &c] {
-        let s = x.status("trio").unwrap();
+        let s = x.status("trio").await.unwrap();
         for sg in &s.send_groups {
             assert!(
                 sg.joined,
@@ -68,16 +68,29 @@ fn assert_not_in_others_send_groups(s: &DGroupStatus, at: &str, member: &str) {
     }
 }
 
-fn texts(c: &Client, group: &str) -> Vec<(String, String)> {
+async fn texts(c: &Client, group: &str) -> Vec<(String, String)> {
     c.log(group, 10_000)
+        .await
         .unwrap()
         .into_iter()
         .map(|m| (m.sender, String::from_utf8_lossy(&m.body).into_owned()))
         .collect()
 }
 
-fn epoch_of(c: &Client, group: &str, owner: &str) -> u64 {
-    let s = c.status(group).unwrap();
+/// When `owner` fell behind, in `x`'s view of the DGroup "trio".
+async fn behind(x: &Client, owner: &str) -> Option<u64> {
+    x.status("trio")
+        .await
+        .unwrap()
+        .send_groups
+        .into_iter()
+        .find(|g| g.owner == owner)
+        .unwrap()
+        .behind_since_ms
+}
+
+async fn epoch_of(c: &Client, group: &str, owner: &str) -> u64 {
+    let s = c.status(group).await.unwrap();
     s.send_groups
         .iter()
         .find(|g| g.owner == owner)
@@ -97,7 +110,7 @@ async fn three_members_join_and_read_everything_the_others_send() {
     settle(&mut [&mut a, &mut b, &mut c], 2).await;
 
     for x in [&a, &b, &c] {
-        let got: HashSet<(String, String)> = texts(x, "trio").into_iter().collect();
+        let got: HashSet<(String, String)> = texts(x, "trio").await.into_iter().collect();
         for who in ["alice", "bob", "carol"] {
             assert!(
                 got.contains(&(who.to_string(), format!("hello from {who}"))),
@@ -105,11 +118,11 @@ async fn three_members_join_and_read_everything_the_others_send() {
                 x.client_id()
             );
         }
-        assert_eq!(texts(x, "trio").len(), 3, "{}", x.client_id());
+        assert_eq!(texts(x, "trio").await.len(), 3, "{}", x.client_id());
     }
     // The group is found by id prefix too.
-    let id = a.groups().unwrap()[0].id.to_hex();
-    assert_eq!(texts(&b, &id[..6]).len(), 3);
+    let id = a.groups().await.unwrap()[0].id.to_hex();
+    assert_eq!(texts(&b, &id[..6]).await.len(), 3);
     relay.shutdown().await.unwrap();
 }
 
@@ -119,16 +132,16 @@ async fn an_update_is_imported_by_the_next_commits_of_the_others() {
     let relay = start_relay(dir.path()).await;
     let (mut a, mut b, mut c) = trio(dir.path(), &relay.url()).await;
 
-    let alice_before = epoch_of(&b, "trio", "alice");
-    let bob_before = epoch_of(&a, "trio", "bob");
-    let carol_before = epoch_of(&a, "trio", "carol");
+    let alice_before = epoch_of(&b, "trio", "alice").await;
+    let bob_before = epoch_of(&a, "trio", "bob").await;
+    let carol_before = epoch_of(&a, "trio", "carol").await;
 
     a.update("trio").await.unwrap();
     settle(&mut [&mut b, &mut c], 1).await;
     // Bob and Carol saw Alice's new epoch and have it to import.
-    assert!(epoch_of(&b, "trio", "alice") > alice_before);
+    assert!(epoch_of(&b, "trio", "alice").await > alice_before);
     assert!(
-        !b.status("trio").unwrap().unimported.is_empty(),
+        !b.status("trio").await.unwrap().unimported.is_empty(),
         "bob has nothing to import"
     );
 
@@ -142,17 +155,17 @@ async fn an_update_is_imported_by_the_next_commits_of_the_others() {
     settle(&mut [&mut a, &mut b, &mut c], 2).await;
 
     assert!(
-        epoch_of(&a, "trio", "bob") > bob_before,
+        epoch_of(&a, "trio", "bob").await > bob_before,
         "bob did not commit"
     );
     assert!(
-        epoch_of(&a, "trio", "carol") > carol_before,
+        epoch_of(&a, "trio", "carol").await > carol_before,
         "carol did not commit"
     );
     // Everyone agrees on every Send Group's epoch and authenticator.
-    let sa = a.status("trio").unwrap();
+    let sa = a.status("trio").await.unwrap();
     for x in [&b, &c] {
-        let sx = x.status("trio").unwrap();
+        let sx = x.status("trio").await.unwrap();
         for (ga, gx) in sa.send_groups.iter().zip(&sx.send_groups) {
             assert_eq!(ga.owner, gx.owner);
             assert_eq!(
@@ -168,7 +181,7 @@ async fn an_update_is_imported_by_the_next_commits_of_the_others() {
     // Alice's update is acknowledged: Bob's and Carol's latest commits imported it.
     for x in [&b, &c] {
         assert!(
-            x.status("trio").unwrap().unimported.iter().all(|p| {
+            x.status("trio").await.unwrap().unimported.iter().all(|p| {
                 let alice_sg = sa.send_groups.iter().find(|g| g.owner == "alice").unwrap();
                 hex::encode(p.group_id) != alice_sg.group_id
             }),
@@ -177,7 +190,7 @@ async fn an_update_is_imported_by_the_next_commits_of_the_others() {
         );
     }
     for x in [&a, &b, &c] {
-        assert_eq!(texts(x, "trio").len(), 2, "{}", x.client_id());
+        assert_eq!(texts(x, "trio").await.len(), 2, "{}", x.client_id());
     }
     relay.shutdown().await.unwrap();
 }
@@ -198,7 +211,7 @@ async fn a_removal_reaches_every_send_group_and_locks_the_member_out() {
         events[2]
     );
     for x in [&a, &b] {
-        let s = x.status("trio").unwrap();
+        let s = x.status("trio").await.unwrap();
         assert!(
             s.summary.removed.contains(&"carol".to_string()),
             "{}: {s:?}",
@@ -212,7 +225,7 @@ async fn a_removal_reaches_every_send_group_and_locks_the_member_out() {
             s.pending_removals
         );
     }
-    assert!(c.groups().unwrap()[0].we_are_removed);
+    assert!(c.groups().await.unwrap()[0].we_are_removed);
 
     a.send_text("trio", "carol cannot read this (alice)")
         .await
@@ -222,10 +235,11 @@ async fn a_removal_reaches_every_send_group_and_locks_the_member_out() {
         .unwrap();
     settle(&mut [&mut a, &mut b, &mut c], 2).await;
     for x in [&a, &b] {
-        assert_eq!(texts(x, "trio").len(), 2, "{}", x.client_id());
+        assert_eq!(texts(x, "trio").await.len(), 2, "{}", x.client_id());
     }
     assert!(
         texts(&c, "trio")
+            .await
             .iter()
             .all(|(_, t)| !t.contains("cannot read")),
         "carol read a message sent after her removal"
@@ -249,20 +263,13 @@ async fn a_sync_that_caught_up_evicts_members_behind_past_the_threshold() {
         "{:?}",
         r.events
     );
-    let behind = |x: &Client, owner: &str| {
-        x.status("trio")
-            .unwrap()
-            .send_groups
-            .into_iter()
-            .find(|g| g.owner == owner)
-            .unwrap()
-            .behind_since_ms
-    };
-    assert!(behind(&a, "carol").is_some());
-    assert_eq!(behind(&a, "bob"), None);
+    assert!(behind(&a, "carol").await.is_some());
+    assert_eq!(behind(&a, "bob").await, None);
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     // With a threshold of one second, Carol is evicted; Bob, who is up to date, is not.
-    a.set_eviction_threshold(Some(std::time::Duration::from_secs(1)));
+    a.set_eviction_threshold(Some(std::time::Duration::from_secs(1)))
+        .await
+        .unwrap();
     let r = a.sync_once().await.unwrap();
     let evicted: Vec<&str> = r
         .events
@@ -273,8 +280,8 @@ async fn a_sync_that_caught_up_evicts_members_behind_past_the_threshold() {
         })
         .collect();
     assert_eq!(evicted, vec!["carol"], "{:?}", r.events);
-    a.set_eviction_threshold(None);
-    b.set_eviction_threshold(None);
+    a.set_eviction_threshold(None).await.unwrap();
+    b.set_eviction_threshold(None).await.unwrap();
     let events = settle(&mut [&mut a, &mut b, &mut c], 3).await;
     assert!(
         events[2]
@@ -284,7 +291,7 @@ async fn a_sync_that_caught_up_evicts_members_behind_past_the_threshold() {
         events[2]
     );
     for x in [&a, &b] {
-        let s = x.status("trio").unwrap();
+        let s = x.status("trio").await.unwrap();
         assert_not_in_others_send_groups(&s, x.client_id(), "carol");
     }
     relay.shutdown().await.unwrap();
@@ -309,8 +316,8 @@ async fn a_client_dropped_mid_sync_restarts_with_every_message_exactly_once() {
     // outbox runs: her facade is dropped between two inputs.
     let carol_home = dir.path().join("carol");
     {
-        let mut c = Client::open(&carol_home).unwrap();
-        let followed = c.engine().followed_groups().unwrap();
+        let c = Client::open(&carol_home).unwrap();
+        let followed = c.with_engine(|e| e.followed_groups()).await.unwrap();
         let req = dmls_api::SyncRequest {
             groups: followed
                 .into_iter()
@@ -334,7 +341,7 @@ async fn a_client_dropped_mid_sync_restarts_with_every_message_exactly_once() {
                     seq: Some(m.seq),
                     data: m.data.0,
                 };
-                c.engine_mut().handle(input, 1).unwrap();
+                c.with_engine(move |e| e.handle(input, 1)).await.unwrap();
                 fed += 1;
             }
         }
@@ -344,12 +351,13 @@ async fn a_client_dropped_mid_sync_restarts_with_every_message_exactly_once() {
     // Restart: the rest arrives, nothing twice.
     let mut c = Client::open(&carol_home).unwrap();
     settle(&mut [&mut a, &mut b, &mut c], 2).await;
-    let got = texts(&c, "trio");
+    let got = texts(&c, "trio").await;
     let unique: HashSet<&(String, String)> = got.iter().collect();
     assert_eq!(got.len(), 40, "{got:?}");
     assert_eq!(unique.len(), 40);
     let ids: HashSet<String> = c
         .log("trio", 10_000)
+        .await
         .unwrap()
         .into_iter()
         .map(|m| m.message_id.to_hex())
@@ -372,7 +380,7 @@ async fn commands_on_unknown_groups_fail_clearly_and_change_nothing() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("at least one member"), "{e}");
-    assert!(a.groups().unwrap().is_empty());
+    assert!(a.groups().await.unwrap().is_empty());
     let e = Client::init(&dir.path().join("alice"), &relay.url(), "alice")
         .await
         .unwrap_err();
@@ -396,7 +404,7 @@ async fn a_message_sent_while_the_relay_is_down_goes_out_later() {
     let d = a.send_text("trio", "written offline").await.unwrap();
     assert!(matches!(d, Delivery::Queued { .. }), "{d:?}");
     // Reading local state works offline.
-    assert_eq!(texts(&a, "trio").len(), 1);
+    assert_eq!(texts(&a, "trio").await.len(), 1);
 
     let db = format!("sqlite://{}", dir.path().join("relay.db").display());
     let config = dmls_relay::Config::parse_from([
@@ -414,7 +422,7 @@ async fn a_message_sent_while_the_relay_is_down_goes_out_later() {
     settle(&mut [&mut a, &mut b, &mut c], 1).await;
     for x in [&b, &c] {
         assert_eq!(
-            texts(x, "trio"),
+            texts(x, "trio").await,
             vec![("alice".to_string(), "written offline".to_string())]
         );
     }
@@ -450,7 +458,7 @@ async fn a_member_that_registers_late_is_added_by_the_next_syncs() {
         events[0]
     );
     for x in [&a, &b] {
-        for sg in x.status("late").unwrap().send_groups {
+        for sg in x.status("late").await.unwrap().send_groups {
             if sg.owner != "dave" {
                 assert!(sg.joined, "{}: {sg:?}", x.client_id());
                 assert_eq!(sg.members.len(), 2, "{}: {sg:?}", x.client_id());
@@ -469,7 +477,7 @@ async fn a_member_that_registers_late_is_added_by_the_next_syncs() {
         assert!(!matches!(e, Event::Ignored { .. }), "{e:?}");
     }
     for x in [&a, &b, &d] {
-        let s = x.status("late").unwrap();
+        let s = x.status("late").await.unwrap();
         for sg in &s.send_groups {
             assert!(sg.joined, "{}: {sg:?}", x.client_id());
             assert_eq!(sg.members.len(), 3, "{}: {sg:?}", x.client_id());
@@ -477,12 +485,96 @@ async fn a_member_that_registers_late_is_added_by_the_next_syncs() {
     }
     a.send_text("late", "welcome dave").await.unwrap();
     settle(&mut [&mut a, &mut b, &mut d], 2).await;
-    let seen = texts(&d, "late");
+    let seen = texts(&d, "late").await;
     assert!(
         seen.contains(&("alice".into(), "welcome dave".into())),
         "{seen:?}"
     );
     assert!(!seen.iter().any(|(_, t)| t == "before dave"), "{seen:?}");
-    assert!(texts(&b, "late").contains(&("alice".into(), "before dave".into())));
+    assert!(
+        texts(&b, "late")
+            .await
+            .contains(&("alice".into(), "before dave".into()))
+    );
+    relay.shutdown().await.unwrap();
+}
+
+/// Every future of the facade is `Send`: an application can spawn them on a multi-threaded
+/// runtime (checked at compile time).
+#[allow(dead_code)]
+fn client_futures_are_send(c: &mut Client) {
+    fn send<T: Send>(_: T) {}
+    send(Client::init(Path::new("h"), "http://127.0.0.1:1", "n"));
+    send(c.sync_once());
+    send(c.sync_step(0));
+    send(c.sync_follow(0, |_| std::ops::ControlFlow::Break(())));
+    send(c.create_group("g", &[]));
+    send(c.send_text("g", "t"));
+    send(c.update("g"));
+    send(c.remove("g", "m"));
+    send(c.flush_outbox());
+    send(c.try_flush_outbox());
+    send(c.upkeep_key_packages());
+    send(c.set_eviction_threshold(None));
+    send(c.groups());
+    send(c.log("g", 1));
+    send(c.status("g"));
+    send(c.resolve_group("g"));
+    send(c.with_engine(|e| e.dgroups()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_executor_keeps_running_other_tasks_while_engines_work() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let (a, b, mut c) = trio(dir.path(), &relay.url()).await;
+    let ticks = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                ticks.fetch_add(1, SeqCst);
+            }
+        })
+    };
+    // As many engines work at once as the runtime has worker threads: each sends until the
+    // ticker has ticked 20 more times. Were engine work done on the worker threads, the
+    // ticker could not run and both would give up after 10 s.
+    let work = |client: Client| {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            let id = client.resolve_group("trio").await.unwrap();
+            let (sent, ticked) = client
+                .with_engine(move |e| {
+                    let (start, t) = (ticks.load(SeqCst), Instant::now());
+                    let mut sent = 0u64;
+                    while ticks.load(SeqCst) < start + 20 && t.elapsed() < Duration::from_secs(10) {
+                        let body = format!("sent while busy {sent}");
+                        e.send(&id, TEXT_PLAIN, body.as_bytes(), now_ms())?;
+                        sent += 1;
+                    }
+                    Ok::<_, EngineError>((sent, ticks.load(SeqCst) - start))
+                })
+                .await
+                .unwrap();
+            (client, sent, ticked)
+        })
+    };
+    let (ha, hb) = (work(a), work(b));
+    let (mut a, sent_a, ticked_a) = ha.await.unwrap();
+    let (mut b, sent_b, ticked_b) = hb.await.unwrap();
+    ticker.abort();
+    assert!(
+        ticked_a >= 20 && ticked_b >= 20,
+        "the ticker stalled while the engines worked: {ticked_a} and {ticked_b} ticks"
+    );
+    // The facade works on this runtime: Carol reads everything.
+    settle(&mut [&mut a, &mut b, &mut c], 2).await;
+    assert_eq!(texts(&c, "trio").await.len() as u64, sent_a + sent_b);
     relay.shutdown().await.unwrap();
 }

@@ -1,6 +1,8 @@
 //! Deterministic, seeded simulation of DMLS members with no relay: random delivery order
 //! within and across Send Groups, duplicated and delayed messages, interleaved sends,
-//! updates, and (in every fourth seed) a removal.
+//! updates, the engines' clock-driven duties (`Engine::handle_timeout`) on a simulated clock,
+//! and in every fourth seed a removal; in every other fourth seed days pass, a member falls
+//! asleep and is evicted by everyone, and a member who only reads is not.
 //!
 //! `DMLS_SIM_SEEDS=N` runs seeds 0..N (default 200); `DMLS_SIM_SEED=S` replays one seed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,8 +11,9 @@ mod engine_common;
 
 use std::collections::BTreeMap;
 
-use dmls_client::engine::{EngineError, Event, MessageId, TEXT_PLAIN, WaitReason};
-use engine_common::Net;
+use dmls_client::engine::{DutyPolicy, EngineError, Event, MessageId, TEXT_PLAIN, WaitReason};
+use engine_common::{Delivery, Net};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -18,6 +21,18 @@ const MEMBERS: usize = 8;
 const STEPS: usize = 120;
 /// Deliveries are mostly picked among this many oldest ones.
 const WINDOW: usize = 24;
+/// A simulated day, in milliseconds of the simulated clock.
+const DAY: u64 = 100_000;
+/// In a seed where days pass, half a day passes every this many steps; then every member
+/// that is awake syncs.
+const HALF_DAY_EVERY: usize = 8;
+/// The duty policy of every member: acknowledge after a day, evict after four.
+const DUTIES: DutyPolicy = DutyPolicy {
+    eviction_threshold_ms: Some(4 * DAY),
+    ack_deadline_ms: DAY,
+    check_interval_ms: 1_000,
+    retry_interval_ms: 60_000,
+};
 
 /// One member's view of a Send Group: (member, epoch, epoch authenticator).
 type View = (usize, Option<u64>, Option<String>);
@@ -31,34 +46,83 @@ struct Stats {
     commits: u64,
 }
 
+/// What a seed does besides random sends, updates, deliveries and duties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Plain,
+    /// Halfway, m0 removes the last member, who stays silent from then on.
+    Removal,
+    /// Half a day passes every [`HALF_DAY_EVERY`] steps. Early on the last member falls asleep
+    /// (never syncs again): everyone must evict it. The member before it only reads: it must
+    /// not be evicted, as its overdue acknowledgements keep it up to date.
+    Days,
+}
+
+impl Scenario {
+    fn of(seed: u64) -> Scenario {
+        match seed % 4 {
+            3 => Scenario::Removal,
+            1 => Scenario::Days,
+            _ => Scenario::Plain,
+        }
+    }
+
+    /// The step at which the last member leaves the conversation.
+    fn leave_at(self) -> Option<usize> {
+        match self {
+            Scenario::Plain => None,
+            Scenario::Removal => Some(STEPS / 2),
+            Scenario::Days => Some(STEPS / 8),
+        }
+    }
+}
+
 fn run_seed(seed: u64) -> Result<Stats, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut net = Net::new(MEMBERS, MEMBERS, seed);
+    for e in &mut net.engines {
+        e.set_duty_policy(DUTIES);
+    }
+    let scenario = Scenario::of(seed);
     let others: Vec<String> = net.names[1..].to_vec();
     let d = net.engines[0]
         .create_dgroup("sim", &others, 0)
         .map_err(|e| e.to_string())?;
     let mut now = 1_000u64;
-    let with_removal = seed % 4 == 3;
-    let removed = MEMBERS - 1;
-    let mut removal_done = false;
-    // (sender, message id) of every application message sent.
+    // Removed or asleep, in the scenarios that have one.
+    let last = MEMBERS - 1;
+    let reader = MEMBERS - 2;
+    let mut gone = false;
+    // (sender, message id, sent after `last` left) of every application message sent.
     let mut sent: Vec<(usize, MessageId, bool)> = Vec::new();
     let mut stats = Stats::default();
     for step in 0..STEPS {
         now += rng.random_range(1..50);
         net.drain_all(now);
-        if with_removal && !removal_done && step == STEPS / 2 {
-            // Quiesce, then m0 removes the last member, who stays silent from then on.
+        if scenario.leave_at() == Some(step) {
+            // Quiesce, then the last member leaves.
             net.settle(now);
-            net.engines[0]
-                .remove(&d, &net.names[removed].clone(), now)
-                .map_err(|e| format!("remove: {e}"))?;
-            removal_done = true;
+            if scenario == Scenario::Removal {
+                net.engines[0]
+                    .remove(&d, &net.names[last].clone(), now)
+                    .map_err(|e| format!("remove: {e}"))?;
+            }
+            gone = true;
+            continue;
+        }
+        let asleep = (scenario == Scenario::Days && gone).then_some(last);
+        if let Some(s) = asleep {
+            // The sleeper fetches nothing.
+            net.pool.retain(|p| p.to != s);
+        }
+        if scenario == Scenario::Days && step > 0 && step % HALF_DAY_EVERY == 0 {
+            now += DAY / 2;
+            morning(&mut net, &mut rng, asleep, now)?;
             continue;
         }
         let actor = rng.random_range(0..MEMBERS);
-        let silent = removal_done && actor == removed;
+        let silent = gone && actor == last;
+        let reads_only = scenario == Scenario::Days && actor == reader;
         let roll = rng.random_range(0..100);
         if roll < 70 || silent {
             if net.pool.is_empty() {
@@ -83,10 +147,12 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
                 let dup = rng.random_range(0..100) < 10;
                 net.deliver(k, dup, now)?;
             }
+        } else if reads_only {
+            continue;
         } else if roll < 88 {
             let body = format!("seed {seed} step {step} from {actor}");
             match net.engines[actor].send(&d, TEXT_PLAIN, body.as_bytes(), now) {
-                Ok(id) => sent.push((actor, id, removal_done)),
+                Ok(id) => sent.push((actor, id, gone)),
                 Err(EngineError::NotReady(_) | EngineError::UnknownDGroup(_)) => {}
                 Err(e) => return Err(format!("send by m{actor}: {e}")),
             }
@@ -97,38 +163,98 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
                 Err(e) => return Err(format!("update by m{actor}: {e}")),
             }
         } else {
-            net.engines[actor]
-                .commit_pending_removals(now)
-                .map_err(|e| format!("commit_pending_removals by m{actor}: {e}"))?;
+            net.tick(actor, now);
         }
     }
-    // Deliver everything left, in random order, then apply pending removals and settle.
+    let active: Vec<usize> = (0..MEMBERS).filter(|i| !(gone && *i == last)).collect();
+    let asleep = (scenario == Scenario::Days).then_some(last);
+    finish(&mut net, &mut rng, &active, asleep, now)?;
+    converged_views(&net, &d, &active, gone.then_some(last))?;
+    if scenario == Scenario::Days {
+        check_eviction(&net, &d, &active, last, reader)?;
+    }
+    check_messages(&net, &sent, gone.then_some(last))?;
+    for e in &net.engines {
+        let c = e.counters();
+        stats.attempts += c.process_attempts;
+        stats.processed += c.processed;
+    }
+    stats.sent = sent.len() as u64;
+    if stats.attempts as f64 > 1.1 * stats.processed as f64 {
+        return Err(format!(
+            "{} processing attempts for {} delivered messages",
+            stats.attempts, stats.processed
+        ));
+    }
+    Ok(stats)
+}
+
+/// Half a day has passed: every member awake syncs (takes everything the relay holds for it)
+/// and does its due duties, in random order.
+fn morning(
+    net: &mut Net,
+    rng: &mut ChaCha8Rng,
+    asleep: Option<usize>,
+    now: u64,
+) -> Result<(), String> {
+    let mut order: Vec<usize> = (0..MEMBERS).filter(|i| Some(*i) != asleep).collect();
+    order.shuffle(rng);
+    for i in order {
+        net.sync(i, now)?;
+    }
+    Ok(())
+}
+
+/// Delivers everything left in random order (nothing to a sleeper), then lets the `active`
+/// members do their due duties (pending removals, eviction) and settles, until nothing is due.
+fn finish(
+    net: &mut Net,
+    rng: &mut ChaCha8Rng,
+    active: &[usize],
+    asleep: Option<usize>,
+    now: u64,
+) -> Result<(), String> {
+    let held = |p: &Delivery| Some(p.to) == asleep;
     loop {
         net.drain_all(now);
+        net.pool.retain(|p| !held(p));
         if net.pool.is_empty() {
             break;
         }
         let k = rng.random_range(0..net.pool.len().min(WINDOW));
         net.deliver(k, false, now)?;
     }
-    for i in 0..MEMBERS {
-        if !(removal_done && i == removed) {
-            net.engines[i]
-                .commit_pending_removals(now)
-                .map_err(|e| e.to_string())?;
+    for _ in 0..4 {
+        if !active
+            .iter()
+            .any(|&i| net.engines[i].poll_timeout().is_some_and(|t| t <= now))
+        {
+            return Ok(());
+        }
+        for &i in active {
+            net.tick(i, now);
+        }
+        let left = net.settle_holding(now, held).len();
+        if asleep.is_none() && left > 0 {
+            return Err(format!("{left} deliveries can never be made"));
         }
     }
-    net.settle(now);
+    Err("duties still due after four rounds".into())
+}
 
-    // Every member ends with the same epoch authenticator for every Send Group.
-    let active: Vec<usize> = (0..MEMBERS)
-        .filter(|i| !(removal_done && *i == removed))
-        .collect();
+/// Checks that every `active` member ends with the same epoch authenticator for every Send
+/// Group (but that of `gone`) and nothing stuck.
+fn converged_views(
+    net: &Net,
+    d: &dmls_client::engine::DGroupId,
+    active: &[usize],
+    gone: Option<usize>,
+) -> Result<(), String> {
     let mut views: BTreeMap<String, Vec<View>> = BTreeMap::new();
-    for &i in &active {
-        let st = net.engines[i].status(&d).map_err(|e| e.to_string())?;
+    for &i in active {
+        let st = net.engines[i].status(d).map_err(|e| e.to_string())?;
         for sg in st.send_groups {
-            if removal_done && sg.owner == net.names[removed] {
+            if gone.is_some_and(|g| sg.owner == net.names[g]) {
                 continue;
             }
             // Deferred leaf refreshes wait for the owner's next commit, which may not have
@@ -160,7 +286,71 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
             ));
         }
     }
-    // Every application message decrypted exactly once by every other member.
+    Ok(())
+}
+
+/// The Days scenario: the sleeper is evicted, by someone, and removed by every `active`
+/// member; nobody else is evicted or removed, the reader included, who acknowledged with
+/// commits of its own (it never sent or updated).
+fn check_eviction(
+    net: &Net,
+    d: &dmls_client::engine::DGroupId,
+    active: &[usize],
+    sleeper: usize,
+    reader: usize,
+) -> Result<(), String> {
+    let sleeper_name = &net.names[sleeper];
+    let mut evictions = 0;
+    for &i in active {
+        for e in &net.events[i] {
+            match e {
+                Event::MemberEvicted { member, .. } if member == sleeper_name => evictions += 1,
+                Event::MemberEvicted { member, .. } => {
+                    return Err(format!("m{i} evicted {member}, who was awake"));
+                }
+                Event::WeWereRemoved { by, .. } => return Err(format!("{by} removed m{i}")),
+                _ => {}
+            }
+        }
+        let st = net.engines[i].status(d).map_err(|e| e.to_string())?;
+        if !st.summary.removed.contains(sleeper_name) {
+            return Err(format!("m{i} does not know that the sleeper was removed"));
+        }
+        for sg in st.send_groups.iter().filter(|g| &g.owner != sleeper_name) {
+            if sg.members.contains(sleeper_name) {
+                return Err(format!(
+                    "m{i} still sees the sleeper in {}'s group",
+                    sg.owner
+                ));
+            }
+        }
+    }
+    if evictions == 0 {
+        return Err("nobody evicted the sleeper".into());
+    }
+    let own = net.engines[reader]
+        .status(d)
+        .map_err(|e| e.to_string())?
+        .send_groups
+        .into_iter()
+        .find(|g| g.owner == net.names[reader])
+        .and_then(|g| g.epoch);
+    // Epoch 1 is the add of the others; one more for removing the sleeper.
+    if own.is_none_or(|e| e < 3) {
+        return Err(format!(
+            "the reader's own Send Group is at epoch {own:?}: it never acknowledged"
+        ));
+    }
+    Ok(())
+}
+
+/// Every application message decrypted exactly once by every other member (a member `gone`
+/// may or may not read what was sent after it left).
+fn check_messages(
+    net: &Net,
+    sent: &[(usize, MessageId, bool)],
+    gone: Option<usize>,
+) -> Result<(), String> {
     let mut got: Vec<BTreeMap<MessageId, usize>> = vec![BTreeMap::new(); MEMBERS];
     for (i, evs) in net.events.iter().enumerate() {
         for e in evs {
@@ -169,14 +359,13 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
             }
         }
     }
-    for &(s, id, after_removal) in &sent {
+    for &(s, id, after_leaving) in sent {
         for (r, got_r) in got.iter().enumerate() {
             if r == s {
                 continue;
             }
             let n = got_r.get(&id).copied().unwrap_or(0);
-            // The removed member may or may not read what is sent after its removal.
-            let ok = if removal_done && r == removed && after_removal {
+            let ok = if Some(r) == gone && after_leaving {
                 n <= 1
             } else {
                 n == 1
@@ -186,19 +375,7 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
             }
         }
     }
-    for e in &net.engines {
-        let c = e.counters();
-        stats.attempts += c.process_attempts;
-        stats.processed += c.processed;
-    }
-    stats.sent = sent.len() as u64;
-    if stats.attempts as f64 > 1.1 * stats.processed as f64 {
-        return Err(format!(
-            "{} processing attempts for {} delivered messages",
-            stats.attempts, stats.processed
-        ));
-    }
-    Ok(stats)
+    Ok(())
 }
 
 #[test]

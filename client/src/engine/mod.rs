@@ -6,14 +6,16 @@
 //! written to a durable outbox ([`Engine::outbox`]) in the same transaction as the state
 //! change that produced it, and what a user should see comes back as [`Event`]s.
 //! It does no network, file or clock access of its own: time comes in as `now_ms`
-//! parameters, randomness through the openmls provider, storage through the
-//! [`rusqlite::Connection`] the caller opens.
+//! parameters (its clock-driven duties run when the shell calls [`Engine::handle_timeout`]
+//! at the time [`Engine::poll_timeout`] names), randomness through the openmls provider,
+//! storage through the [`rusqlite::Connection`] the caller opens.
 
 mod acks;
 mod codec;
 mod config;
 mod ctx;
 mod deferred;
+mod duties;
 mod envelope;
 mod error;
 mod evict;
@@ -28,6 +30,7 @@ mod storage;
 mod store;
 
 pub use config::{DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
+pub use duties::DutyPolicy;
 pub use envelope::{DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN};
 pub use error::EngineError;
 pub use ids::{DGroupId, MessageId, PskId, send_group_id};
@@ -371,6 +374,7 @@ pub struct Engine {
     policy: UpdatePolicy,
     counters: Counters,
     groups: ctx::GroupCache,
+    duties: duties::Duties,
 }
 
 impl std::fmt::Debug for Engine {
@@ -493,6 +497,7 @@ impl Engine {
             policy: UpdatePolicy::default(),
             counters: Counters::default(),
             groups: ctx::GroupCache::new(),
+            duties: duties::Duties::default(),
         })
     }
 
@@ -555,6 +560,9 @@ impl Engine {
     /// Processes one input in one transaction: on error nothing changed (not even the
     /// relay cursor, see [`Engine::set_group_cursor`] to skip a bad message).
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Result<Vec<Event>, EngineError> {
+        if matches!(input, Input::GroupMessage { .. }) {
+            self.duties.note_group_message(now_ms);
+        }
         self.write_at(Some(now_ms), |c| Self::dispatch(c, input, now_ms))
     }
 
@@ -572,6 +580,12 @@ impl Engine {
         inputs: Vec<Input>,
         now_ms: u64,
     ) -> Result<Vec<Result<Vec<Event>, EngineError>>, EngineError> {
+        if inputs
+            .iter()
+            .any(|i| matches!(i, Input::GroupMessage { .. }))
+        {
+            self.duties.note_group_message(now_ms);
+        }
         self.write_at(Some(now_ms), |c| {
             let mut results = Vec::with_capacity(inputs.len());
             for input in inputs {
@@ -698,7 +712,7 @@ impl Engine {
     /// `threshold_ms` 0 is refused.
     ///
     /// Call it only when the relay has nothing newer for us (after a sync that caught up), so
-    /// that commits waiting there count; [`crate::client::Client`] does so at most once a
+    /// that commits waiting there count; [`Engine::handle_timeout`] does so at most once a
     /// minute with a default threshold of 30 days ([`DEFAULT_EVICTION_THRESHOLD_MS`]).
     /// PSKs of older state databases, which did not record times, count from the first call.
     pub fn evict_silent_members(
@@ -715,7 +729,7 @@ impl Engine {
     /// `deadline_ms` or more before `now_ms` (others updated and we have not imported it, see
     /// [`SendGroupStatus::behind_since_ms`] of our own Send Group) and there is something to
     /// import, makes a DMLS Commit importing it. Returns those DGroups. A member that reads
-    /// but never sends acknowledges this way; [`crate::client::Client`] calls it when a sync
+    /// but never sends acknowledges this way; [`Engine::handle_timeout`] calls it when a sync
     /// caught up, at most once a minute, with [`DEFAULT_ACK_DEADLINE_MS`] (7 days, well within
     /// the default eviction threshold). It commits at most once per deadline per DGroup when
     /// others keep updating, never in answer to a commit right away (PROTOCOL.md "When to
@@ -738,7 +752,7 @@ impl Engine {
     /// them; the others stay missing. Returns the DGroups claimed for.
     ///
     /// Each claim is a relay request (and consumes the key packages it finds), so call this
-    /// only now and then (the [`crate::client::Client`] facade does so at most once a minute).
+    /// only now and then ([`Engine::handle_timeout`] does so at most once a minute).
     pub fn retry_missing_members(&mut self) -> Result<Vec<DGroupId>, EngineError> {
         self.write(|c| c.retry_missing_members())
     }

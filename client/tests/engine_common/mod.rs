@@ -8,8 +8,12 @@
 )]
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
-use dmls_client::engine::{DGroupId, Effect, Engine, Event, Input};
+use dmls_client::client::LocalEngine;
+use dmls_client::drive::{ClaimAnswer, Transport, perform_outbox};
+use dmls_client::engine::{DGroupId, Engine, Event, FollowedGroup, Input};
+use futures::executor::block_on;
 
 /// A delivery in flight to one member.
 #[derive(Debug, Clone)]
@@ -78,92 +82,62 @@ impl Net {
         self.names.iter().position(|n| n == name).unwrap()
     }
 
-    /// Performs every outbox item of member `i` (claims are answered at once).
+    /// Performs every outbox item of member `i` (claims are answered at once), with the
+    /// library's outbox driver.
     pub fn drain(&mut self, i: usize, now_ms: u64) {
+        let mut engine = LocalEngine {
+            engine: &mut self.engines[i],
+            barrier: None,
+            now_ms,
+        };
+        let mut relay = NetRelay {
+            me: i,
+            names: &self.names,
+            stock: &mut self.stock,
+            groups: &mut self.groups,
+            pool: &mut self.pool,
+            welcome_ids: &mut self.welcome_ids,
+        };
+        let events = block_on(perform_outbox(&mut engine, &mut relay)).unwrap();
+        self.events[i].extend(events);
+    }
+
+    /// Whether the pool holds a delivery member `i` can take now (a Welcome, or a message of
+    /// a Send Group it follows): if not, a sync of `i` would find nothing new.
+    pub fn has_pending(&self, i: usize) -> bool {
+        let followed = self.engines[i].followed_groups().unwrap();
+        self.pool
+            .iter()
+            .any(|p| p.to == i && can_take(&followed, &p.input))
+    }
+
+    /// Member `i`'s clock-driven duties, driven as a shell does after a sync: tells the engine
+    /// whether it caught up (see [`Net::has_pending`]), does what is due at `now_ms`
+    /// (`Engine::handle_timeout`) and drains the outbox.
+    pub fn tick(&mut self, i: usize, now_ms: u64) {
+        let caught_up = !self.has_pending(i);
+        self.engines[i].set_caught_up(caught_up);
+        let ev = self.engines[i].handle_timeout(now_ms).unwrap();
+        self.events[i].extend(ev);
+        self.drain(i, now_ms);
+    }
+
+    /// Member `i` syncs: takes everything it can from the pool, in pool (relay) order, one
+    /// engine batch per round as the facade does, until nothing is left for it; then does
+    /// its duties ([`Net::tick`]).
+    pub fn sync(&mut self, i: usize, now_ms: u64) -> Result<(), String> {
         loop {
-            let items = self.engines[i].outbox().unwrap();
-            if items.is_empty() {
-                return;
+            let followed = self.engines[i].followed_groups().unwrap();
+            let ks: Vec<usize> = (0..self.pool.len())
+                .filter(|&k| self.pool[k].to == i && can_take(&followed, &self.pool[k].input))
+                .collect();
+            if ks.is_empty() {
+                break;
             }
-            for item in items {
-                match item.effect {
-                    Effect::ClaimKeyPackages { client_ids, .. } => {
-                        let mut kps = Vec::new();
-                        let mut missing = Vec::new();
-                        for c in client_ids {
-                            let j = self.index(&c);
-                            match self.stock[j].pop() {
-                                Some(kp) => kps.push((c, kp)),
-                                None => missing.push(c),
-                            }
-                        }
-                        let ev = self.engines[i]
-                            .handle(
-                                Input::ClaimedKeyPackages {
-                                    outbox_id: item.id,
-                                    key_packages: kps,
-                                    missing,
-                                },
-                                now_ms,
-                            )
-                            .unwrap();
-                        self.events[i].extend(ev);
-                        // The answer queued more items; start over.
-                        break;
-                    }
-                    Effect::PutRelayGroup { group_id, members } => {
-                        let me = self.names[i].clone();
-                        self.groups.entry((me, group_id)).or_default().0 = members;
-                        self.engines[i].outbox_done(item.id).unwrap();
-                    }
-                    Effect::PostWelcomes(ws) => {
-                        for (to, data) in ws {
-                            self.welcome_ids += 1;
-                            let j = self.index(&to);
-                            self.pool.push(Delivery {
-                                to: j,
-                                input: Input::Welcome {
-                                    inbox_id: Some(self.welcome_ids),
-                                    from: self.names[i].clone(),
-                                    data,
-                                },
-                            });
-                        }
-                        self.engines[i].outbox_done(item.id).unwrap();
-                    }
-                    Effect::PostMessage {
-                        owner,
-                        group_id,
-                        data,
-                    } => {
-                        let g = self
-                            .groups
-                            .entry((owner.clone(), group_id.clone()))
-                            .or_default();
-                        g.1.push(data.clone());
-                        let seq = g.1.len() as u64;
-                        let mut readers: Vec<String> = g.0.clone();
-                        readers.push(owner.clone());
-                        for r in readers {
-                            if r == self.names[i] {
-                                continue;
-                            }
-                            let j = self.index(&r);
-                            self.pool.push(Delivery {
-                                to: j,
-                                input: Input::GroupMessage {
-                                    owner: owner.clone(),
-                                    group_id: group_id.clone(),
-                                    seq: Some(seq),
-                                    data: data.clone(),
-                                },
-                            });
-                        }
-                        self.engines[i].outbox_done(item.id).unwrap();
-                    }
-                }
-            }
+            self.deliver_batch(&ks, now_ms)?;
         }
+        self.tick(i, now_ms);
+        Ok(())
     }
 
     /// Drains every member's outbox.
@@ -177,19 +151,9 @@ impl Net {
     pub fn deliver(&mut self, k: usize, keep: bool, now_ms: u64) -> Result<(), String> {
         // A member polls a Send Group only once it knows the DGroup (a relay keeps the
         // message until then).
-        if let Input::GroupMessage {
-            owner, group_id, ..
-        } = &self.pool[k].input
-        {
-            let to = self.pool[k].to;
-            let follows = self.engines[to]
-                .followed_groups()
-                .unwrap()
-                .iter()
-                .any(|f| f.owner == *owner && f.group_id == *group_id);
-            if !follows {
-                return Ok(());
-            }
+        let followed = self.engines[self.pool[k].to].followed_groups().unwrap();
+        if !can_take(&followed, &self.pool[k].input) {
+            return Ok(());
         }
         let d = if keep {
             self.pool[k].clone()
@@ -221,15 +185,7 @@ impl Net {
         for &k in ks {
             assert_eq!(self.pool[k].to, to, "a batch is for one member");
             // As in `deliver`: a group is polled only once its DGroup is known.
-            let follows = match &self.pool[k].input {
-                Input::GroupMessage {
-                    owner, group_id, ..
-                } => followed
-                    .iter()
-                    .any(|f| f.owner == *owner && f.group_id == *group_id),
-                _ => true,
-            };
-            if follows {
+            if can_take(&followed, &self.pool[k].input) {
                 take.push(k);
             }
         }
@@ -317,6 +273,118 @@ impl Net {
     /// The DGroup id as seen by member `i` (its first DGroup).
     pub fn dgroup(&self, i: usize) -> DGroupId {
         self.engines[i].dgroups().unwrap()[0].id
+    }
+}
+
+/// The network as the transport of member `me`'s outbox: claims are answered from the
+/// stock, posts become deliveries in the pool.
+struct NetRelay<'a> {
+    me: usize,
+    names: &'a [String],
+    stock: &'a mut [Vec<Vec<u8>>],
+    groups: &'a mut BTreeMap<(String, String), (Vec<String>, Vec<Vec<u8>>)>,
+    pool: &'a mut Vec<Delivery>,
+    welcome_ids: &'a mut u64,
+}
+
+impl NetRelay<'_> {
+    fn index(&self, name: &str) -> usize {
+        self.names.iter().position(|n| n == name).unwrap()
+    }
+}
+
+impl Transport for NetRelay<'_> {
+    type Error = Infallible;
+
+    async fn claim_key_packages(
+        &mut self,
+        client_ids: Vec<String>,
+    ) -> Result<ClaimAnswer, Infallible> {
+        let mut answer = ClaimAnswer::default();
+        for c in client_ids {
+            let j = self.index(&c);
+            match self.stock[j].pop() {
+                Some(kp) => answer.key_packages.push((c, kp)),
+                None => answer.missing.push(c),
+            }
+        }
+        Ok(answer)
+    }
+
+    async fn put_relay_group(
+        &mut self,
+        group_id: String,
+        members: Vec<String>,
+    ) -> Result<(), Infallible> {
+        let me = self.names[self.me].clone();
+        self.groups.entry((me, group_id)).or_default().0 = members;
+        Ok(())
+    }
+
+    async fn post_welcomes(&mut self, welcomes: Vec<(String, Vec<u8>)>) -> Result<(), Infallible> {
+        for (to, data) in welcomes {
+            *self.welcome_ids += 1;
+            let j = self.index(&to);
+            self.pool.push(Delivery {
+                to: j,
+                input: Input::Welcome {
+                    inbox_id: Some(*self.welcome_ids),
+                    from: self.names[self.me].clone(),
+                    data,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    async fn post_message(
+        &mut self,
+        owner: String,
+        group_id: String,
+        data: Vec<u8>,
+        _idempotency_key: String,
+    ) -> Result<(), Infallible> {
+        let g = self
+            .groups
+            .entry((owner.clone(), group_id.clone()))
+            .or_default();
+        g.1.push(data.clone());
+        let seq = g.1.len() as u64;
+        let mut readers: Vec<String> = g.0.clone();
+        readers.push(owner.clone());
+        for r in readers {
+            if r == self.names[self.me] {
+                continue;
+            }
+            let j = self.index(&r);
+            self.pool.push(Delivery {
+                to: j,
+                input: Input::GroupMessage {
+                    owner: owner.clone(),
+                    group_id: group_id.clone(),
+                    seq: Some(seq),
+                    data: data.clone(),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    fn is_permanent(&self, e: &Infallible) -> bool {
+        match *e {}
+    }
+}
+
+/// Whether a member following `followed` would fetch `input`: a relay keeps a Send Group's
+/// messages until the member knows its DGroup and polls it.
+fn can_take(followed: &[FollowedGroup], input: &Input) -> bool {
+    match input {
+        Input::GroupMessage {
+            owner, group_id, ..
+        } => followed
+            .iter()
+            .any(|f| f.owner == *owner && f.group_id == *group_id),
+        _ => true,
     }
 }
 
