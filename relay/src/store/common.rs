@@ -11,10 +11,9 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Database, Encode, FromRow, Type};
 
-use super::sync::SyncCandidate;
 use super::{
-    Access, ClaimOutcome, ClientRecord, ClientStats, GroupRecord, Millis, Page, StoreError,
-    StoreResult, from_db, page, to_db,
+    ClaimOutcome, ClientRecord, ClientStats, GroupRecord, Millis, Page, StoreError, StoreResult,
+    from_db, page, to_db,
 };
 
 /// Where a shared statement runs: a pool or an open transaction of either backend.
@@ -166,30 +165,6 @@ fn welcome((id, from, data, received_at): WelcomeRow) -> Welcome {
         from,
         data: data.into(),
         received_at,
-    }
-}
-
-/// A followed group as the first `sync` query finds it: the cursor's index (from `offset`),
-/// the group's id and `last_seq`, its owner, and the reader's membership row if any
-/// (`read_upto`, and whether there is one).
-pub(crate) type CandidateRow = (i64, i64, i64, String, Option<i64>, bool);
-
-pub(crate) fn sync_candidate(
-    offset: usize,
-    reader: &str,
-    (index, group_ref, last_seq, owner, read_upto, listed): CandidateRow,
-) -> SyncCandidate {
-    SyncCandidate {
-        cursor_index: offset.saturating_add(usize::try_from(index).unwrap_or(usize::MAX)),
-        group_ref,
-        last_seq: from_db(last_seq),
-        access: if owner == reader || (listed && read_upto.is_none()) {
-            Access::Full
-        } else if let Some(upto) = read_upto {
-            Access::ReadUpTo(from_db(upto))
-        } else {
-            Access::None
-        },
     }
 }
 

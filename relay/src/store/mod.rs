@@ -29,7 +29,7 @@ use self::batch::BatchWriter;
 use self::common::Conn;
 use self::sync::{SyncCandidate, SyncRange};
 use crate::config::{Config, redact_url};
-use crate::notify::Notifier;
+use crate::notify::{Notifier, StoreEvent};
 
 /// What the store can fail with. Handlers map these to HTTP answers.
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +195,8 @@ pub(crate) struct Shared<'a> {
     pub(crate) writes: Conn<'a>,
     /// The group-commit writer that appends queue on.
     pub(crate) batch: &'a BatchWriter,
+    /// Told what was stored, once committed.
+    pub(crate) notifier: &'a Notifier,
 }
 
 /// Everything the relay stores. Implementations are cheap to share (`Arc<dyn Store>`).
@@ -276,7 +278,19 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Atomically takes one package per id (oldest first; the last-resort one, kept, when the stock
     /// is empty). `UnknownClients` and nothing claimed if any id is not registered.
-    async fn claim_key_packages(&self, client_ids: &[String]) -> StoreResult<ClaimOutcome>;
+    async fn claim_key_packages(&self, client_ids: &[String]) -> StoreResult<ClaimOutcome> {
+        let ids = dedup(client_ids);
+        if ids.is_empty() {
+            return Ok(ClaimOutcome {
+                key_packages: Vec::new(),
+                missing: Vec::new(),
+            });
+        }
+        self.claim_distinct(ids).await
+    }
+
+    /// [`claim_key_packages`](Store::claim_key_packages) of at least one id, each once.
+    async fn claim_distinct(&self, ids: Vec<String>) -> StoreResult<ClaimOutcome>;
 
     // ------------------------------------------------------------ welcomes
 
@@ -286,6 +300,30 @@ pub(crate) trait Store: Send + Sync + 'static {
         &self,
         from: &str,
         welcomes: Vec<(String, Vec<u8>)>,
+        now: Millis,
+    ) -> StoreResult<Vec<u64>> {
+        if welcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recipients = common::recipients(&welcomes);
+        let ids = self
+            .insert_welcomes(from, welcomes, &recipients, now)
+            .await?;
+        for client_id in recipients {
+            self.shared()
+                .notifier
+                .publish(StoreEvent::Inbox { client_id });
+        }
+        Ok(ids)
+    }
+
+    /// [`post_welcomes`](Store::post_welcomes) of at least one welcome, to `recipients` (each
+    /// once), committed when it returns.
+    async fn insert_welcomes(
+        &self,
+        from: &str,
+        welcomes: Vec<(String, Vec<u8>)>,
+        recipients: &[String],
         now: Millis,
     ) -> StoreResult<Vec<u64>>;
 

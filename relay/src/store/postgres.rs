@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use super::batch::{self, ApplyBatch, BatchGroup, BatchWriter, GroupName, Lookups, NewMessage};
 use super::common::{self, Conn, RangeMessageRow};
 use super::migrations::{self, migrator};
-use super::sync::{SyncCandidate, SyncRange};
+use super::sync::{self, SyncCandidate, SyncRange};
 use super::{
     AppendOutcome, AppendRequest, ClaimOutcome, Millis, PruneStats, Shared, Store, StoreError,
     StoreResult, SyncCursor, dedup, from_db, to_db,
@@ -499,6 +499,7 @@ impl Store for PostgresStore {
             reads: Conn::Postgres(&self.pool),
             writes: Conn::Postgres(&self.pool),
             batch: &self.batch,
+            notifier: &self.notifier,
         }
     }
 
@@ -580,11 +581,7 @@ impl Store for PostgresStore {
         Ok(total)
     }
 
-    async fn claim_key_packages(&self, client_ids: &[String]) -> StoreResult<ClaimOutcome> {
-        let ids = dedup(client_ids);
-        if ids.is_empty() {
-            return Ok(common::claim_outcome(ids, HashMap::new(), HashMap::new()));
-        }
+    async fn claim_distinct(&self, ids: Vec<String>) -> StoreResult<ClaimOutcome> {
         let mut tx = self.pool.begin().await?;
         Self::require_clients(&mut tx, &ids).await?;
         // Each client's oldest package that no concurrent claim has locked: two claimers never
@@ -620,20 +617,18 @@ impl Store for PostgresStore {
         Ok(common::claim_outcome(ids, taken, last_resorts))
     }
 
-    async fn post_welcomes(
+    async fn insert_welcomes(
         &self,
         from: &str,
         welcomes: Vec<(String, Vec<u8>)>,
+        recipients: &[String],
         now: Millis,
     ) -> StoreResult<Vec<u64>> {
-        if welcomes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut recipients = common::recipients(&welcomes);
         let mut tx = self.pool.begin().await?;
-        Self::require_clients(&mut tx, &recipients).await?;
+        Self::require_clients(&mut tx, recipients).await?;
         // Lock the inboxes before taking ids (see the module comment), in a fixed order so two
         // posts to the same recipients cannot deadlock.
+        let mut recipients = recipients.to_vec();
         recipients.sort();
         sqlx::query(
             "SELECT 1 FROM clients WHERE client_id = ANY($1) ORDER BY client_id FOR NO KEY UPDATE",
@@ -669,9 +664,6 @@ impl Store for PostgresStore {
             .collect();
         notify_on_commit(&mut tx, &events).await?;
         tx.commit().await?;
-        for event in events {
-            self.notifier.publish(event);
-        }
         Ok(ids.into_iter().map(from_db).collect())
     }
 
@@ -732,7 +724,7 @@ impl Store for PostgresStore {
             let offset = chunk.start;
             let part = &cursors[chunk];
             async move {
-                let rows: Vec<common::CandidateRow> = sqlx::query_as(
+                let rows: Vec<sync::CandidateRow> = sqlx::query_as(
                     "SELECT c.n - 1, g.id, g.last_seq, g.owner, m.read_upto, m.client_id IS NOT NULL \
                      FROM unnest($1::text[], $2::text[], $3::bigint[]) \
                        WITH ORDINALITY AS c(owner, group_id, after_seq, n) \
@@ -748,7 +740,7 @@ impl Store for PostgresStore {
                 .await?;
                 Ok(rows
                     .into_iter()
-                    .map(|row| common::sync_candidate(offset, reader, row))
+                    .map(|row| sync::candidate(offset, reader, row))
                     .collect())
             }
         }))

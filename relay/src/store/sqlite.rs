@@ -26,13 +26,13 @@ use sqlx::{Sqlite, Transaction};
 use super::batch::{self, ApplyBatch, BatchGroup, BatchWriter, GroupName, Lookups, NewMessage};
 use super::common::{self, Conn, RangeMessageRow};
 use super::migrations::{self, migrator};
-use super::sync::{SyncCandidate, SyncRange};
+use super::sync::{self, SyncCandidate, SyncRange};
 use super::{
     AppendOutcome, AppendRequest, ClaimOutcome, Millis, PruneStats, Shared, Store, StoreError,
-    StoreResult, SyncCursor, dedup, from_db, to_db,
+    StoreResult, SyncCursor, from_db, to_db,
 };
 use crate::config::{Config, redact_url};
-use crate::notify::{Notifier, StoreEvent};
+use crate::notify::Notifier;
 
 /// How long a statement waits for another process's write lock before failing (only another
 /// process can hold it: in this one, writes queue for the single writer connection).
@@ -303,6 +303,7 @@ impl Store for SqliteStore {
             reads: Conn::Sqlite(&self.readers),
             writes: Conn::Sqlite(&self.writer),
             batch: &self.batch,
+            notifier: &self.notifier,
         }
     }
 
@@ -365,11 +366,7 @@ impl Store for SqliteStore {
         Ok(total)
     }
 
-    async fn claim_key_packages(&self, client_ids: &[String]) -> StoreResult<ClaimOutcome> {
-        let ids = dedup(client_ids);
-        if ids.is_empty() {
-            return Ok(common::claim_outcome(ids, HashMap::new(), HashMap::new()));
-        }
+    async fn claim_distinct(&self, ids: Vec<String>) -> StoreResult<ClaimOutcome> {
         // BEGIN IMMEDIATE: no other claim runs between choosing a package and deleting it.
         let mut tx = self.write_tx().await?;
         Self::require_clients(&mut tx, &ids).await?;
@@ -400,18 +397,15 @@ impl Store for SqliteStore {
         Ok(common::claim_outcome(ids, taken, last_resorts))
     }
 
-    async fn post_welcomes(
+    async fn insert_welcomes(
         &self,
         from: &str,
         welcomes: Vec<(String, Vec<u8>)>,
+        recipients: &[String],
         now: Millis,
     ) -> StoreResult<Vec<u64>> {
-        if welcomes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let recipients = common::recipients(&welcomes);
         let mut tx = self.write_tx().await?;
-        Self::require_clients(&mut tx, &recipients).await?;
+        Self::require_clients(&mut tx, recipients).await?;
         let mut ids = Vec::with_capacity(welcomes.len());
         for (to, data) in welcomes {
             let (id,): (i64,) = sqlx::query_as(
@@ -426,9 +420,6 @@ impl Store for SqliteStore {
             ids.push(from_db(id));
         }
         tx.commit().await?;
-        for client_id in recipients {
-            self.notifier.publish(StoreEvent::Inbox { client_id });
-        }
         Ok(ids)
     }
 
@@ -493,7 +484,7 @@ impl Store for SqliteStore {
             .iter()
             .map(|c| (c.owner.as_str(), c.group_id.as_str(), to_db(c.after)))
             .collect();
-        let rows: Vec<common::CandidateRow> = sqlx::query_as(
+        let rows: Vec<sync::CandidateRow> = sqlx::query_as(
             "SELECT c.key, g.id, g.last_seq, g.owner, m.read_upto, m.client_id IS NOT NULL \
              FROM json_each(?1) c \
              JOIN relay_groups g ON g.owner = c.value ->> 0 AND g.group_id = c.value ->> 1 \
@@ -506,7 +497,7 @@ impl Store for SqliteStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|row| common::sync_candidate(0, reader, row))
+            .map(|row| sync::candidate(0, reader, row))
             .collect())
     }
 

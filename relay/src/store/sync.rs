@@ -6,7 +6,7 @@
 
 use dmls_api::Message;
 
-use super::{Access, Store, StoreResult, SyncCursor, SyncGroupResult, SyncRead, common};
+use super::{Access, Store, StoreResult, SyncCursor, SyncGroupResult, SyncRead, common, from_db};
 
 /// How many welcomes a `sync` answer carries at most (the inbox pages on in the next sync).
 const SYNC_WELCOMES_LIMIT: u32 = dmls_api::limits::PAGE_LIMIT_DEFAULT;
@@ -17,6 +17,30 @@ pub(crate) struct SyncCandidate {
     pub(crate) group_ref: i64,
     pub(crate) last_seq: u64,
     pub(crate) access: Access,
+}
+
+/// A followed group as the first `sync` query finds it: the cursor's index (from `offset`),
+/// the group's id and `last_seq`, its owner, and the reader's membership row if any
+/// (`read_upto`, and whether there is one).
+pub(crate) type CandidateRow = (i64, i64, i64, String, Option<i64>, bool);
+
+pub(crate) fn candidate(
+    offset: usize,
+    reader: &str,
+    (index, group_ref, last_seq, owner, read_upto, listed): CandidateRow,
+) -> SyncCandidate {
+    SyncCandidate {
+        cursor_index: offset.saturating_add(usize::try_from(index).unwrap_or(usize::MAX)),
+        group_ref,
+        last_seq: from_db(last_seq),
+        access: if owner == reader || (listed && read_upto.is_none()) {
+            Access::Full
+        } else if let Some(upto) = read_upto {
+            Access::ReadUpTo(from_db(upto))
+        } else {
+            Access::None
+        },
+    }
 }
 
 /// A range of one group's messages that a `sync` answer will carry.
