@@ -45,60 +45,51 @@ const APPLIED: &str = "SELECT version, description, checksum, CAST(installed_on 
 /// (version, description, checksum, installed_on, success) of each applied migration.
 type Applied = Vec<(i64, String, Vec<u8>, String, bool)>;
 
+/// Runs `$body` with `$pool` connected to `$db`, whichever backend it is, then closes it.
+macro_rules! with_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db.backend {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&$db.url)
+                    .unwrap()
+                    .create_if_missing(true);
+                let $pool = SqlitePool::connect_with(options).await.unwrap();
+                let out = $body;
+                $pool.close().await;
+                out
+            }
+            Backend::Postgres => {
+                let $pool = PgPool::connect(&$db.url).await.unwrap();
+                let out = $body;
+                $pool.close().await;
+                out
+            }
+        }
+    };
+}
+
 /// Migrates `db` as an earlier relay did, stores a client, and returns the migration records.
 async fn migrate_as_before(db: &Db, token_hash: &[u8]) -> Applied {
-    match db.backend {
-        Backend::Sqlite => {
-            let options = SqliteConnectOptions::from_str(&db.url)
-                .unwrap()
-                .create_if_missing(true);
-            let pool = SqlitePool::connect_with(options).await.unwrap();
-            earlier_migrator(include_str!("../../migrations/sqlite/0001_init.sql"))
-                .run(&pool)
-                .await
-                .unwrap();
-            sqlx::query(INSERT_CLIENT)
-                .bind(token_hash)
-                .execute(&pool)
-                .await
-                .unwrap();
-            let applied = sqlx::query_as(APPLIED).fetch_all(&pool).await.unwrap();
-            pool.close().await;
-            applied
-        }
-        Backend::Postgres => {
-            let pool = PgPool::connect(&db.url).await.unwrap();
-            earlier_migrator(include_str!("../../migrations/postgres/0001_init.sql"))
-                .run(&pool)
-                .await
-                .unwrap();
-            sqlx::query(INSERT_CLIENT)
-                .bind(token_hash)
-                .execute(&pool)
-                .await
-                .unwrap();
-            let applied = sqlx::query_as(APPLIED).fetch_all(&pool).await.unwrap();
-            pool.close().await;
-            applied
-        }
-    }
+    let init = match db.backend {
+        Backend::Sqlite => include_str!("../../migrations/sqlite/0001_init.sql"),
+        Backend::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
+    };
+    with_pool!(db, |pool| {
+        earlier_migrator(init).run(&pool).await.unwrap();
+        sqlx::query(INSERT_CLIENT)
+            .bind(token_hash)
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query_as(APPLIED).fetch_all(&pool).await.unwrap()
+    })
 }
 
 async fn applied_now(db: &Db) -> Applied {
-    match db.backend {
-        Backend::Sqlite => {
-            let pool = SqlitePool::connect(&db.url).await.unwrap();
-            let applied = sqlx::query_as(APPLIED).fetch_all(&pool).await.unwrap();
-            pool.close().await;
-            applied
-        }
-        Backend::Postgres => {
-            let pool = PgPool::connect(&db.url).await.unwrap();
-            let applied = sqlx::query_as(APPLIED).fetch_all(&pool).await.unwrap();
-            pool.close().await;
-            applied
-        }
-    }
+    with_pool!(db, |pool| sqlx::query_as(APPLIED)
+        .fetch_all(&pool)
+        .await
+        .unwrap())
 }
 
 backend_tests! {
