@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
             spawned = Some(relay);
             println!(
                 "spawned relay at {url} on {}",
-                dmls_relay::config::redact_url(&database_url)
+                dmls_relay::testing::redact_url(&database_url)
             );
             url
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::http::forwarded::TrustedProxies;
+use crate::forwarded::TrustedProxies;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RegistrationMode {
@@ -123,16 +123,16 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn retention(&self) -> Duration {
+    pub(crate) fn retention(&self) -> Duration {
         Duration::from_secs(self.retention_days.saturating_mul(24 * 3600))
     }
 
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
 
     /// Checks combinations clap cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.registration == RegistrationMode::Token
             && self.registration_token.as_deref().is_none_or(str::is_empty)
         {

@@ -1,19 +1,23 @@
-//! The DMLS relay: a dumb, durable store-and-forward HTTP service (`shared/API.md`).
+//! The DMLS relay: a dumb, durable store-and-forward HTTP service (`docs/API.md`).
 //!
-//! - [`config`]: the clap configuration.
-//! - [`store`]: the `Store` trait with SQLite and PostgreSQL implementations.
-//! - [`notify`]: wakes long polls when something is stored (in-process, and across processes
+//! Embedders use [`Config`] and [`start`], which returns a [`RunningRelay`]. The modules:
+//! - `config`: the clap configuration; `forwarded`: the trusted reverse proxies it names.
+//! - `store`: the `Store` trait with SQLite and PostgreSQL implementations.
+//! - `notify`: wakes long polls when something is stored (in-process, and across processes
 //!   through PostgreSQL LISTEN/NOTIFY).
-//! - [`http`]: the axum router, one module per resource.
-//! - [`server`]: start-up, background tasks and graceful shutdown.
+//! - `http`: the axum router, one module per resource.
+//! - `server`: start-up, background tasks and graceful shutdown.
+//! - [`testing`] (cargo feature `testing`): helpers of the relay's and the client's tests.
 
-pub mod config;
-pub mod http;
-pub mod notify;
-pub mod server;
-pub mod store;
-#[doc(hidden)]
+mod config;
+mod forwarded;
+mod http;
+mod notify;
+mod server;
+mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use config::Config;
+pub use config::{Config, LogFormat, RegistrationMode};
+pub use forwarded::TrustedProxies;
 pub use server::{RunningRelay, start};

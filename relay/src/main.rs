@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use dmls_relay::Config;
-use dmls_relay::config::LogFormat;
+use dmls_relay::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]

@@ -7,16 +7,14 @@
 
 use tokio::sync::broadcast;
 
-use crate::store::StoreEvent;
-
 /// Cheap to clone; all clones share one channel.
 #[derive(Clone)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     tx: broadcast::Sender<StoreEvent>,
 }
 
 impl Notifier {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // A waiter that lags behind this many events wakes and re-reads (see `Waiter`), so the
         // capacity bounds memory, not correctness.
         let (tx, _) = broadcast::channel(4096);
@@ -24,16 +22,16 @@ impl Notifier {
     }
 
     /// Tells every waiter that `event` happened. Never blocks.
-    pub fn publish(&self, event: StoreEvent) {
+    pub(crate) fn publish(&self, event: StoreEvent) {
         let _ = self.tx.send(event);
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.tx.subscribe()
     }
 
     /// Long polls waiting right now.
-    pub fn waiters(&self) -> usize {
+    pub(crate) fn waiters(&self) -> usize {
         self.tx.receiver_count()
     }
 }
@@ -42,4 +40,16 @@ impl Default for Notifier {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Something new was stored: the notifier wakes long polls that wait for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum StoreEvent {
+    /// A message was appended to `{owner}/{group_id}`.
+    Group { owner: String, group_id: String },
+    /// A welcome arrived in this client's inbox.
+    Inbox { client_id: String },
+    /// Events may have been missed (the PostgreSQL LISTEN connection was lost and is back):
+    /// anything may have changed, so every waiter reads again. Never sent between processes.
+    Resync,
 }

@@ -1,4 +1,5 @@
-//! Test support shared by the relay's integration tests (not part of the relay's API).
+//! Test support for tests that run a relay: the relay's own and the client's (cargo feature
+//! `testing`, so none of it is in the release binary).
 //!
 //! PostgreSQL tests run only when `DMLS_TEST_DATABASE_URL` names a server the tests may create
 //! databases on (for example `postgres://postgres@127.0.0.1:5432/test`); each call of
@@ -10,6 +11,8 @@ use clap::Parser as _;
 use sqlx::{AssertSqlSafe, Connection as _, Executor as _, PgConnection};
 
 use crate::Config;
+pub use crate::config::redact_url;
+pub use crate::store::postgres::LISTEN_APPLICATION_NAME;
 
 /// The variable that turns the PostgreSQL tests on.
 pub const TEST_DATABASE_URL_VAR: &str = "DMLS_TEST_DATABASE_URL";
@@ -28,7 +31,7 @@ pub async fn postgres_test_url() -> Option<String> {
         Ok(conn) => conn,
         Err(e) => panic!(
             "{TEST_DATABASE_URL_VAR} is set, but connecting to {} failed: {e}",
-            crate::config::redact_url(&base)
+            redact_url(&base)
         ),
     };
     drop_stale_test_databases(&mut conn).await;

@@ -296,7 +296,7 @@ async fn a_post_while_the_listen_connection_is_down_wakes_a_long_poll_once_it_is
     else {
         return;
     };
-    let listen_name = dmls_relay::store::postgres::LISTEN_APPLICATION_NAME;
+    let listen_name = dmls_relay::testing::LISTEN_APPLICATION_NAME;
     let database = {
         let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
         let (name,): (String,) = sqlx::query_as("SELECT current_database()")

@@ -21,9 +21,9 @@ use super::error::Error;
 const TOKEN_BYTES: usize = 32;
 
 /// A fresh token: what the client gets, and the hash the relay stores.
-pub struct NewToken {
-    pub token: String,
-    pub hash: [u8; 32],
+pub(crate) struct NewToken {
+    pub(crate) token: String,
+    pub(crate) hash: [u8; 32],
 }
 
 impl std::fmt::Debug for NewToken {
@@ -32,7 +32,7 @@ impl std::fmt::Debug for NewToken {
     }
 }
 
-pub fn new_token() -> NewToken {
+pub(crate) fn new_token() -> NewToken {
     let mut raw = [0u8; TOKEN_BYTES];
     // ThreadRng is a CSPRNG seeded from the operating system.
     rand::rng().fill(&mut raw);
@@ -42,18 +42,18 @@ pub fn new_token() -> NewToken {
     }
 }
 
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
 /// Constant-time equality of two hashes.
-pub fn hashes_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn hashes_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.ct_eq(b).into()
 }
 
 /// The bearer token of the request: `Ok(None)` without an `Authorization` header, 401 if the
 /// header is there but is not `Bearer <token>`.
-pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Error> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Error> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
@@ -73,7 +73,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, Error> {
 }
 
 /// The SHA-256 of the raw token bytes, or `None` if `token` cannot be one of ours.
-pub fn client_token_hash(token: &str) -> Option<[u8; 32]> {
+pub(crate) fn client_token_hash(token: &str) -> Option<[u8; 32]> {
     let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
     (raw.len() == TOKEN_BYTES).then(|| sha256(&raw))
 }
@@ -85,16 +85,16 @@ pub fn client_token_hash(token: &str) -> Option<[u8; 32]> {
 /// process that deleted it, and stops working on other relay processes sharing a PostgreSQL
 /// database within the TTL. Only successful look-ups are kept, so a bad token always reaches the
 /// database and cannot fill the cache.
-pub struct AuthCache {
+pub(crate) struct AuthCache {
     entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (String, std::time::Instant)>>,
 }
 
 impl AuthCache {
-    pub const TTL: std::time::Duration = std::time::Duration::from_secs(10);
+    pub(crate) const TTL: std::time::Duration = std::time::Duration::from_secs(10);
     /// Bound on memory; when full the cache starts over (a miss only costs a database query).
     const MAX_ENTRIES: usize = 100_000;
 
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         AuthCache {
             entries: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
@@ -117,7 +117,7 @@ impl AuthCache {
     }
 
     /// Forgets every token of `client_id` (its account was deleted).
-    pub fn forget_client(&self, client_id: &str) {
+    pub(crate) fn forget_client(&self, client_id: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|_, (c, _)| c != client_id);
     }
@@ -132,8 +132,8 @@ impl Default for AuthCache {
 /// The authenticated client of a request. Extracting it also applies the per-client rate limit,
 /// so every authenticated route is limited without each handler remembering to.
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub client_id: String,
+pub(crate) struct Caller {
+    pub(crate) client_id: String,
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -31,7 +31,7 @@ use super::{AppState, now_millis};
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn register(
+pub(crate) async fn register(
     State(state): State<AppState>,
     _allowed: RegistrationAllowed,
     Json(request): Json<RegisterRequest>,
@@ -67,7 +67,7 @@ pub async fn register(
 /// its length leaks through timing), and the caller's address is under its registration rate.
 /// An extractor, so it runs before the body is read: an unauthorised caller learns nothing about
 /// its body.
-pub struct RegistrationAllowed;
+pub(crate) struct RegistrationAllowed;
 
 impl FromRequestParts<AppState> for RegistrationAllowed {
     type Rejection = Error;
@@ -104,7 +104,7 @@ impl FromRequestParts<AppState> for RegistrationAllowed {
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn me(
+pub(crate) async fn me(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<axum::Json<ClientInfo>, Error> {
@@ -136,7 +136,10 @@ pub async fn me(
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn delete_me(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, Error> {
+pub(crate) async fn delete_me(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<StatusCode, Error> {
     state.store.delete_client(&caller.client_id).await?;
     state.auth_cache.forget_client(&caller.client_id);
     tracing::info!(client_id = %caller.client_id, "client deleted");

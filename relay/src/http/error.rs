@@ -10,11 +10,11 @@ use dmls_api::Problem;
 use crate::store::StoreError;
 
 /// The media type of every error body (RFC 9457 section 3).
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Everything a request can fail with, by HTTP meaning (API.md "Errors").
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// 400: the request is malformed; nothing was changed.
     #[error("{0}")]
     BadRequest(String),
@@ -42,7 +42,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -55,14 +55,14 @@ impl Error {
         }
     }
 
-    pub fn bad_request(detail: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(detail: impl Into<String>) -> Self {
         Error::BadRequest(detail.into())
     }
 
     /// An extractor rejected the request (bad JSON, query or path, unreadable or oversized
     /// body). Axum says 413 for an oversized body and 400/415/422 for the rest; API.md knows
     /// only 400 and 413, and none of it may become a 5xx.
-    pub fn from_rejection(status: StatusCode, detail: String) -> Self {
+    pub(crate) fn from_rejection(status: StatusCode, detail: String) -> Self {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge(detail)
         } else {
@@ -95,7 +95,7 @@ impl From<StoreError> for Error {
 
 /// A problem+json response with this status and detail; also used for errors raised outside
 /// handlers (unknown routes, timeouts).
-pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+pub(crate) fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
     let body = Problem {
         kind: "about:blank".into(),
         title: status.canonical_reason().unwrap_or("Error").into(),
@@ -129,7 +129,7 @@ impl IntoResponse for Error {
 /// Gives errors produced outside our handlers (axum's 405, tower-http's 408 timeout) a
 /// problem+json body, so every 4xx/5xx a client sees has the same shape. Responses that already
 /// carry a content type are left alone.
-pub async fn problem_for_bare_errors(response: Response) -> Response {
+pub(crate) async fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.headers().contains_key(header::CONTENT_TYPE)

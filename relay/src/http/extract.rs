@@ -14,7 +14,7 @@ use super::AppState;
 use super::error::Error;
 
 /// A JSON body (needs `Content-Type: application/json`).
-pub struct Json<T>(pub T);
+pub(crate) struct Json<T>(pub T);
 
 impl<S, T> FromRequest<S> for Json<T>
 where
@@ -35,7 +35,7 @@ where
 }
 
 /// A query string.
-pub struct Query<T>(pub T);
+pub(crate) struct Query<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for Query<T>
 where
@@ -56,7 +56,7 @@ where
 }
 
 /// Path parameters.
-pub struct Path<T>(pub T);
+pub(crate) struct Path<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for Path<T>
 where
@@ -77,7 +77,7 @@ where
 }
 
 /// The whole body as bytes, within the router's body limit (413 beyond it).
-pub struct Body(pub axum::body::Bytes);
+pub(crate) struct Body(pub axum::body::Bytes);
 
 impl<S> FromRequest<S> for Body
 where
@@ -97,10 +97,10 @@ where
 }
 
 /// The client's IP address: the TCP peer's, or, when the peer is one of `--trusted-proxies`,
-/// the client's address from `X-Forwarded-For` (see [`forwarded`](super::forwarded)). `None`
+/// the client's address from `X-Forwarded-For` (see [`forwarded`](crate::forwarded)). `None`
 /// without connect info (the server always has it; a router driven directly, as in unit tests,
 /// has none).
-pub struct ClientIp(pub Option<IpAddr>);
+pub(crate) struct ClientIp(pub Option<IpAddr>);
 
 impl FromRequestParts<AppState> for ClientIp {
     type Rejection = Error;

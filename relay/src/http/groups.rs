@@ -23,7 +23,7 @@ use super::{AppState, check_client_ids, check_group_name, now_millis};
 use crate::store::{Access, AppendOutcome, AppendRequest, GroupRecord};
 
 /// Raw message bytes (`application/octet-stream`), for the OpenAPI document.
-pub struct RawBytes;
+pub(crate) struct RawBytes;
 
 impl utoipa::PartialSchema for RawBytes {
     fn schema() -> RefOr<Schema> {
@@ -73,7 +73,7 @@ fn not_a_member(owner: &str, group_id: &str) -> Error {
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn put(
+pub(crate) async fn put(
     State(state): State<AppState>,
     caller: Caller,
     Path((owner, group_id)): Path<(String, String)>,
@@ -135,7 +135,7 @@ fn group_info(group: GroupRecord) -> GroupInfo {
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path((owner, group_id)): Path<(String, String)>,
@@ -169,7 +169,7 @@ pub async fn get(
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path((owner, group_id)): Path<(String, String)>,
@@ -232,7 +232,7 @@ fn is_json(headers: &HeaderMap) -> bool {
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn post_message(
+pub(crate) async fn post_message(
     State(state): State<AppState>,
     caller: Caller,
     Path((owner, group_id)): Path<(String, String)>,
@@ -318,7 +318,7 @@ pub async fn post_message(
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_messages(
+pub(crate) async fn list_messages(
     State(state): State<AppState>,
     caller: Caller,
     Path((owner, group_id)): Path<(String, String)>,

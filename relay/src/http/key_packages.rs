@@ -31,7 +31,7 @@ use super::{AppState, check_client_ids, now_millis};
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn upload(
+pub(crate) async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     Json(request): Json<UploadKeyPackagesRequest>,
@@ -100,7 +100,7 @@ pub async fn upload(
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn claim(
+pub(crate) async fn claim(
     State(state): State<AppState>,
     _caller: Caller,
     Json(request): Json<ClaimKeyPackagesRequest>,

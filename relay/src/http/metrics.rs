@@ -11,12 +11,12 @@ use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const REQUESTS: &str = "dmls_relay_http_requests_total";
-pub const REQUEST_DURATION: &str = "dmls_relay_http_request_duration_seconds";
-pub const MESSAGES_STORED: &str = "dmls_relay_messages_stored_total";
-pub const WELCOMES_STORED: &str = "dmls_relay_welcomes_stored_total";
-pub const LONG_POLLS_WAITING: &str = "dmls_relay_long_polls_waiting";
-pub const DB_CONNECTIONS: &str = "dmls_relay_db_pool_connections";
+pub(crate) const REQUESTS: &str = "dmls_relay_http_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "dmls_relay_http_request_duration_seconds";
+pub(crate) const MESSAGES_STORED: &str = "dmls_relay_messages_stored_total";
+pub(crate) const WELCOMES_STORED: &str = "dmls_relay_welcomes_stored_total";
+pub(crate) const LONG_POLLS_WAITING: &str = "dmls_relay_long_polls_waiting";
+pub(crate) const DB_CONNECTIONS: &str = "dmls_relay_db_pool_connections";
 
 /// Latency buckets in seconds, up to the longest long poll.
 const DURATION_BUCKETS: &[f64] = &[
@@ -26,7 +26,7 @@ const DURATION_BUCKETS: &[f64] = &[
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process's Prometheus recorder, installed on first use.
-pub fn handle() -> &'static PrometheusHandle {
+pub(crate) fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
@@ -45,7 +45,7 @@ pub fn handle() -> &'static PrometheusHandle {
 
 /// Counts requests by method, matched route (the template, so ids do not explode the label
 /// space) and status, and records their latency.
-pub async fn track(request: Request, next: Next) -> Response {
+pub(crate) async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().as_str().to_owned();
     let route = match request.extensions().get::<MatchedPath>() {

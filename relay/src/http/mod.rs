@@ -7,18 +7,17 @@
 //! echoed, requests are traced, CORS lets any origin call (see `cors`), bare error responses
 //! get a problem+json body, and requests time out.
 
-pub mod auth;
-pub mod clients;
-pub mod error;
-pub mod extract;
-pub mod forwarded;
-pub mod groups;
-pub mod key_packages;
-pub mod metrics;
-pub mod ops;
-pub mod rate_limit;
-pub mod sync;
-pub mod welcomes;
+pub(crate) mod auth;
+pub(crate) mod clients;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod groups;
+pub(crate) mod key_packages;
+pub(crate) mod metrics;
+pub(crate) mod ops;
+pub(crate) mod rate_limit;
+pub(crate) mod sync;
+pub(crate) mod welcomes;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -46,23 +45,23 @@ use crate::notify::Notifier;
 use crate::store::{Millis, Store};
 
 /// What every handler shares.
-pub struct Ctx {
-    pub store: Arc<dyn Store>,
-    pub notifier: Notifier,
-    pub config: Config,
-    pub rate_limits: rate_limit::RateLimits,
-    pub auth_cache: auth::AuthCache,
+pub(crate) struct Ctx {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) notifier: Notifier,
+    pub(crate) config: Config,
+    pub(crate) rate_limits: rate_limit::RateLimits,
+    pub(crate) auth_cache: auth::AuthCache,
     /// SHA-256 of the operator's registration token in `token` mode.
-    pub registration_token_hash: Option<[u8; 32]>,
+    pub(crate) registration_token_hash: Option<[u8; 32]>,
     /// Turns true when the relay shuts down; long polls watch it to answer at once.
-    pub shutdown: watch::Receiver<bool>,
-    pub started: Instant,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) started: Instant,
 }
 
-pub type AppState = Arc<Ctx>;
+pub(crate) type AppState = Arc<Ctx>;
 
 impl Ctx {
-    pub fn new(
+    pub(crate) fn new(
         config: Config,
         store: Arc<dyn Store>,
         notifier: Notifier,
@@ -89,7 +88,7 @@ impl Ctx {
 }
 
 /// Milliseconds since the Unix epoch (`received_at`, `created_at`).
-pub fn now_millis() -> Millis {
+pub(crate) fn now_millis() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX))
@@ -153,13 +152,14 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::openapi_json))
 }
 
-/// The OpenAPI 3.1 document of every route (served at `/openapi.json`).
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The OpenAPI 3.1 document of every route (the router serves it at `/openapi.json`).
+#[cfg(test)]
+fn openapi() -> utoipa::openapi::OpenApi {
     api_router().into_openapi()
 }
 
 /// The relay's whole HTTP service.
-pub fn router(ctx: AppState) -> Router {
+pub(crate) fn router(ctx: AppState) -> Router {
     // Install the recorder before the first request records anything.
     metrics::handle();
     let (routes, api) = api_router().split_for_parts();
@@ -219,7 +219,7 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
 }
 
 /// Checks that a path names a group: a valid owner client id and a valid group id.
-pub fn check_group_name(owner: &str, group_id: &str) -> Result<(), error::Error> {
+pub(crate) fn check_group_name(owner: &str, group_id: &str) -> Result<(), error::Error> {
     if !dmls_api::is_valid_client_id(owner) {
         return Err(error::Error::bad_request(format!(
             "invalid owner {owner:?}: 1 to 64 characters of a-z 0-9 . _ -"
@@ -234,7 +234,7 @@ pub fn check_group_name(owner: &str, group_id: &str) -> Result<(), error::Error>
 }
 
 /// Checks a list of client ids from a body: each valid, none twice.
-pub fn check_client_ids(ids: &[String], what: &str) -> Result<(), error::Error> {
+pub(crate) fn check_client_ids(ids: &[String], what: &str) -> Result<(), error::Error> {
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
     for id in ids {
         if !dmls_api::is_valid_client_id(id) {

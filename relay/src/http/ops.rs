@@ -15,7 +15,7 @@ use super::metrics as m;
 
 /// The serialised OpenAPI document, built once with the router.
 #[derive(Clone)]
-pub struct OpenApiDocument(pub Arc<str>);
+pub(crate) struct OpenApiDocument(pub Arc<str>);
 
 /// A short page for humans who open the relay's address in a browser.
 #[utoipa::path(
@@ -25,7 +25,7 @@ pub struct OpenApiDocument(pub Arc<str>);
     tag = "operations",
     responses((status = 200, description = "Version, storage backend, uptime and counts", content_type = "text/html", body = String))
 )]
-pub async fn index(State(state): State<AppState>) -> Html<String> {
+pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
     let uptime = state.started.elapsed().as_secs();
     let (in_use, idle) = state.store.pool_stats();
     Html(format!(
@@ -57,7 +57,7 @@ pub async fn index(State(state): State<AppState>) -> Html<String> {
 
 /// Liveness: 200 while the process serves requests.
 #[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
@@ -72,7 +72,7 @@ pub async fn healthz() -> &'static str {
         (status = 503, description = "The database does not answer", body = dmls_api::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, Error> {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<&'static str, Error> {
     state.store.ping().await?;
     Ok("ready\n")
 }
@@ -85,7 +85,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, Error
     tag = "operations",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String))
 )]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     // Gauges of this relay's state are sampled when scraped.
     ::metrics::gauge!(m::LONG_POLLS_WAITING).set(state.notifier.waiters() as f64);
     let (in_use, idle) = state.store.pool_stats();
@@ -109,7 +109,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json", body = Object))
 )]
-pub async fn openapi_json(
+pub(crate) async fn openapi_json(
     Extension(OpenApiDocument(document)): Extension<OpenApiDocument>,
 ) -> Response {
     let mut response = document.to_string().into_response();
@@ -120,12 +120,12 @@ pub async fn openapi_json(
 }
 
 /// Unknown route.
-pub async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     problem(StatusCode::NOT_FOUND, "no such route; see /openapi.json")
 }
 
 /// Known route, other method.
-pub async fn method_not_allowed() -> Response {
+pub(crate) async fn method_not_allowed() -> Response {
     problem(
         StatusCode::METHOD_NOT_ALLOWED,
         "this route does not take that method; see /openapi.json",

@@ -13,14 +13,14 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use super::error::Error;
 use crate::Config;
 
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     clients: Option<DefaultKeyedRateLimiter<String>>,
     registrations: Option<DefaultKeyedRateLimiter<IpAddr>>,
     clock: DefaultClock,
 }
 
 impl RateLimits {
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         let clients = NonZeroU32::new(config.rate_limit_per_second).map(|rate| {
             // A burst below the rate would make the rate unreachable; treat it as "no extra burst".
             let burst = NonZeroU32::new(config.rate_limit_burst).map_or(rate, |b| b.max(rate));
@@ -36,7 +36,7 @@ impl RateLimits {
     }
 
     /// 429 if `client_id` is over its request rate.
-    pub fn check_client(&self, client_id: &str) -> Result<(), Error> {
+    pub(crate) fn check_client(&self, client_id: &str) -> Result<(), Error> {
         let Some(limiter) = &self.clients else {
             return Ok(());
         };
@@ -49,7 +49,7 @@ impl RateLimits {
 
     /// 429 if this address registered too often. Requests without a known address (a router
     /// driven without connect info) are not limited.
-    pub fn check_registration(&self, ip: Option<IpAddr>) -> Result<(), Error> {
+    pub(crate) fn check_registration(&self, ip: Option<IpAddr>) -> Result<(), Error> {
         let (Some(limiter), Some(ip)) = (&self.registrations, ip) else {
             return Ok(());
         };
@@ -67,7 +67,7 @@ impl RateLimits {
     }
 
     /// Forgets keys whose limits have fully recovered, so memory tracks active clients only.
-    pub fn forget_idle(&self) {
+    pub(crate) fn forget_idle(&self) {
         if let Some(l) = &self.clients {
             l.retain_recent();
             l.shrink_to_fit();

@@ -21,7 +21,8 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::Error;
 use super::extract::Json;
-use crate::store::{StoreEvent, SyncCursor, SyncGroupResult, SyncRead};
+use crate::notify::StoreEvent;
+use crate::store::{SyncCursor, SyncGroupResult, SyncRead};
 
 /// Reads new messages of many groups and the caller's inbox; optionally waits for news.
 #[utoipa::path(
@@ -39,7 +40,7 @@ use crate::store::{StoreEvent, SyncCursor, SyncGroupResult, SyncRead};
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn sync(
+pub(crate) async fn sync(
     State(state): State<AppState>,
     caller: Caller,
     Json(request): Json<SyncRequest>,

@@ -15,16 +15,16 @@ use super::{AppState, now_millis};
 /// A cursor page: `after` (exclusive, default 0) and `limit` (default 100, at most 1,000).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     /// Return items after this id or seq (default 0: from the start).
-    pub after: Option<u64>,
+    pub(crate) after: Option<u64>,
     /// Most items to return (1 to 1,000, default 100).
-    pub limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 }
 
 impl PageQuery {
     /// `(after, limit)` with defaults applied; 400 for a limit out of range.
-    pub fn resolve(&self) -> Result<(u64, u32), Error> {
+    pub(crate) fn resolve(&self) -> Result<(u64, u32), Error> {
         let limit = self.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
         if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
             return Err(Error::bad_request(format!(
@@ -37,9 +37,9 @@ impl PageQuery {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct DeleteQuery {
+pub(crate) struct DeleteQuery {
     /// Drop the caller's welcomes with id up to and including this one.
-    pub upto: u64,
+    pub(crate) upto: u64,
 }
 
 /// Delivers welcomes to recipients' inboxes, all or nothing.
@@ -60,7 +60,7 @@ pub struct DeleteQuery {
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn post(
+pub(crate) async fn post(
     State(state): State<AppState>,
     caller: Caller,
     Json(request): Json<PostWelcomesRequest>,
@@ -132,7 +132,7 @@ pub async fn post(
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<PageQuery>,
@@ -166,7 +166,7 @@ pub async fn list(
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<DeleteQuery>,

@@ -8,20 +8,22 @@
 //!
 //! The backend supplies [`ApplyBatch`]: "check and store these appends, in order, in one
 //! transaction". The writer answers every waiter only after that transaction committed, then
-//! publishes [`StoreEvent::Group`] so long polls wake.
+//! publishes [`StoreEvent::Group`] so long polls wake. What an append's outcome is, given its
+//! group, the member list and the idempotency keys, is decided the same way on both backends
+//! ([`plan`]); each backend reads those and writes the result in its own SQL.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Mutex;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{AppendOutcome, AppendRequest, StoreError, StoreEvent, StoreResult};
-use crate::notify::Notifier;
+use super::{AppendOutcome, AppendRequest, StoreError, StoreResult, from_db};
+use crate::notify::{Notifier, StoreEvent};
 
 /// How a backend stores one batch of appends.
-pub trait ApplyBatch: Send + Sync + 'static {
+pub(crate) trait ApplyBatch: Send + Sync + 'static {
     /// Checks and stores `batch` in order, in ONE transaction, and returns one outcome per
     /// request (same order). A later request sees the effects of earlier ones (seq, idempotency
     /// keys). An error means nothing of the batch was committed.
@@ -31,13 +33,173 @@ pub trait ApplyBatch: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<AppendOutcome>, sqlx::Error>> + Send + 'a;
 }
 
+/// `(owner, group_id)` of an append.
+pub(crate) type GroupName<'a> = (&'a str, &'a str);
+
+/// A group a batch appends to, as read at the start of its transaction.
+pub(crate) struct BatchGroup {
+    pub(crate) id: i64,
+    /// `last_seq` when read.
+    pub(crate) read_seq: i64,
+    /// `last_seq` after the appends planned so far.
+    pub(crate) last_seq: i64,
+}
+
+impl BatchGroup {
+    pub(crate) fn new(id: i64, last_seq: i64) -> Self {
+        BatchGroup {
+            id,
+            read_seq: last_seq,
+            last_seq,
+        }
+    }
+
+    /// Did the batch append to it?
+    pub(crate) fn touched(&self) -> bool {
+        self.last_seq > self.read_seq
+    }
+}
+
+/// The groups of `batch`, each once, in first-seen order.
+pub(crate) fn group_names(batch: &[AppendRequest]) -> Vec<GroupName<'_>> {
+    let mut seen = HashSet::new();
+    batch
+        .iter()
+        .map(|r| (r.owner.as_str(), r.group_id.as_str()))
+        .filter(|name| seen.insert(*name))
+        .collect()
+}
+
+/// The groups of a batch that exist, from `(owner, group_id, id, last_seq)` rows, keyed by the
+/// batch's own names.
+pub(crate) fn batch_groups<'a>(
+    names: &[GroupName<'a>],
+    rows: Vec<(String, String, i64, i64)>,
+) -> HashMap<GroupName<'a>, BatchGroup> {
+    let mut found: HashMap<(String, String), (i64, i64)> = rows
+        .into_iter()
+        .map(|(owner, group_id, id, last_seq)| ((owner, group_id), (id, last_seq)))
+        .collect();
+    names
+        .iter()
+        .filter_map(|&(owner, group_id)| {
+            let (id, last_seq) = found.remove(&(owner.to_string(), group_id.to_string()))?;
+            Some(((owner, group_id), BatchGroup::new(id, last_seq)))
+        })
+        .collect()
+}
+
+/// What a batch needs to know besides its groups, asked inside its transaction.
+pub(crate) trait Lookups: Send {
+    /// May `sender`, who does not own the group `group_ref`, post to it (a current member)?
+    fn may_post(
+        &mut self,
+        group_ref: i64,
+        sender: &str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// The body hash and seq stored before this batch under this idempotency key.
+    fn stored_key(
+        &mut self,
+        group_ref: i64,
+        sender: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(Vec<u8>, i64)>, sqlx::Error>> + Send;
+}
+
+/// A message the batch stores: its group, its seq and its request.
+pub(crate) type NewMessage<'a> = (i64, i64, &'a AppendRequest);
+
+/// An idempotency key a batch stores, with the seq of its message.
+pub(crate) struct NewKey<'a> {
+    pub(crate) group_ref: i64,
+    pub(crate) sender: &'a str,
+    pub(crate) key: &'a str,
+    pub(crate) body_hash: &'a [u8; 32],
+    pub(crate) seq: i64,
+    pub(crate) created_at: i64,
+}
+
+/// The idempotency keys of those of `messages` whose request has one.
+pub(crate) fn new_keys<'a>(messages: &[NewMessage<'a>]) -> Vec<NewKey<'a>> {
+    messages
+        .iter()
+        .filter_map(|&(group_ref, seq, req)| {
+            let (key, body_hash) = req.idempotency.as_ref()?;
+            Some(NewKey {
+                group_ref,
+                sender: &req.sender,
+                key,
+                body_hash,
+                seq,
+                created_at: req.received_at,
+            })
+        })
+        .collect()
+}
+
+/// The outcome of every append of a batch, and the messages to store.
+pub(crate) struct Plan<'a> {
+    pub(crate) outcomes: Vec<AppendOutcome>,
+    /// In batch order; those whose request has an idempotency key store the key too.
+    pub(crate) messages: Vec<NewMessage<'a>>,
+}
+
+/// Decides every append of `batch` in order, advancing `last_seq` of its group in `groups`: a
+/// later append sees the seqs and idempotency keys of earlier ones.
+pub(crate) async fn plan<'a>(
+    batch: &'a [AppendRequest],
+    groups: &mut HashMap<GroupName<'a>, BatchGroup>,
+    lookups: &mut impl Lookups,
+) -> Result<Plan<'a>, sqlx::Error> {
+    let mut plan = Plan {
+        outcomes: Vec::with_capacity(batch.len()),
+        messages: Vec::with_capacity(batch.len()),
+    };
+    // Keys stored by this batch: (group, sender, key) -> (body hash, seq).
+    let mut batch_keys: HashMap<(i64, &str, &str), (&[u8; 32], i64)> = HashMap::new();
+    for req in batch {
+        let Some(group) = groups.get_mut(&(req.owner.as_str(), req.group_id.as_str())) else {
+            plan.outcomes.push(AppendOutcome::NoGroup);
+            continue;
+        };
+        if req.sender != req.owner && !lookups.may_post(group.id, &req.sender).await? {
+            plan.outcomes.push(AppendOutcome::Forbidden);
+            continue;
+        }
+        if let Some((key, body_hash)) = &req.idempotency {
+            let seen = match batch_keys.get(&(group.id, req.sender.as_str(), key.as_str())) {
+                Some((hash, seq)) => Some((hash.to_vec(), *seq)),
+                None => lookups.stored_key(group.id, &req.sender, key).await?,
+            };
+            if let Some((seen_hash, seq)) = seen {
+                plan.outcomes.push(if seen_hash == body_hash {
+                    AppendOutcome::Duplicate(from_db(seq))
+                } else {
+                    AppendOutcome::IdempotencyConflict
+                });
+                continue;
+            }
+            batch_keys.insert(
+                (group.id, req.sender.as_str(), key.as_str()),
+                (body_hash, group.last_seq + 1),
+            );
+        }
+        group.last_seq += 1;
+        plan.messages.push((group.id, group.last_seq, req));
+        plan.outcomes
+            .push(AppendOutcome::Stored(from_db(group.last_seq)));
+    }
+    Ok(plan)
+}
+
 struct Job {
     request: AppendRequest,
     reply: oneshot::Sender<StoreResult<AppendOutcome>>,
 }
 
 /// The queue in front of the writer task.
-pub struct BatchWriter {
+pub(crate) struct BatchWriter {
     /// `None` once closing: new appends are refused.
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
@@ -46,7 +208,7 @@ pub struct BatchWriter {
 impl BatchWriter {
     /// Starts the writer task. `max_batch` bounds the appends per transaction (and so the
     /// latency a large batch adds to the appends queued behind it).
-    pub fn spawn<A: ApplyBatch>(applier: A, max_batch: usize, notifier: Notifier) -> Self {
+    pub(crate) fn spawn<A: ApplyBatch>(applier: A, max_batch: usize, notifier: Notifier) -> Self {
         let max_batch = max_batch.max(1);
         // Bounded: when the database cannot keep up, appenders wait here instead of piling up
         // request bodies in memory.
@@ -59,7 +221,7 @@ impl BatchWriter {
     }
 
     /// Queues one append and waits until its batch committed (or failed).
-    pub async fn append(&self, request: AppendRequest) -> StoreResult<AppendOutcome> {
+    pub(crate) async fn append(&self, request: AppendRequest) -> StoreResult<AppendOutcome> {
         let queue = match self.queue.lock() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -78,7 +240,7 @@ impl BatchWriter {
     }
 
     /// Refuses new appends, lets the writer finish everything already queued, and waits for it.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         match self.queue.lock() {
             Ok(mut guard) => drop(guard.take()),
             Err(poisoned) => drop(poisoned.into_inner().take()),

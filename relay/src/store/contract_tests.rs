@@ -1,19 +1,19 @@
 //! The `Store` contract, run against SQLite and (when `DMLS_TEST_DATABASE_URL` is set)
 //! PostgreSQL. Each behaviour is a module with one test per backend:
-//! `cargo test -p dmls-relay --test store_contract <behaviour>`.
+//! `cargo test -p dmls-relay --lib store::contract_tests::<behaviour>`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmls_relay::notify::Notifier;
-use dmls_relay::store::{
-    self, Access, AppendOutcome, AppendRequest, Store, StoreError, StoreEvent, SyncCursor,
-    SyncGroupResult,
-};
-use dmls_relay::testing;
 use sha2::{Digest, Sha256};
+
+use crate::notify::{Notifier, StoreEvent};
+use crate::store::{
+    self, Access, AppendOutcome, AppendRequest, Store, StoreError, SyncCursor, SyncGroupResult,
+};
+use crate::testing;
 
 struct Db {
     store: Arc<dyn Store>,

@@ -21,7 +21,7 @@ use axum::http::HeaderMap;
 use ipnet::IpNet;
 
 /// The `X-Forwarded-For` header.
-pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub(crate) const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// The reverse proxies whose `X-Forwarded-For` the relay believes: IP addresses and networks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl TrustedProxies {
 
     /// The client's address for a request from `peer` with these headers (see the module
     /// comment).
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub(crate) fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.to_canonical();
         if !self.contains(peer) {
             return peer;
