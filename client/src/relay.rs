@@ -1,4 +1,4 @@
-//! Typed async client of the relay HTTP API (`shared/API.md`).
+//! Typed async client of the relay HTTP API (`docs/API.md`).
 //!
 //! One method per route the DMLS client needs. Every call is retried with exponential backoff
 //! and jitter on 429 (honouring `Retry-After`), on 5xx and on network errors, a bounded number

@@ -280,7 +280,7 @@ pub enum WaitReason {
     /// process it up to (the epoch we held when we learned of the removal). It is kept, not
     /// processed: only if a commit of another Send Group imports the PSK of a later epoch of
     /// the removed member's group (it did so before learning of the removal) are its commits
-    /// up to that epoch processed, for that PSK alone (ENGINE_NOTES.md "Removal race").
+    /// up to that epoch processed, for that PSK alone (docs/PROTOCOL.md "Removal race").
     Stopped,
 }
 

@@ -1,4 +1,4 @@
-//! The HTTP API (`shared/API.md`): one module per resource.
+//! The HTTP API (`docs/API.md`): one module per resource.
 //!
 //! Routes are registered through utoipa-axum's [`OpenApiRouter`], so every route the router
 //! serves is in `/openapi.json` by construction. The shared state is one small [`Ctx`].
