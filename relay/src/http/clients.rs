@@ -6,7 +6,7 @@ use axum::http::request::Parts;
 use dmls_api::{ClientInfo, Problem, RegisterRequest, RegisterResponse};
 
 use super::auth::{self, Caller};
-use super::error::Error;
+use super::error::{AuthedErrors, Error};
 use super::extract::{ClientIp, Json};
 use super::{AppState, now_millis};
 
@@ -99,9 +99,7 @@ impl FromRequestParts<AppState> for RegistrationAllowed {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's account", body = ClientInfo),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn me(
@@ -131,9 +129,7 @@ pub(crate) async fn me(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn delete_me(

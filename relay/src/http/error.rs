@@ -12,6 +12,31 @@ use crate::store::StoreError;
 /// The media type of every error body (RFC 9457 section 3).
 pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The answers every authenticated route may give besides its own, for the OpenAPI document
+/// (`responses(..., AuthedErrors)` in a route's `#[utoipa::path]`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: only its OpenAPI description is used
+pub(crate) enum AuthedErrors {
+    #[response(
+        status = 401,
+        description = "Missing or bad token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 429,
+        description = "Rate limited",
+        content_type = "application/problem+json"
+    )]
+    RateLimited(Problem),
+    #[response(
+        status = 503,
+        description = "Storage unavailable",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
+
 /// Everything a request can fail with, by HTTP meaning (API.md "Errors").
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {

@@ -16,7 +16,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use super::auth::{Caller, sha256};
-use super::error::Error;
+use super::error::{AuthedErrors, Error};
 use super::extract::{Body, Json, Path, Query};
 use super::welcomes::PageQuery;
 use super::{AppState, check_client_ids, check_group_name, now_millis};
@@ -66,11 +66,9 @@ fn not_a_member(owner: &str, group_id: &str) -> Error {
         (status = 201, description = "Created", body = GroupInfo),
         (status = 200, description = "Member list replaced", body = GroupInfo),
         (status = 400, description = "Invalid owner, group id, or member list", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The caller is not `{owner}`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown members (named in `detail`); nothing changed", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn put(
@@ -128,11 +126,9 @@ fn group_info(group: GroupRecord) -> GroupInfo {
     responses(
         (status = 200, description = "The group", body = GroupInfo),
         (status = 400, description = "Invalid owner or group id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Neither owner nor member", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn get(
@@ -162,11 +158,9 @@ pub(crate) async fn get(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Invalid owner or group id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The caller is not `{owner}`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn delete(
@@ -223,13 +217,11 @@ fn is_json(headers: &HeaderMap) -> bool {
         (status = 201, description = "Stored", body = PostMessageResponse),
         (status = 200, description = "A retry of a stored message (same Idempotency-Key and bytes); nothing stored", body = PostMessageResponse),
         (status = 400, description = "Malformed body, empty message, invalid Idempotency-Key, owner or group id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Neither owner nor current member", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key used before with other bytes", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Message too large", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn post_message(
@@ -311,11 +303,9 @@ pub(crate) async fn post_message(
     responses(
         (status = 200, description = "A page of messages", body = MessagesPage),
         (status = 400, description = "Malformed query, owner or group id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not allowed to read this group", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn list_messages(

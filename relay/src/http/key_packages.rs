@@ -9,7 +9,7 @@ use dmls_api::{
 };
 
 use super::auth::Caller;
-use super::error::Error;
+use super::error::{AuthedErrors, Error};
 use super::extract::Json;
 use super::{AppState, check_client_ids, now_millis};
 
@@ -24,11 +24,9 @@ use super::{AppState, check_client_ids, now_millis};
     responses(
         (status = 201, description = "Stored; the stock size", body = UploadKeyPackagesResponse),
         (status = 400, description = "Malformed body or an empty key package", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The stock would exceed the per-client limit; nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "A key package or the body is too large", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn upload(
@@ -94,10 +92,8 @@ pub(crate) async fn upload(
     responses(
         (status = 200, description = "Claimed packages, and the ids that had none", body = ClaimKeyPackagesResponse),
         (status = 400, description = "Malformed body, invalid or repeated ids, or more than 1,000", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown client ids (named in `detail`); nothing claimed", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn claim(

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::Error;
+use super::error::{AuthedErrors, Error};
 use super::extract::Json;
 use crate::notify::StoreEvent;
 use crate::store::{SyncCursor, SyncGroupResult, SyncRead};
@@ -35,9 +35,7 @@ use crate::store::{SyncCursor, SyncGroupResult, SyncRead};
     responses(
         (status = 200, description = "News (groups with nothing new are left out), or nothing once `wait_ms` passed", body = SyncResponse),
         (status = 400, description = "Malformed body, invalid group name, more than 10,000 groups, limit not 1 to 5,000, or wait_ms over 30,000", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn sync(

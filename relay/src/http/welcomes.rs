@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::auth::Caller;
-use super::error::Error;
+use super::error::{AuthedErrors, Error};
 use super::extract::{Json, Query};
 use super::{AppState, now_millis};
 
@@ -53,11 +53,9 @@ pub(crate) struct DeleteQuery {
     responses(
         (status = 201, description = "Stored; inbox ids in request order", body = PostWelcomesResponse),
         (status = 400, description = "Malformed body, invalid recipient, empty welcome or more than 1,000", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown recipients (named in `detail`); nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "A welcome or the body is too large", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn post(
@@ -127,9 +125,7 @@ pub(crate) async fn post(
     responses(
         (status = 200, description = "A page of the caller's welcomes", body = WelcomesPage),
         (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn list(
@@ -161,9 +157,7 @@ pub(crate) async fn list(
     responses(
         (status = 204, description = "Dropped"),
         (status = 400, description = "Missing or malformed `upto`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+        AuthedErrors,
     )
 )]
 pub(crate) async fn delete(
