@@ -734,7 +734,10 @@ async fn sync_over_a_thousand_quiet_groups_is_fast(db: Db) {
         "{}: sync over 1000 quiet groups p50 = {p50:?}",
         db.store.backend()
     );
-    assert!(p50 < Duration::from_millis(20), "p50 {p50:?}");
+    // A guard against a query plan that reads group by group (a thousand round trips), not the
+    // speed target: that is measured by the relay_load benchmark on a quiet machine
+    // (BENCHMARKS.md), while tests share the CPU with each other.
+    assert!(p50 < Duration::from_millis(60), "p50 {p50:?}");
 }
 
 async fn concurrent_writers_and_paging_readers_see_every_seq_exactly_once(db: Db) {
