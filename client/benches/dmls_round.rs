@@ -228,10 +228,10 @@ struct RoundFigures {
     round_inputs_per_member: usize,
 }
 
-fn bench_round(n: usize, dir: &Path, durability: Durability) -> Result<RoundFigures> {
-    let mut net = Net::default();
+/// Opens `n` members with durable state in `dir`, each with `n` key packages and a last
+/// resort in `net`'s stock.
+fn new_members(n: usize, dir: &Path, durability: Durability, net: &mut Net) -> Result<Vec<Member>> {
     let mut members = Vec::with_capacity(n);
-    let t = Instant::now();
     for i in 0..n {
         let id = format!("m{i:03}");
         let (mut engine, barrier) = open_state_db_with(&dir.join(format!("{id}.db")), durability)?;
@@ -246,6 +246,13 @@ fn bench_round(n: usize, dir: &Path, durability: Durability) -> Result<RoundFigu
             barrier,
         });
     }
+    Ok(members)
+}
+
+fn bench_round(n: usize, dir: &Path, durability: Durability) -> Result<RoundFigures> {
+    let mut net = Net::default();
+    let t = Instant::now();
+    let mut members = new_members(n, dir, durability, &mut net)?;
     let keygen = t.elapsed();
 
     // Set-up: member 0 creates, everyone joins and creates its own Send Group.
