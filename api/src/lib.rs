@@ -158,6 +158,10 @@ wire! {
         pub created_at: i64,
         pub key_packages_available: u64,
         pub has_last_resort: bool,
+        /// Most key packages the relay keeps in this client's stock (0 from a relay that does
+        /// not say).
+        #[serde(default)]
+        pub max_key_packages: u64,
     }
 }
 

@@ -665,9 +665,17 @@ fn event_line(e: &Event, names: &[(String, String)]) -> Option<String> {
             )
         }
         Event::KeyPackagesMissing { dgroup, client_ids } => format!(
-            "[{}] warning: no key packages for {}; they cannot read your messages until they are added (retried when you sync, at most once a minute).",
+            "[{}] warning: no key packages for {}; they cannot read your messages until they are added (retried when you sync).",
             label(names, dgroup),
             client_ids.join(", ")
+        ),
+        Event::KeyPackageRejected {
+            dgroup,
+            client_id,
+            reason,
+        } => format!(
+            "[{}] warning: the key package of {client_id} was rejected ({reason}); they cannot read your messages until they are added (retried when you sync).",
+            label(names, dgroup)
         ),
         Event::MemberEvicted {
             dgroup,
@@ -729,6 +737,14 @@ fn event_json(e: &Event, names: &[(String, String)]) -> Value {
         Event::KeyPackagesMissing { dgroup, client_ids } => {
             let (hex, name) = group(dgroup);
             json!({"event": "key_packages_missing", "dgroup": hex, "group": name, "client_ids": client_ids})
+        }
+        Event::KeyPackageRejected {
+            dgroup,
+            client_id,
+            reason,
+        } => {
+            let (hex, name) = group(dgroup);
+            json!({"event": "key_package_rejected", "dgroup": hex, "group": name, "client_id": client_id, "reason": reason})
         }
         Event::MemberEvicted {
             dgroup,
@@ -792,6 +808,7 @@ fn status_json(s: &DGroupStatus) -> Value {
                 }).collect::<Vec<_>>(),
                 "psk_deletion_holders": g.psk_deletion_holders,
                 "behind_since_ms": g.behind_since_ms,
+                "last_resort_leaf": g.last_resort_leaf,
             })
         })
         .collect();
@@ -827,6 +844,11 @@ fn print_status(s: &DGroupStatus) {
             println!(
                 "      has not acknowledged updates since {} UTC",
                 format_time(t)
+            );
+        }
+        if sg.last_resort_leaf {
+            println!(
+                "      your leaf here is still your last-resort key package's (refresh proposed, not committed yet)"
             );
         }
         for w in &sg.waiting {

@@ -40,8 +40,8 @@ pub struct KeyPackagePolicy {
 impl Default for KeyPackagePolicy {
     fn default() -> Self {
         KeyPackagePolicy {
-            low_water: 10,
-            target: 20,
+            low_water: 32,
+            target: 64,
         }
     }
 }
@@ -399,19 +399,23 @@ impl Client {
 
     // ------------------------------------------------------------ key packages
 
-    /// Keeps the key-package stock on the relay: tops up to the policy's target when below its
-    /// low-water mark, and uploads a last-resort key package when the relay has none.
-    /// Returns how many key packages were uploaded.
+    /// Keeps the key-package stock on the relay: tops up to the policy's target (at most the
+    /// relay's stock limit) when below its low-water mark, and uploads a last-resort key
+    /// package when the relay has none or ours served a Welcome ([`Engine::needs_last_resort`]).
+    /// Returns how many (non-last-resort) key packages were uploaded.
     pub async fn upkeep_key_packages(&mut self) -> Result<u64, ClientError> {
         let me = self.relay.me().await?;
-        let fresh = if me.key_packages_available < self.key_packages.low_water {
-            self.key_packages
-                .target
-                .saturating_sub(me.key_packages_available)
+        let target = match me.max_key_packages {
+            0 => self.key_packages.target,
+            max => self.key_packages.target.min(max),
+        };
+        let fresh = if me.key_packages_available < self.key_packages.low_water.min(target) {
+            target.saturating_sub(me.key_packages_available)
         } else {
             0
         };
-        let last_resort = !me.has_last_resort;
+        let last_resort =
+            !me.has_last_resort || self.with_engine(|e| e.needs_last_resort(now_ms())).await?;
         if fresh == 0 && !last_resort {
             return Ok(0);
         }
@@ -427,7 +431,14 @@ impl Client {
             })
             .await?;
         let uploaded = fresh.len() as u64;
-        self.relay.upload_key_packages(fresh, last_resort).await?;
+        self.relay
+            .upload_key_packages(fresh, last_resort.clone())
+            .await?;
+        if let Some(kp) = last_resort {
+            // Only once the relay holds it is it the current one.
+            self.with_engine(move |e| e.last_resort_uploaded(&kp, now_ms()))
+                .await?;
+        }
         Ok(uploaded)
     }
 
@@ -757,6 +768,11 @@ fn sync_requests(
     wait_ms: u64,
 ) -> Result<Vec<SyncRequest>, EngineError> {
     let welcomes_after = engine.welcome_cursor()?;
+    // A long poll ends by the time the engine's next duty is due (a late-add retry, say).
+    let wait_ms = match engine.poll_timeout() {
+        Some(due) if wait_ms > 0 => wait_ms.min(due.saturating_sub(now_ms()).max(1)),
+        _ => wait_ms,
+    };
     let cursors: Vec<SyncGroupCursor> = engine
         .followed_groups()?
         .into_iter()

@@ -99,6 +99,8 @@ backend_tests! {
         assert_eq!(me.client_id, "alice");
         assert_eq!(me.key_packages_available, 0);
         assert!(!me.has_last_resort);
+        // The default stock limit, so that clients size their uploads to it.
+        assert_eq!(me.max_key_packages, 1000);
         assert!((before - 5_000..=now_millis() + 5_000).contains(&me.created_at), "created_at {}", me.created_at);
     }
 

@@ -69,6 +69,10 @@ pub(crate) struct Ctx<'a> {
     /// A commit that removes members was merged (ours or another's) in this operation, so a
     /// removed owner's Send Group may now be closed ([`Ctx::close_removed_groups`]).
     pub(crate) removals_merged: bool,
+    /// Send Groups in which our leaf is still the one of our last-resort key package and whose
+    /// epoch changed in this operation: [`Ctx::flush_leaf_refreshes`] proposes a leaf refresh
+    /// in each at its end.
+    pub(crate) refresh_leaves: Vec<[u8; 32]>,
 }
 
 /// SHA-256 of message bytes, the duplicate-detection key.
@@ -89,10 +93,14 @@ pub(crate) fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-/// Leaf capabilities: advertise the DGroup config extension (PROTOCOL.md "DGroup configuration").
+/// Leaf capabilities (docs/PROTOCOL.md "Key packages"): the DGroup config extension, and the
+/// last_resort extension, which RFC 9420 requires a leaf to list when its key package carries it.
 pub(crate) fn capabilities() -> Capabilities {
     Capabilities::builder()
-        .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
+        .extensions(vec![
+            ExtensionType::Unknown(DMLS_EXTENSION_TYPE),
+            ExtensionType::LastResort,
+        ])
         .build()
 }
 
@@ -145,6 +153,7 @@ impl<'a> Ctx<'a> {
             deferred: DeferredRefreshes::default(),
             now_ms: None,
             removals_merged: false,
+            refresh_leaves: Vec::new(),
         }
     }
 

@@ -3,6 +3,8 @@
 //! acknowledgements and eviction. This module holds when each is next due; the duties
 //! themselves are the engine's public methods.
 
+use super::ids::DGroupId;
+use super::store::members;
 use super::{DEFAULT_ACK_DEADLINE_MS, DEFAULT_EVICTION_THRESHOLD_MS, Engine, EngineError, Event};
 
 /// When the engine does its clock-driven duties ([`Engine::set_duty_policy`]).
@@ -72,6 +74,13 @@ impl Duties {
         self.removals_due.get_or_insert(now_ms);
     }
 
+    /// A member missing from one of our Send Groups showed it is back (its Welcome or a
+    /// commit of its Send Group arrived), so it has key packages again: late-add retries are
+    /// due at once.
+    pub(crate) fn retry_now(&mut self) {
+        self.retried_at = None;
+    }
+
     /// When the next duty is due (0: at once), if any.
     pub(crate) fn next(&self) -> Option<u64> {
         let check = self
@@ -109,6 +118,32 @@ impl Duties {
 }
 
 impl Engine {
+    /// After an input: makes late-add retries due at once if `events` show a member that is
+    /// missing from our Send Group of its DGroup active (it posted a Welcome of its Send
+    /// Group, or committed in it), since it has uploaded key packages by then.
+    pub(crate) fn note_activity<'e>(
+        &mut self,
+        events: impl Iterator<Item = &'e Event>,
+    ) -> Result<(), EngineError> {
+        let mut seen: Vec<(&DGroupId, &str)> = Vec::new();
+        for e in events {
+            let (Event::JoinedSendGroup { dgroup, owner, .. }
+            | Event::SendGroupAdvanced { dgroup, owner, .. }) = e
+            else {
+                continue;
+            };
+            if seen.contains(&(dgroup, owner.as_str())) {
+                continue;
+            }
+            seen.push((dgroup, owner.as_str()));
+            if members::missing(&self.conn, dgroup)?.contains(owner) {
+                self.duties.retry_now();
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// Sets when the clock-driven duties run (not persisted); the next caught-up
     /// [`Engine::handle_timeout`] looks for overdue acknowledgements and members to evict with
     /// it.

@@ -7,9 +7,9 @@ use openmls_traits::signatures::{Signer, SignerError};
 use tls_codec::Serialize as _;
 use zeroize::Zeroize as _;
 
-use super::EngineError;
 use super::ctx::{CIPHERSUITE, Ctx, capabilities};
 use super::store::meta::{self, Key};
+use super::{EngineError, LAST_RESORT_MAX_AGE_MS};
 
 /// Checks a relay client id: 1 to 64 characters of `a-z 0-9 . _ -` (API.md "Conventions").
 pub(crate) fn validate_client_id(id: &str) -> Result<(), EngineError> {
@@ -135,6 +135,44 @@ impl Ctx<'_> {
         MlsMessageOut::from(bundle.key_package().clone())
             .tls_serialize_detached()
             .map_err(|e| EngineError::Internal(format!("encoding key package: {e}")))
+    }
+
+    /// Whether a new last-resort key package is due ([`crate::engine::Engine::needs_last_resort`]).
+    pub(crate) fn needs_last_resort(&self, now_ms: u64) -> Result<bool, EngineError> {
+        if meta::get(self.conn, Key::LastResortRef)?.is_none() {
+            return Ok(true);
+        }
+        let uploaded = meta::get(self.conn, Key::LastResortUploadedMs)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        Ok(uploaded.is_none_or(|t| now_ms.saturating_sub(t) >= LAST_RESORT_MAX_AGE_MS))
+    }
+
+    /// Records our last-resort key package `bytes` as the one the relay took at `now_ms`.
+    pub(crate) fn last_resort_uploaded(
+        &mut self,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        use tls_codec::Deserialize as _;
+        let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| EngineError::InvalidArgument(format!("not a key package: {e}")))?;
+        let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
+            return Err(EngineError::InvalidArgument("not a key package".into()));
+        };
+        let kp = kp
+            .validate(self.provider.crypto, ProtocolVersion::Mls10)
+            .map_err(|e| EngineError::InvalidArgument(format!("invalid key package: {e}")))?;
+        if !kp.last_resort() {
+            return Err(EngineError::InvalidArgument(
+                "not a last-resort key package".into(),
+            ));
+        }
+        let hash_ref = kp
+            .hash_ref(self.provider.crypto)
+            .map_err(|e| EngineError::mls("hashing key package", e))?;
+        meta::set(self.conn, Key::LastResortRef, hash_ref.as_slice())?;
+        meta::set(self.conn, Key::LastResortUploadedMs, &now_ms.to_be_bytes())
     }
 }
 

@@ -42,6 +42,11 @@ pub const DEFAULT_EVICTION_THRESHOLD_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// The default deadline of [`Engine::acknowledge_overdue`]: 7 days in milliseconds.
 pub const DEFAULT_ACK_DEADLINE_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
+/// A last-resort key package older than this (28 days, in milliseconds) is replaced
+/// ([`Engine::needs_last_resort`]): key packages are valid for 12 weeks, and the relay keeps
+/// handing out the last resort until it is replaced.
+pub const LAST_RESORT_MAX_AGE_MS: u64 = 28 * 24 * 60 * 60 * 1000;
+
 /// A message to be shown to the user: an application message of another member,
 /// or one of our own (in [`Engine::history`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +120,7 @@ pub enum Event {
         /// The owner whose commit removed us.
         by: String,
     },
-    /// A key-package claim came back without (valid) packages for these members, so they
+    /// A key-package claim came back without packages for these members, so they
     /// are not in our Send Group yet and cannot read it. The engine remembers them:
     /// [`Engine::retry_missing_members`] claims for them again and adds those that got a key
     /// package in one commit of our Send Group (late add); this event comes again for those
@@ -123,8 +128,20 @@ pub enum Event {
     KeyPackagesMissing {
         /// The DGroup.
         dgroup: DGroupId,
-        /// Client ids the relay had no key package for (or whose key package was invalid).
+        /// Client ids the relay had no key package for.
         client_ids: Vec<String>,
+    },
+    /// A key-package claim returned a key package for `client_id` that we cannot add it with
+    /// (docs/PROTOCOL.md "Key packages"): not valid under RFC 9420, another identity or
+    /// ciphersuite, or no support for the DGroup extension. The member counts as missing,
+    /// as with [`Event::KeyPackagesMissing`], and is claimed for again.
+    KeyPackageRejected {
+        /// The DGroup.
+        dgroup: DGroupId,
+        /// The member whose key package it was.
+        client_id: String,
+        /// Why it was rejected.
+        reason: String,
     },
     /// We removed `member` from our Send Group of `dgroup` (and so from the DGroup, as with
     /// [`Engine::remove`]) because it had not acknowledged an update stored by us at
@@ -325,6 +342,10 @@ pub struct SendGroupStatus {
     /// [`Engine::evict_silent_members`] evicts members behind for too long; for our own Send
     /// Group it is us ([`Engine::acknowledge_overdue`]).
     pub behind_since_ms: Option<u64>,
+    /// We joined this Send Group through our last-resort key package and the owner has not
+    /// committed a refresh of that leaf yet (we propose one in every epoch until it does;
+    /// docs/PROTOCOL.md "Key packages").
+    pub last_resort_leaf: bool,
 }
 
 /// Status of one DGroup ([`Engine::status`]).
@@ -429,6 +450,7 @@ impl Engine {
             if c.removals_merged {
                 c.close_removed_groups()?;
             }
+            c.flush_leaf_refreshes()?;
             c.flush_deferred()?;
             c.prune_deferred()?;
             c.flush_cursors()?;
@@ -539,8 +561,27 @@ impl Engine {
     }
 
     /// Generates one key package with the last_resort extension (reusable for several joins).
+    /// Once the relay holds it, [`Engine::last_resort_uploaded`] makes it the current one.
     pub fn generate_last_resort_key_package(&mut self) -> Result<Vec<u8>, EngineError> {
         self.write(|c| c.key_package(true))
+    }
+
+    /// The relay took `key_package` (from [`Engine::generate_last_resort_key_package`]) at
+    /// `now_ms` as our last-resort key package, replacing the previous one.
+    pub fn last_resort_uploaded(
+        &mut self,
+        key_package: &[u8],
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        self.write(|c| c.last_resort_uploaded(key_package, now_ms))
+    }
+
+    /// Whether a new last-resort key package is to be uploaded at `now_ms` (docs/PROTOCOL.md
+    /// "Key packages"): none was uploaded by this version of the engine yet, the current one
+    /// served a Welcome, or it is older than [`LAST_RESORT_MAX_AGE_MS`] (key packages expire).
+    /// The shell also uploads one when the relay reports it has none.
+    pub fn needs_last_resort(&self, now_ms: u64) -> Result<bool, EngineError> {
+        self.read(|c| c.needs_last_resort(now_ms))
     }
 
     /// Creates a DGroup with us (first) and `other_members`, and our Send Group in it
@@ -563,7 +604,9 @@ impl Engine {
         if matches!(input, Input::GroupMessage { .. }) {
             self.duties.note_group_message(now_ms);
         }
-        self.write_at(Some(now_ms), |c| Self::dispatch(c, input, now_ms))
+        let events = self.write_at(Some(now_ms), |c| Self::dispatch(c, input, now_ms))?;
+        self.note_activity(events.iter())?;
+        Ok(events)
     }
 
     /// Processes many inputs in one transaction, each in its own savepoint, and returns one
@@ -586,7 +629,7 @@ impl Engine {
         {
             self.duties.note_group_message(now_ms);
         }
-        self.write_at(Some(now_ms), |c| {
+        let results = self.write_at(Some(now_ms), |c| {
             let mut results = Vec::with_capacity(inputs.len());
             for input in inputs {
                 let result = match input {
@@ -621,7 +664,9 @@ impl Engine {
                 }
             }
             Ok(results)
-        })
+        })?;
+        self.note_activity(results.iter().flatten().flatten())?;
+        Ok(results)
     }
 
     /// Processes one input (no transaction of its own).

@@ -2,7 +2,9 @@
 
 use super::ctx::{Ctx, credential_identity};
 use super::ids::DGroupId;
-use super::store::{acks, dgroups, history, members, meta, outbox, psks, send_groups, waiting};
+use super::store::{
+    acks, dgroups, history, last_resort, members, meta, outbox, psks, send_groups, waiting,
+};
 use super::{
     DGroupStatus, DGroupSummary, EngineError, FollowedGroup, OutboxItem, ReceivedMessage,
     SendGroupStatus,
@@ -90,6 +92,7 @@ impl Ctx<'_> {
                 waiting,
                 psk_deletion_holders: holders,
                 behind_since_ms,
+                last_resort_leaf: last_resort::get(self.conn, &gid)?.is_some(),
             });
         }
         let pending_removals = members::removed(self.conn, d)?

@@ -2,6 +2,7 @@
 //! steps 2 and 3, "Removal").
 
 use openmls::prelude::*;
+use openmls_traits::storage::StorageProvider as _;
 use tls_codec::Deserialize as _;
 
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
@@ -9,9 +10,10 @@ use super::ctx::{Ctx, credential_identity, external_psk_id, join_config, message
 use super::deferred::Refresh;
 use super::envelope::DmlsEnvelope;
 use super::ids::{PskId, send_group_id};
+use super::store::meta::{self, Key as MetaKey};
 use super::store::send_groups::{self, SendGroupRow};
 use super::store::waiting::{self, Trigger};
-use super::store::{Savepoint, dgroups, history, members, psks, seen};
+use super::store::{Savepoint, dgroups, history, last_resort, members, psks, seen};
 use super::{EngineError, Event, ReceivedMessage, WaitReason};
 
 /// Up to this many deferred leaf refreshes of an epoch are processed before a commit of that
@@ -569,9 +571,11 @@ impl Ctx<'_> {
                     by: sg.owner.clone(),
                 });
             }
+            last_resort::delete(self.conn, &sg.group_id)?;
         } else {
             self.export_psk(group, &sg.group_id)?;
             self.triggers.push(Trigger::Epoch(sg.group_id, new_epoch));
+            self.check_last_resort_leaf(group, &sg.group_id)?;
             if !beyond_stop {
                 events.push(Event::SendGroupAdvanced {
                     dgroup: sg.dgroup_id,
@@ -581,6 +585,44 @@ impl Ctx<'_> {
             }
         }
         Ok(events)
+    }
+
+    /// After a commit of `gid`: if our leaf there is still the one we joined with through our
+    /// last-resort key package, a new leaf refresh is due in the new epoch; if the commit
+    /// replaced it, nothing more is.
+    fn check_last_resort_leaf(
+        &mut self,
+        group: &MlsGroup,
+        gid: &[u8; 32],
+    ) -> Result<(), EngineError> {
+        let Some(joined_with) = last_resort::get(self.conn, gid)? else {
+            return Ok(());
+        };
+        let current = own_leaf_key(group)?;
+        if current == joined_with {
+            self.refresh_leaves.push(*gid);
+        } else {
+            last_resort::delete(self.conn, gid)?;
+        }
+        Ok(())
+    }
+
+    /// Proposes a leaf refresh in every Send Group of [`Ctx::refresh_leaves`] that still holds
+    /// our last-resort leaf: at the end of every operation, in its transaction.
+    pub(crate) fn flush_leaf_refreshes(&mut self) -> Result<(), EngineError> {
+        let mut gids = std::mem::take(&mut self.refresh_leaves);
+        gids.sort_unstable();
+        gids.dedup();
+        for gid in gids {
+            if last_resort::get(self.conn, &gid)?.is_none() {
+                continue;
+            }
+            if let Some(sg) = self.send_group(&gid)? {
+                let signer = self.signer()?;
+                self.propose_leaf_refresh_in(&sg, &signer)?;
+            }
+        }
+        Ok(())
     }
 
     /// A commit we process waits for `psk` (docs/PROTOCOL.md "Removal race"): if it is an
@@ -778,6 +820,18 @@ impl Ctx<'_> {
     }
 }
 
+/// The encryption key of our own leaf in `group` (TLS-encoded), which a leaf refresh
+/// replaces.
+fn own_leaf_key(group: &MlsGroup) -> Result<Vec<u8>, EngineError> {
+    use tls_codec::Serialize as _;
+    group
+        .own_leaf_node()
+        .ok_or_else(|| EngineError::Internal("a group without our own leaf".into()))?
+        .encryption_key()
+        .tls_serialize_detached()
+        .map_err(|e| EngineError::Internal(format!("encoding leaf key: {e}")))
+}
+
 /// A Welcome that passed [`Ctx::check_welcome`], ready to join.
 struct CheckedWelcome {
     staged: StagedWelcome,
@@ -812,6 +866,7 @@ impl Ctx<'_> {
             self.counters.duplicates += 1;
             return Ok(Vec::new());
         }
+        let last_resort = self.last_resort_addressed(&welcome)?;
         let w = self.check_welcome(welcome, from, &me)?;
         let (gid, d) = (w.gid, w.config.dgroup_id);
         let mut events = Vec::new();
@@ -856,6 +911,9 @@ impl Ctx<'_> {
         }
         let epoch = self.join_send_group(w.staged, gid, removed_owner)?;
         seen::insert(self.conn, &hash)?;
+        if let Some(hash_ref) = last_resort {
+            self.joined_through_last_resort(&gid, &hash_ref)?;
+        }
         if !removed_owner {
             events.push(Event::JoinedSendGroup {
                 dgroup: d,
@@ -870,6 +928,44 @@ impl Ctx<'_> {
         }
         events.extend(self.run_triggers()?);
         Ok(events)
+    }
+
+    /// The KeyPackageRef of our key package that `welcome` is addressed to, if that is a
+    /// last-resort one (openmls keeps those after a join, for further Welcomes).
+    fn last_resort_addressed(&self, welcome: &Welcome) -> Result<Option<Vec<u8>>, EngineError> {
+        for secrets in welcome.secrets() {
+            let hash_ref = secrets.new_member();
+            let bundle: Option<KeyPackageBundle> = self
+                .provider
+                .storage
+                .key_package(&hash_ref)
+                .map_err(|e| EngineError::mls("reading key package", e))?;
+            if let Some(bundle) = bundle {
+                return Ok(bundle
+                    .key_package()
+                    .last_resort()
+                    .then(|| hash_ref.as_slice().to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// We joined `gid` through our last-resort key package `hash_ref` (docs/PROTOCOL.md "Key
+    /// packages"): its init and leaf keys may have served other Welcomes too, so the leaf is
+    /// refreshed at once (and again each epoch until the owner commits a refresh), and a new
+    /// last-resort key package is to replace it on the relay.
+    fn joined_through_last_resort(
+        &mut self,
+        gid: &[u8; 32],
+        hash_ref: &[u8],
+    ) -> Result<(), EngineError> {
+        if meta::get(self.conn, MetaKey::LastResortRef)?.as_deref() == Some(hash_ref) {
+            meta::delete(self.conn, MetaKey::LastResortRef)?;
+        }
+        let key = self.with_group(gid, own_leaf_key)?;
+        last_resort::insert(self.conn, gid, &key)?;
+        self.refresh_leaves.push(*gid);
+        Ok(())
     }
 
     /// Stages a Welcome and checks it against the rules of PROTOCOL.md "INIT" step 3: a

@@ -11,7 +11,7 @@ use super::ctx::{
     join_config, message_hash,
 };
 use super::envelope::DmlsEnvelope;
-use super::identity::validate_client_id;
+use super::identity::{DmlsSigner, validate_client_id};
 use super::ids::{DGroupId, MessageId, PskId, send_group_id};
 use super::store::send_groups::{self, OwnState, SendGroupRow};
 use super::store::{acks, dgroups, history, members, outbox, psks, seen};
@@ -169,7 +169,7 @@ impl Ctx<'_> {
         } else {
             client_ids
         };
-        let (adds, missing) = self.sort_claimed(&client_ids, key_packages, missing);
+        let (adds, missing, rejected) = self.sort_claimed(&client_ids, key_packages, missing);
         let added: Vec<String> = adds.iter().map(|(a, _)| a.clone()).collect();
         if late {
             if !adds.is_empty() {
@@ -181,10 +181,17 @@ impl Ctx<'_> {
         for a in &added {
             members::delete_missing(self.conn, &dgroup_id, a)?;
         }
-        for m in &missing {
+        for m in missing.iter().chain(rejected.iter().map(|(m, _)| m)) {
             members::insert_missing(self.conn, &dgroup_id, m)?;
         }
-        let mut events = Vec::new();
+        let mut events: Vec<Event> = rejected
+            .into_iter()
+            .map(|(client_id, reason)| Event::KeyPackageRejected {
+                dgroup: dgroup_id,
+                client_id,
+                reason,
+            })
+            .collect();
         if !missing.is_empty() {
             events.push(Event::KeyPackagesMissing {
                 dgroup: dgroup_id,
@@ -214,36 +221,50 @@ impl Ctx<'_> {
     }
 
     /// Sorts a claim's answer for `client_ids`: the members with a valid key package (the
-    /// first one of each), and those without (the relay had none, or it was invalid).
+    /// first one of each), those the relay had none for, and those whose key package we
+    /// rejected, with why.
+    #[allow(clippy::type_complexity)]
     fn sort_claimed(
         &self,
         client_ids: &[String],
         key_packages: Vec<(String, Vec<u8>)>,
         missing: Vec<String>,
-    ) -> (Vec<(String, KeyPackage)>, Vec<String>) {
+    ) -> (
+        Vec<(String, KeyPackage)>,
+        Vec<String>,
+        Vec<(String, String)>,
+    ) {
         let mut missing: Vec<String> = missing
             .into_iter()
             .filter(|m| client_ids.contains(m))
             .collect();
         let mut adds: Vec<(String, KeyPackage)> = Vec::new();
+        let mut rejected: Vec<(String, String)> = Vec::new();
+        let answered =
+            |cid: &String, adds: &[(String, KeyPackage)], rejected: &[(String, String)]| {
+                adds.iter().any(|(a, _)| a == cid) || rejected.iter().any(|(r, _)| r == cid)
+            };
         for (cid, bytes) in key_packages {
             if !client_ids.contains(&cid)
-                || adds.iter().any(|(a, _)| *a == cid)
+                || answered(&cid, &adds, &rejected)
                 || missing.contains(&cid)
             {
                 continue;
             }
             match self.validate_key_package(&cid, &bytes) {
                 Ok(kp) => adds.push((cid, kp)),
-                Err(_) => missing.push(cid),
+                Err(EngineError::Malformed(why) | EngineError::Rejected(why)) => {
+                    rejected.push((cid, why))
+                }
+                Err(e) => rejected.push((cid, e.to_string())),
             }
         }
         for c in client_ids {
-            if !adds.iter().any(|(a, _)| a == c) && !missing.contains(c) {
+            if !answered(c, &adds, &rejected) && !missing.contains(c) {
                 missing.push(c.clone());
             }
         }
-        (adds, missing)
+        (adds, missing, rejected)
     }
 
     /// INIT (PROTOCOL.md "INIT"): creates the relay group of our new Send Group `gid` with
@@ -344,23 +365,25 @@ impl Ctx<'_> {
 
     fn validate_key_package(&self, cid: &str, bytes: &[u8]) -> Result<KeyPackage, EngineError> {
         let msg = MlsMessageIn::tls_deserialize_exact(bytes)
-            .map_err(|e| EngineError::Malformed(format!("key package of {cid}: {e}")))?;
+            .map_err(|e| EngineError::Malformed(format!("not an MLS message: {e}")))?;
         let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
-            return Err(EngineError::Malformed(format!(
-                "key package of {cid} is another message type"
-            )));
+            return Err(EngineError::Malformed(
+                "another message type than a key package".into(),
+            ));
         };
         let kp = kp
             .validate(self.provider.crypto, ProtocolVersion::Mls10)
-            .map_err(|e| EngineError::Rejected(format!("key package of {cid}: {e}")))?;
-        if credential_identity(kp.leaf_node().credential())? != cid {
+            .map_err(|e| EngineError::Rejected(format!("invalid (RFC 9420): {e}")))?;
+        let identity = credential_identity(kp.leaf_node().credential())?;
+        if identity != cid {
             return Err(EngineError::Rejected(format!(
-                "key package of {cid} has another identity"
+                "its credential names {identity:?}"
             )));
         }
         if kp.ciphersuite() != CIPHERSUITE {
             return Err(EngineError::Rejected(format!(
-                "key package of {cid} has another ciphersuite"
+                "ciphersuite {:?} is not this Send Group's",
+                kp.ciphersuite()
             )));
         }
         if !kp
@@ -369,9 +392,9 @@ impl Ctx<'_> {
             .extensions()
             .contains(&ExtensionType::Unknown(DMLS_EXTENSION_TYPE))
         {
-            return Err(EngineError::Rejected(format!(
-                "key package of {cid} does not support extension 0xFF00"
-            )));
+            return Err(EngineError::Rejected(
+                "its leaf does not list the DGroup extension 0xFF00 in its capabilities".into(),
+            ));
         }
         Ok(kp)
     }
@@ -575,7 +598,7 @@ impl Ctx<'_> {
     fn build_commit_in_psk_order(
         &mut self,
         group: &mut MlsGroup,
-        signer: &super::identity::DmlsSigner,
+        signer: &DmlsSigner,
         imports: &mut Vec<(PskId, PreSharedKeyId)>,
         leaves: &[LeafNodeIndex],
         kps: &[KeyPackage],
@@ -652,7 +675,7 @@ impl Ctx<'_> {
     fn build_commit(
         &mut self,
         group: &mut MlsGroup,
-        signer: &super::identity::DmlsSigner,
+        signer: &DmlsSigner,
         imports: &[(PskId, PreSharedKeyId)],
         leaves: &[LeafNodeIndex],
         adds: &[KeyPackage],
@@ -709,29 +732,40 @@ impl Ctx<'_> {
     fn propose_leaf_refresh(&mut self, d: &DGroupId) -> Result<(), EngineError> {
         let signer = self.signer()?;
         for sg in self.send_groups_of(d)? {
-            if sg.is_own || !sg.joined || sg.stop_epoch.is_some() {
-                continue;
-            }
-            let mut group = self.take_group(&sg.group_id)?;
-            if !group.is_active() {
-                self.keep_group(sg.group_id, group);
-                continue;
-            }
-            let (msg, _) = group
-                .propose_self_update(&self.provider, &signer, LeafNodeParameters::default())
-                .map_err(|e| EngineError::mls("proposing leaf refresh", e))?;
-            self.keep_group(sg.group_id, group);
-            let data = encode(&msg)?;
-            seen::insert(self.conn, &message_hash(&data))?;
-            outbox::push(
-                self.conn,
-                &Effect::PostMessage {
-                    owner: sg.owner.clone(),
-                    group_id: hex::encode(sg.group_id),
-                    data,
-                },
-            )?;
+            self.propose_leaf_refresh_in(&sg, &signer)?;
         }
+        Ok(())
+    }
+
+    /// An Update proposal for our own leaf in `sg`, queued for the relay, unless `sg` is ours,
+    /// not joined, of an owner known to be removed, or a group we are no longer in.
+    pub(crate) fn propose_leaf_refresh_in(
+        &mut self,
+        sg: &SendGroupRow,
+        signer: &DmlsSigner,
+    ) -> Result<(), EngineError> {
+        if sg.is_own || !sg.joined || sg.stop_epoch.is_some() {
+            return Ok(());
+        }
+        let mut group = self.take_group(&sg.group_id)?;
+        if !group.is_active() {
+            self.keep_group(sg.group_id, group);
+            return Ok(());
+        }
+        let proposed =
+            group.propose_self_update(&self.provider, signer, LeafNodeParameters::default());
+        self.keep_group(sg.group_id, group);
+        let (msg, _) = proposed.map_err(|e| EngineError::mls("proposing leaf refresh", e))?;
+        let data = encode(&msg)?;
+        seen::insert(self.conn, &message_hash(&data))?;
+        outbox::push(
+            self.conn,
+            &Effect::PostMessage {
+                owner: sg.owner.clone(),
+                group_id: hex::encode(sg.group_id),
+                data,
+            },
+        )?;
         Ok(())
     }
 

@@ -117,6 +117,7 @@ pub(crate) async fn me(
         created_at: stats.created_at,
         key_packages_available: stats.key_packages_available,
         has_last_resort: stats.has_last_resort,
+        max_key_packages: state.config.max_key_packages,
     }))
 }
 

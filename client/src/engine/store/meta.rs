@@ -16,6 +16,12 @@ pub(crate) enum Key {
     WelcomeCursor,
     /// Name of the codec of openmls's state.
     StateCodec,
+    /// The KeyPackageRef of our last-resort key package that has not served a Welcome yet;
+    /// absent when a new one is to be uploaded (docs/PROTOCOL.md "Key packages").
+    LastResortRef,
+    /// When the relay took our current last-resort key package (big-endian u64, ms since
+    /// the Unix epoch on the shell's clock).
+    LastResortUploadedMs,
 }
 
 impl Key {
@@ -25,6 +31,8 @@ impl Key {
             Key::SignaturePublic => "signature_public",
             Key::WelcomeCursor => "welcome_cursor",
             Key::StateCodec => "state_codec",
+            Key::LastResortRef => "last_resort_ref",
+            Key::LastResortUploadedMs => "last_resort_uploaded_ms",
         }
     }
 }
@@ -47,6 +55,12 @@ pub(crate) fn set(conn: &Connection, key: Key, value: &[u8]) -> Result<(), Engin
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         params![key.name(), value],
     )?;
+    Ok(())
+}
+
+/// Deletes a value (nothing when it is absent).
+pub(crate) fn delete(conn: &Connection, key: Key) -> Result<(), EngineError> {
+    conn.exec_cached("DELETE FROM dmls_meta WHERE key = ?1", [key.name()])?;
     Ok(())
 }
 

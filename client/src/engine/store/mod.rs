@@ -9,6 +9,7 @@
 pub(crate) mod acks;
 pub(crate) mod dgroups;
 pub(crate) mod history;
+pub(crate) mod last_resort;
 pub(crate) mod members;
 pub(crate) mod meta;
 pub(crate) mod outbox;

@@ -27,6 +27,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "psk_stored_ms",
         include_str!("migrations/0005_psk_stored_ms.sql"),
     ),
+    (
+        "last_resort_leaf",
+        include_str!("migrations/0006_last_resort_leaf.sql"),
+    ),
 ];
 
 /// The schema version this code writes.
@@ -285,7 +289,8 @@ mod tests {
             d = hex::encode(D.0)
         );
         fill(&conn, &acks);
-        assert_eq!(unversioned(&conn).unwrap(), VERSION);
+        // Migration 0005 was the last one that unversioned databases could have.
+        assert_eq!(unversioned(&conn).unwrap(), 5);
         drop(conn);
         open_and_check(&path);
     }
