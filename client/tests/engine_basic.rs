@@ -1155,3 +1155,38 @@ fn all_agree_without(net: &Net, d: &DGroupId, gone: usize) -> bool {
         auths.iter().all(|a| a.is_some() && *a == auths[0])
     })
 }
+
+#[test]
+fn a_missing_member_that_shows_up_is_retried_at_once_not_after_the_retry_interval() {
+    // m2 has one key package: m0 adds it, m1 finds none.
+    let mut net = Net::new(3, 4, 21);
+    let spare = net.stock[2].split_off(1);
+    let d = net.engines[0]
+        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
+        .unwrap();
+    net.drain(0, 1000);
+    net.sync(1, 1000).unwrap();
+    let own_members = |net: &Net, i: usize| {
+        let st = net.engines[i].status(&d).unwrap();
+        let owner = &net.names[i];
+        st.send_groups
+            .into_iter()
+            .find(|g| &g.owner == owner)
+            .unwrap()
+            .members
+    };
+    assert!(!own_members(&net, 1).contains(&"m2".to_string()));
+    // m1 already retried once (at once after opening): the next retry is a minute away.
+    assert!(net.engines[1].poll_timeout().unwrap() > 2000);
+    // m2 comes online with key packages, joins m0's Send Group and welcomes m1 to its own.
+    net.stock[2] = spare;
+    net.sync(2, 1500).unwrap();
+    // m1 sees m2's Welcome: m2 is back, so m1 claims for it again at once.
+    let before = net.events[1].len();
+    net.sync(1, 2000).unwrap();
+    assert!(
+        own_members(&net, 1).contains(&"m2".to_string()),
+        "{:?}",
+        &net.events[1][before..]
+    );
+}
