@@ -15,6 +15,7 @@ mod http;
 mod notify;
 mod server;
 mod store;
+mod waiters;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -26,12 +26,43 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     // `Config`'s Debug redacts the registration token and database password.
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?config, "starting");
+    raise_open_files_limit();
     let relay = dmls_relay::start(config).await?;
     tracing::info!(url = %relay.url(), "ready");
     let signal = shutdown_signal().await;
     tracing::info!("{signal}: shutting down");
     relay.shutdown().await
 }
+
+/// Every connection holds a file descriptor: raises the soft limit on open files to the hard
+/// limit, and logs both, so `--max-waiting` rather than the descriptor limit bounds a busy relay.
+#[cfg(unix)]
+fn raise_open_files_limit() {
+    let (soft, hard) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit");
+            return;
+        }
+    };
+    match rlimit::increase_nofile_limit(hard) {
+        Ok(raised) => tracing::info!(
+            soft_before = soft,
+            soft = raised,
+            hard,
+            "open-files limit (RLIMIT_NOFILE)"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            soft,
+            hard,
+            "cannot raise the open-files soft limit to the hard limit"
+        ),
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() {}
 
 /// Level from `RUST_LOG` (default `info`), text or JSON lines on stdout.
 fn init_tracing(format: LogFormat) {

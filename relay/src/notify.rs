@@ -29,11 +29,6 @@ impl Notifier {
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.tx.subscribe()
     }
-
-    /// Long polls waiting right now.
-    pub(crate) fn waiters(&self) -> usize {
-        self.tx.receiver_count()
-    }
 }
 
 impl Default for Notifier {

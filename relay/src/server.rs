@@ -64,6 +64,14 @@ impl RunningRelay {
 
 /// Opens the database (running migrations), binds, and serves in a background task.
 pub async fn start(config: Config) -> anyhow::Result<RunningRelay> {
+    start_with_clock(config, None).await
+}
+
+/// [`start`], with handlers reading the time from `clock` instead of the system clock (tests).
+pub(crate) async fn start_with_clock(
+    config: Config,
+    clock: Option<http::Clock>,
+) -> anyhow::Result<RunningRelay> {
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -87,6 +95,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningRelay> {
         Arc::clone(&store),
         notifier,
         shutdown_rx.clone(),
+        clock,
     ));
     let app = http::router(Arc::clone(&ctx));
 
@@ -170,6 +179,7 @@ async fn prune_loop(
                 messages = stats.messages,
                 welcomes = stats.welcomes,
                 idempotency_keys = stats.idempotency_keys,
+                usage_days = stats.usage_days,
                 "pruned"
             ),
             Err(e) => tracing::warn!(error = %e, "pruning failed; will retry next interval"),

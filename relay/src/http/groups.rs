@@ -221,6 +221,7 @@ fn is_json(headers: &HeaderMap) -> bool {
         (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key used before with other bytes", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Message too large", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or over the sender's daily storage quota (nothing stored; Retry-After: seconds until 00:00 UTC)", body = Problem, content_type = "application/problem+json"),
         AuthedErrors,
     )
 )]
@@ -268,7 +269,7 @@ pub(crate) async fn post_message(
         sender: caller.client_id,
         data,
         idempotency,
-        received_at: now_millis(),
+        received_at: state.now(),
     };
     match state.store.append(request).await? {
         AppendOutcome::Stored(seq) => {
@@ -285,6 +286,7 @@ pub(crate) async fn post_message(
         AppendOutcome::Forbidden => Err(Error::Forbidden(format!(
             "only the owner and current members may post to {owner}/{group_id}"
         ))),
+        AppendOutcome::OverQuota(what) => Err(state.over_quota(what)),
     }
 }
 

@@ -7,6 +7,11 @@
 //! been lost) or a lagged receiver (which may have missed one) triggers a re-read; if the re-read
 //! still finds nothing readable (say, a message past a dropped member's cut-off) it waits again
 //! until the deadline. Shutdown answers at once with what was read last.
+//!
+//! A long poll that waits registers in [`Waiters`](crate::waiters::Waiters): when its client
+//! starts more than `--max-waiting-per-client` of them, the oldest is evicted and answers at
+//! once with what was read last (a normal 200, news or none); when the relay holds
+//! `--max-waiting` of them in all, a new one that would wait is answered 503 instead.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -19,6 +24,7 @@ use tokio::time::Instant;
 
 use super::AppState;
 use super::auth::Caller;
+use super::metrics::{LIMIT_WAITING, LIMIT_WAITING_PER_CLIENT, refused};
 use super::error::{AuthedErrors, Error};
 use super::extract::Json;
 use crate::notify::StoreEvent;
@@ -35,6 +41,7 @@ use crate::store::{SyncCursor, SyncGroupResult, SyncRead};
     responses(
         (status = 200, description = "News (groups with nothing new are left out), or nothing once `wait_ms` passed", body = SyncResponse),
         (status = 400, description = "Malformed body, invalid group name, more than 10,000 groups, limit not 1 to 5,000, or wait_ms over 30,000", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable, or the relay holds as many waiting long polls as it may (Retry-After)", body = Problem, content_type = "application/problem+json"),
         AuthedErrors,
     )
 )]
@@ -105,6 +112,24 @@ pub(crate) async fn sync(
         .store
         .sync_read(&caller.client_id, &cursors, welcomes_after, limit)
         .await?;
+    if has_news(&found) || *shutdown.borrow_and_update() {
+        return Ok(axum::Json(answer(&cursors, welcomes_after, found)));
+    }
+    // It waits: count it against the caps.
+    let mut slot = match state.waiters.register(&caller.client_id) {
+        Ok((slot, registered)) => {
+            if registered.evicted > 0 {
+                refused(LIMIT_WAITING_PER_CLIENT, registered.evicted as u64);
+            }
+            slot
+        }
+        Err(_full) => {
+            refused(LIMIT_WAITING, 1);
+            return Err(Error::Overloaded {
+                retry_after_secs: OVERLOADED_RETRY_AFTER_SECS,
+            });
+        }
+    };
     while !has_news(&found) {
         if *shutdown.borrow_and_update() {
             break;
@@ -116,6 +141,8 @@ pub(crate) async fn sync(
                 let _ = changed;
                 Wake::Stop
             }
+            // A newer long poll of the same client took its place.
+            () = slot.evicted() => Wake::Stop,
             () = tokio::time::sleep_until(deadline) => Wake::Stop,
             wake = next_relevant(&mut events, &wants) => wake,
         };
@@ -131,6 +158,10 @@ pub(crate) async fn sync(
     }
     Ok(axum::Json(answer(&cursors, welcomes_after, found)))
 }
+
+/// Retry-After of the 503 beyond `--max-waiting`: long enough that refused clients do not
+/// come back all at once, short against a long poll's 30 s.
+const OVERLOADED_RETRY_AFTER_SECS: u64 = 5;
 
 enum Wake {
     /// Something of interest may have been stored: read again.

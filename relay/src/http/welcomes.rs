@@ -10,7 +10,8 @@ use utoipa::IntoParams;
 use super::auth::Caller;
 use super::error::{AuthedErrors, Error};
 use super::extract::{Json, Query};
-use super::{AppState, now_millis};
+use super::AppState;
+use crate::store::StoreError;
 
 /// A cursor page: `after` (exclusive, default 0) and `limit` (default 100, at most 1,000).
 #[derive(Debug, Deserialize, IntoParams)]
@@ -55,6 +56,7 @@ pub(crate) struct DeleteQuery {
         (status = 400, description = "Malformed body, invalid recipient, empty welcome or more than 1,000", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown recipients (named in `detail`); nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "A welcome or the body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or over the sender's daily storage quota (nothing stored; Retry-After: seconds until 00:00 UTC)", body = Problem, content_type = "application/problem+json"),
         AuthedErrors,
     )
 )]
@@ -102,10 +104,15 @@ pub(crate) async fn post(
         .into_iter()
         .map(|w| (w.to, w.data.into_inner()))
         .collect();
-    let ids = state
+    let ids = match state
         .store
-        .post_welcomes(&caller.client_id, welcomes, now_millis())
-        .await?;
+        .post_welcomes(&caller.client_id, welcomes, state.now())
+        .await
+    {
+        Ok(ids) => ids,
+        Err(StoreError::OverQuota(what)) => return Err(state.over_quota(what)),
+        Err(e) => return Err(e.into()),
+    };
     ::metrics::counter!(super::metrics::WELCOMES_STORED)
         .increment(u64::try_from(count).unwrap_or(0));
     Ok((
