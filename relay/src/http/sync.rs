@@ -1,10 +1,10 @@
 //! `POST /v1/sync`: every followed group and the welcome inbox in one read, with long polling.
 //!
-//! The long poll subscribes to the [`Notifier`](crate::notify::Notifier) *before* its first
-//! read, so a message committed between that read and the wait still wakes it. It then waits
-//! for an event naming one of its groups or its inbox, the deadline, or shutdown. A matching
-//! event, a [`StoreEvent::Resync`] (the PostgreSQL listener was reconnected and events may have
-//! been lost) or a lagged receiver (which may have missed one) triggers a re-read; if the re-read
+//! The long poll subscribes to the [`Notifier`](crate::notify::Notifier) for its groups (and its
+//! inbox, if it reads it) *before* its first read, so a message committed between that read and
+//! the wait still wakes it. It then waits for an event naming one of its groups or its inbox,
+//! the deadline, or shutdown. Such an event, or a [`StoreEvent::Resync`] (the PostgreSQL
+//! listener was reconnected and events may have been lost), triggers a re-read; if the re-read
 //! still finds nothing readable (say, a message past a dropped member's cut-off) it waits again
 //! until the deadline. Shutdown answers at once with what was read last.
 //!
@@ -13,13 +13,11 @@
 //! once with what was read last (a normal 200, news or none); when the relay holds
 //! `--max-waiting` of them in all, a new one that would wait is answered 503 instead.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::extract::State;
 use dmls_api::limits::{MAX_SYNC_GROUPS, SYNC_LIMIT_DEFAULT, SYNC_LIMIT_MAX, WAIT_MS_MAX};
 use dmls_api::{GroupRef, Problem, SyncGroupMessages, SyncRequest, SyncResponse};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 use super::AppState;
@@ -27,6 +25,8 @@ use super::auth::Caller;
 use super::metrics::{LIMIT_WAITING, LIMIT_WAITING_PER_CLIENT, refused};
 use super::error::{AuthedErrors, Error};
 use super::extract::Json;
+use crate::notify::EventKey;
+#[cfg(doc)]
 use crate::notify::StoreEvent;
 use crate::store::{SyncCursor, SyncGroupResult, SyncRead};
 
@@ -90,23 +90,21 @@ pub(crate) async fn sync(
     }
 
     // Subscribe before the first read: see the module comment.
-    let mut events = state.notifier.subscribe();
+    let mut keys: Vec<EventKey> = cursors
+        .iter()
+        .map(|c| EventKey::Group {
+            owner: c.owner.clone(),
+            group_id: c.group_id.clone(),
+        })
+        .collect();
+    if welcomes_after.is_some() {
+        keys.push(EventKey::Inbox {
+            client_id: caller.client_id.clone(),
+        });
+    }
+    let events = state.notifier.subscribe(keys);
     let mut shutdown = state.shutdown.clone();
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
-    let watched: HashSet<(&str, &str)> = cursors
-        .iter()
-        .map(|c| (c.owner.as_str(), c.group_id.as_str()))
-        .collect();
-    let wants = |event: &StoreEvent| match event {
-        StoreEvent::Group { owner, group_id } => {
-            watched.contains(&(owner.as_str(), group_id.as_str()))
-        }
-        StoreEvent::Inbox { client_id } => {
-            welcomes_after.is_some() && *client_id == caller.client_id
-        }
-        // Anything may have changed.
-        StoreEvent::Resync => true,
-    };
 
     let mut found = state
         .store
@@ -144,7 +142,7 @@ pub(crate) async fn sync(
             // A newer long poll of the same client took its place.
             () = slot.evicted() => Wake::Stop,
             () = tokio::time::sleep_until(deadline) => Wake::Stop,
-            wake = next_relevant(&mut events, &wants) => wake,
+            () = events.notified() => Wake::Reread,
         };
         match woke {
             Wake::Reread => {
@@ -168,23 +166,6 @@ enum Wake {
     Reread,
     /// Deadline or shutdown: answer with the last read.
     Stop,
-}
-
-/// Waits for an event `wants`, skipping others. A receiver that lagged may have skipped one, so
-/// it re-reads too.
-async fn next_relevant(
-    events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
-    wants: &impl Fn(&StoreEvent) -> bool,
-) -> Wake {
-    loop {
-        match events.recv().await {
-            Ok(event) if wants(&event) => return Wake::Reread,
-            Ok(_) => {}
-            Err(RecvError::Lagged(_)) => return Wake::Reread,
-            // No publisher is left, so nothing will arrive: answer now rather than spin.
-            Err(RecvError::Closed) => return Wake::Stop,
-        }
-    }
 }
 
 /// Is there anything to hand out? Forbidden groups alone are not news: the caller learns of them
