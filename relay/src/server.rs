@@ -99,18 +99,7 @@ pub(crate) async fn start_with_clock(
     ));
     let app = http::router(Arc::clone(&ctx));
 
-    let mut graceful = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            // Also resolves when the sender is dropped: a dropped handle stops the relay.
-            let _ = graceful.wait_for(|stop| *stop).await;
-        })
-        .await
-    });
+    let server = tokio::spawn(serve(listener, app, shutdown_rx.clone()));
 
     let mut background = Vec::new();
     if prune_interval.is_zero() {
@@ -139,6 +128,85 @@ pub(crate) async fn start_with_clock(
         store,
     })
 }
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` (or its sender is dropped), then stops
+/// accepting and waits for open connections to finish their requests.
+///
+/// What `axum::serve` does, with one difference: each connection's read buffer is capped at
+/// hyper's smallest, 8 KiB ([`READ_BUFFER_BYTES`]). With hyper's default an idle keep-alive
+/// connection (every waiting long poll) grows its buffer to 16 KiB as soon as it reads on
+/// while a request is in flight; capped, hyper moves the unread bytes to the front and keeps
+/// the one 8 KiB buffer. Request bodies are read in chunks of at most that size, and request
+/// heads (request line and headers) larger than it are refused (431).
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.max_buf_size(READ_BUFFER_BYTES);
+    // Dropped (closed) when every connection task has ended.
+    let (open_tx, open_rx) = watch::channel(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors or memory, or a connection that failed before it
+                    // was accepted: keep serving the connections there are, retry shortly.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let service = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request.map(axum::body::Body::new)
+            },
+        );
+        let connection = builder.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let mut shutdown = shutdown.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                () = stopped(&mut shutdown) => {
+                    // Finish the request in flight (long polls answer at once on shutdown),
+                    // then close.
+                    connection.as_mut().graceful_shutdown();
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
+    Ok(())
+}
+
+/// hyper's smallest read buffer per connection (see [`serve`]).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Pause after a failed accept (say, out of file descriptors) before accepting again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The listener and its real address (the port the OS chose for port 0).
 async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
