@@ -539,12 +539,20 @@ impl IdleWaiters {
 impl Bench {
     /// Waiting long polls on the relay, as its index page shows them.
     async fn relay_waiting(&self) -> anyhow::Result<usize> {
-        let page = self.http.get(format!("{}/", self.url)).send().await?.text().await?;
+        let page = self
+            .http
+            .get(format!("{}/", self.url))
+            .send()
+            .await?
+            .text()
+            .await?;
         let rest = page
             .split("Long polls waiting: ")
             .nth(1)
             .context("the index page shows no waiting long polls")?;
-        Ok(rest[..rest.find('<').unwrap_or(rest.len())].trim().parse()?)
+        Ok(rest[..rest.find('<').unwrap_or(rest.len())]
+            .trim()
+            .parse()?)
     }
 
     /// Registers `--idle-waiters` clients and has each keep one long poll on its (empty)
@@ -605,7 +613,10 @@ impl Bench {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        println!("  ({n} idle long polls waiting after {:.1?})", started.elapsed());
+        println!(
+            "  ({n} idle long polls waiting after {:.1?})",
+            started.elapsed()
+        );
         // Let allocations settle, then measure.
         tokio::time::sleep(Duration::from_secs(1)).await;
         if let (Some(pid), Some(before)) = (pid, before_kib) {

@@ -115,11 +115,7 @@ pub struct Config {
 
     /// Long polls one client may have waiting at once (0 turns the cap off). A new long poll
     /// beyond the cap answers the client's oldest waiting one at once (200 with what is new).
-    #[arg(
-        long,
-        env = "DMLS_RELAY_MAX_WAITING_PER_CLIENT",
-        default_value_t = 8
-    )]
+    #[arg(long, env = "DMLS_RELAY_MAX_WAITING_PER_CLIENT", default_value_t = 8)]
     pub max_waiting_per_client: usize,
 
     /// Long polls waiting at once in this relay process, all clients together (0 turns the cap
@@ -129,11 +125,7 @@ pub struct Config {
 
     /// Group messages and welcomes one client may store per UTC day, across all groups and
     /// inboxes (0 turns the quota off). Beyond it: 429 with Retry-After, nothing stored.
-    #[arg(
-        long,
-        env = "DMLS_RELAY_DAILY_MESSAGE_QUOTA",
-        default_value_t = 20_000
-    )]
+    #[arg(long, env = "DMLS_RELAY_DAILY_MESSAGE_QUOTA", default_value_t = 20_000)]
     pub daily_message_quota: u64,
 
     /// Bytes of group messages and welcomes one client may store per UTC day (0 turns the

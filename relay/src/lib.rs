@@ -15,9 +15,9 @@ mod http;
 mod notify;
 mod server;
 mod store;
-mod waiters;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod waiters;
 
 pub use config::{Config, LogFormat, RegistrationMode};
 pub use forwarded::TrustedProxies;

@@ -34,14 +34,7 @@ fn long_poll(client: &Client, groups: &[(&str, &str)]) -> JoinHandle<reqwest::Re
 
 /// Long polls waiting on this relay, as its index page tells.
 async fn waiting(relay: &Relay) -> usize {
-    let page = relay
-        .get("/")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = relay.get("/").send().await.unwrap().text().await.unwrap();
     let rest = page
         .split("Long polls waiting: ")
         .nth(1)

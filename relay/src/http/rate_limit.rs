@@ -42,10 +42,12 @@ impl RateLimits {
         };
         // `check_key` takes the key by reference; the `String` is only stored on a client's
         // first request.
-        limiter.check_key(&client_id.to_owned()).map_err(|not_until| {
-            super::metrics::refused(super::metrics::LIMIT_CLIENT_RATE, 1);
-            self.limited(not_until.wait_time_from(self.clock.now()))
-        })
+        limiter
+            .check_key(&client_id.to_owned())
+            .map_err(|not_until| {
+                super::metrics::refused(super::metrics::LIMIT_CLIENT_RATE, 1);
+                self.limited(not_until.wait_time_from(self.clock.now()))
+            })
     }
 
     /// 429 if this address registered too often. Requests without a known address (a router

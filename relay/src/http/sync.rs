@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use super::AppState;
 use super::auth::Caller;
-use super::metrics::{LIMIT_WAITING, LIMIT_WAITING_PER_CLIENT, refused};
 use super::error::{AuthedErrors, Error};
 use super::extract::Json;
+use super::metrics::{LIMIT_WAITING, LIMIT_WAITING_PER_CLIENT, refused};
 use crate::notify::EventKey;
 #[cfg(doc)]
 use crate::notify::StoreEvent;

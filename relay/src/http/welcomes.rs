@@ -7,10 +7,10 @@ use dmls_api::{PostWelcomesRequest, PostWelcomesResponse, Problem, WelcomesPage}
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::AppState;
 use super::auth::Caller;
 use super::error::{AuthedErrors, Error};
 use super::extract::{Json, Query};
-use super::AppState;
 use crate::store::StoreError;
 
 /// A cursor page: `after` (exclusive, default 0) and `limit` (default 100, at most 1,000).

@@ -238,7 +238,8 @@ pub(crate) async fn plan<'a>(
         .map(|((sender, day), (u, _))| (sender, day, u))
         .collect();
     // A fixed order, so concurrent writers of the same rows take their locks alike.
-    plan.usage.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    plan.usage
+        .sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     Ok(plan)
 }
 

@@ -13,8 +13,8 @@ use sqlx::{Database, Encode, FromRow, Type};
 
 use super::batch::Usage;
 use super::{
-    ClaimOutcome, ClientRecord, DailyQuota, ClientStats, GroupRecord, Millis, Page, StoreError, StoreResult,
-    from_db, page, to_db,
+    ClaimOutcome, ClientRecord, ClientStats, DailyQuota, GroupRecord, Millis, Page, StoreError,
+    StoreResult, from_db, page, to_db,
 };
 
 /// Where a shared statement runs: a pool or an open transaction of either backend.
