@@ -1,7 +1,7 @@
 //! Start-up, background tasks and graceful shutdown.
 //!
-//! One watch channel carries the shutdown signal to three places: axum's graceful shutdown (stop
-//! accepting, let in-flight requests finish), every waiting long poll (answer at once instead of
+//! One watch channel carries the shutdown signal to three places: the accept loop's graceful
+//! shutdown (stop accepting, let in-flight requests finish), every waiting long poll (answer at once instead of
 //! holding the connection for up to 30 s, which would stall the graceful shutdown), and the
 //! background tasks. Only when all of them are done is the database closed.
 

@@ -25,13 +25,13 @@ pub(crate) enum AuthedErrors {
     Unauthorized(Problem),
     #[response(
         status = 429,
-        description = "Rate limited, or (routes that store) over the daily storage quota; see Retry-After",
+        description = "Rate limited, or (posting group messages or welcomes) over the daily storage quota and nothing stored; see Retry-After",
         content_type = "application/problem+json"
     )]
     RateLimited(Problem),
     #[response(
         status = 503,
-        description = "Storage unavailable, or (`POST /v1/sync`) too many waiting requests; see Retry-After",
+        description = "Storage unavailable, or (a `POST /v1/sync` that would wait) too many long polls waiting; see Retry-After",
         content_type = "application/problem+json"
     )]
     Unavailable(Problem),

@@ -221,7 +221,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key used before with other bytes", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Message too large", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited, or over the sender's daily storage quota (nothing stored; Retry-After: seconds until 00:00 UTC)", body = Problem, content_type = "application/problem+json"),
         AuthedErrors,
     )
 )]

@@ -41,7 +41,6 @@ use crate::store::{SyncCursor, SyncGroupResult, SyncRead};
     responses(
         (status = 200, description = "News (groups with nothing new are left out), or nothing once `wait_ms` passed", body = SyncResponse),
         (status = 400, description = "Malformed body, invalid group name, more than 10,000 groups, limit not 1 to 5,000, or wait_ms over 30,000", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable, or the relay holds as many waiting long polls as it may (Retry-After)", body = Problem, content_type = "application/problem+json"),
         AuthedErrors,
     )
 )]

@@ -56,7 +56,6 @@ pub(crate) struct DeleteQuery {
         (status = 400, description = "Malformed body, invalid recipient, empty welcome or more than 1,000", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown recipients (named in `detail`); nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "A welcome or the body is too large", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited, or over the sender's daily storage quota (nothing stored; Retry-After: seconds until 00:00 UTC)", body = Problem, content_type = "application/problem+json"),
         AuthedErrors,
     )
 )]
