@@ -1,9 +1,9 @@
-//! Start-up, background tasks and graceful shutdown.
+//! Start-up, the HTTP/1 accept loop, background tasks and graceful shutdown.
 //!
 //! One watch channel carries the shutdown signal to three places: the accept loop's graceful
-//! shutdown (stop accepting, let in-flight requests finish), every waiting long poll (answer at once instead of
-//! holding the connection for up to 30 s, which would stall the graceful shutdown), and the
-//! background tasks. Only when all of them are done is the database closed.
+//! shutdown (stop accepting, let in-flight requests finish), every waiting long poll (answer at
+//! once instead of holding the connection for up to 30 s, which would stall the graceful
+//! shutdown), and the background tasks. Only when all of them are done is the database closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
