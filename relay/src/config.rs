@@ -123,6 +123,12 @@ pub struct Config {
     #[arg(long, env = "DMLS_RELAY_MAX_WAITING", default_value_t = 20_000)]
     pub max_waiting: usize,
 
+    /// Open client connections this relay process keeps (0 turns the cap off). A connection
+    /// beyond it is answered 503 with Retry-After and closed. Keep it below the open-files
+    /// limit (the relay raises its soft limit to the hard limit at start-up).
+    #[arg(long, env = "DMLS_RELAY_MAX_CONNECTIONS", default_value_t = 25_000)]
+    pub max_connections: usize,
+
     /// Group messages and welcomes one client may store per UTC day, across all groups and
     /// inboxes (0 turns the quota off). Beyond it: 429 with Retry-After, nothing stored.
     #[arg(long, env = "DMLS_RELAY_DAILY_MESSAGE_QUOTA", default_value_t = 20_000)]
@@ -211,6 +217,7 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("max_waiting_per_client", &self.max_waiting_per_client)
             .field("max_waiting", &self.max_waiting)
+            .field("max_connections", &self.max_connections)
             .field("daily_message_quota", &self.daily_message_quota)
             .field("daily_byte_quota", &self.daily_byte_quota)
             .field("request_timeout_secs", &self.request_timeout_secs)

@@ -89,6 +89,7 @@ pub(crate) async fn start_with_clock(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let prune_interval = Duration::from_secs(config.prune_interval_secs);
+    let max_connections = config.max_connections;
     let retention = config.retention();
     let ctx = Arc::new(Ctx::new(
         config,
@@ -99,7 +100,7 @@ pub(crate) async fn start_with_clock(
     ));
     let app = http::router(Arc::clone(&ctx));
 
-    let server = tokio::spawn(serve(listener, app, shutdown_rx.clone()));
+    let server = tokio::spawn(serve(listener, app, max_connections, shutdown_rx.clone()));
 
     let mut background = Vec::new();
     if prune_interval.is_zero() {
@@ -138,9 +139,13 @@ pub(crate) async fn start_with_clock(
 /// while a request is in flight; capped, hyper moves the unread bytes to the front and keeps
 /// the one 8 KiB buffer. Request bodies are read in chunks of at most that size, and request
 /// heads (request line and headers) larger than it are refused (431).
+///
+/// With `max_connections` connections open (0: no cap), a new one is answered 503 with
+/// Retry-After and closed ([`refuse_connection`]).
 async fn serve(
     listener: TcpListener,
     app: axum::Router,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -161,6 +166,12 @@ async fn serve(
                 }
             },
         };
+        // Every connection task holds a receiver, besides `open_rx` itself.
+        if max_connections > 0 && open_tx.receiver_count() > max_connections {
+            http::metrics::refused(http::metrics::LIMIT_CONNECTIONS, 1);
+            tokio::spawn(refuse_connection(stream));
+            continue;
+        }
         let service = tower::ServiceExt::map_request(
             app.clone(),
             move |mut request: axum::http::Request<hyper::body::Incoming>| {
@@ -201,6 +212,51 @@ async fn serve(
     open_tx.closed().await;
     Ok(())
 }
+
+/// Answers a connection beyond `--max-connections` with a 503 problem+json and closes it. It
+/// waits for the request head first (an HTTP client takes an answer before its request as a
+/// protocol error) but reads at most [`READ_BUFFER_BYTES`] of it, and the whole exchange is
+/// bounded in time, so refused clients cannot pile up here.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "the relay has as many open connections as it may; try again later",
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: {CONNECTIONS_RETRY_AFTER_SECS}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = async {
+        let mut head = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < READ_BUFFER_BYTES {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sent until it closes: closing with unread data would send a
+        // reset, which can make the client lose the answer.
+        while stream.read(&mut chunk).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    // A client that does not read its answer in time just loses the connection.
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, answer).await;
+}
+
+/// Retry-After of the 503 beyond `--max-connections`.
+const CONNECTIONS_RETRY_AFTER_SECS: u64 = 5;
+
+/// How long a refused connection may take to take its 503.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// hyper's smallest read buffer per connection (see [`serve`]).
 const READ_BUFFER_BYTES: usize = 8 * 1024;

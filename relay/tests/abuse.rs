@@ -163,7 +163,13 @@ backend_tests! {
     }
 
     async fn a_client_over_its_daily_message_quota_gets_429_stores_nothing_and_the_quota_resets(db: Db) {
-        let day = 20_000;
+        // A day to come: the pruner (by the system clock) drops usage rows of past days.
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            / DAY_MS;
+        let day = today + 100;
         let now = Arc::new(AtomicI64::new(day * DAY_MS + 3_600_000));
         let clock = now.clone();
         let relay = db
@@ -248,5 +254,47 @@ backend_tests! {
         }
         assert_eq!(stored, 10);
         assert_eq!(alice.group("alice", &gid(1)).await.last_seq, 10);
+    }
+}
+
+backend_tests! {
+    async fn beyond_the_connection_cap_new_connections_get_503_and_open_ones_are_served(db: Db) {
+        let relay = db.start(&["--max-connections", "3"]).await;
+        // Alice calls over the harness's keep-alive connection, opened before the cap is reached.
+        let alice = relay.register("alice").await;
+        let before = metric(&relay, "dmls_relay_refusals_total{limit=\"connections\"}").await;
+        let addr = relay.url.trim_start_matches("http://").to_string();
+        // A new connection per request.
+        let fresh = || reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        // Idle connections fill the cap.
+        let mut idle = Vec::new();
+        let mut refused = None;
+        for _ in 0..10 {
+            idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+            let resp = fresh().get(relay.at("/healthz")).send().await.unwrap();
+            if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+                refused = Some(resp);
+                break;
+            }
+        }
+        let resp = refused.expect("a 503 once the cap is reached");
+        let wait = retry_after(&resp);
+        assert!((1..=60).contains(&wait), "Retry-After {wait}");
+        expect_problem(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+        // The connections the relay holds are served as before.
+        assert_eq!(alice.me().await.client_id, "alice");
+
+        // Once the idle ones are gone, new connections are accepted again.
+        drop(idle);
+        let mut served = false;
+        for _ in 0..100 {
+            if fresh().get(relay.at("/healthz")).send().await.unwrap().status() == StatusCode::OK {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(served, "new connections are served after the idle ones closed");
+        assert!(metric(&relay, "dmls_relay_refusals_total{limit=\"connections\"}").await >= before + 1.0);
     }
 }

@@ -26,6 +26,7 @@ pub(crate) const LIMIT_CLIENT_RATE: &str = "client_rate";
 pub(crate) const LIMIT_REGISTRATIONS: &str = "registrations_per_address";
 pub(crate) const LIMIT_WAITING_PER_CLIENT: &str = "waiting_per_client";
 pub(crate) const LIMIT_WAITING: &str = "waiting";
+pub(crate) const LIMIT_CONNECTIONS: &str = "connections";
 
 /// Counts `n` requests refused (or, for `waiting_per_client`, long polls answered early) by
 /// `limit`.
