@@ -4,7 +4,10 @@
 //! started with `--rate-limit-per-second 0 --registrations-per-minute 0`; `--spawn sqlite` or
 //! `--spawn postgres://...` starts one in this process instead. Three phases, each bounded in count
 //! and time: appends of 1 KiB messages, `sync` over 1,000 followed groups with nothing new, and
-//! long-poll wake-ups. Only 127.0.0.1 / localhost is accepted as a target.
+//! long-poll wake-ups. With `--idle-waiters N`, N clients first each open one long poll on their
+//! empty inbox and keep it open (a new one when it ends) while the wake-up phase runs; the
+//! relay's resident memory before and with them waiting (`--relay-pid`) gives the memory per
+//! idle long poll. Only 127.0.0.1 / localhost is accepted as a target.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -56,6 +59,13 @@ struct Args {
     /// Time a waiter gets to reach the relay before its poster posts, in milliseconds.
     #[arg(long, default_value_t = 25)]
     settle_ms: u64,
+    /// Clients that each keep one idle long poll open during the wake-up phase (0: none).
+    #[arg(long, default_value_t = 0)]
+    idle_waiters: usize,
+    /// Process id of the relay at `--url`, whose resident memory is read from /proc (Linux)
+    /// before and with the idle long polls waiting.
+    #[arg(long)]
+    relay_pid: Option<u32>,
     /// Longest time of each phase, in seconds (a phase stops early when it is reached).
     #[arg(long, default_value_t = 60)]
     max_phase_secs: u64,
@@ -131,8 +141,16 @@ async fn main() -> anyhow::Result<()> {
     if args.syncs > 0 {
         bench.sync_phase(&args).await?;
     }
+    let idle = if args.idle_waiters > 0 {
+        Some(bench.open_idle_waiters(&args).await?)
+    } else {
+        None
+    };
     if args.wakeups > 0 {
         bench.wake_phase(&args).await?;
+    }
+    if let Some(idle) = idle {
+        idle.close(&bench).await?;
     }
 
     if let Some(relay) = spawned {
@@ -470,6 +488,151 @@ impl Bench {
             errors,
         );
         Ok(())
+    }
+}
+
+/// Resident memory of a process in KiB (`VmRSS` of /proc/PID/status).
+fn resident_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS line")?;
+    line.split_whitespace()
+        .nth(1)
+        .context("malformed VmRSS line")?
+        .parse()
+        .context("malformed VmRSS value")
+}
+
+/// Idle long polls kept open by [`Bench::open_idle_waiters`].
+struct IdleWaiters {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<u64>>,
+    pid: Option<u32>,
+    before_kib: Option<u64>,
+    n: usize,
+}
+
+impl IdleWaiters {
+    /// Stops them (each ends at once by an aborted request) and reports the relay's memory.
+    async fn close(self, bench: &Bench) -> anyhow::Result<()> {
+        let with_kib = self.pid.map(resident_kib).transpose()?;
+        self.stop.send_replace(true);
+        let mut errors = 0;
+        for task in self.tasks {
+            task.abort();
+            errors += task.await.unwrap_or(0);
+        }
+        if let (Some(before), Some(after)) = (self.before_kib, with_kib) {
+            println!(
+                "idle long polls at the end of the run: relay resident {after} KiB (was {before} KiB before), {:.1} KiB per waiter; {errors} failed polls",
+                after.saturating_sub(before) as f64 / self.n as f64
+            );
+        }
+        let _ = bench;
+        Ok(())
+    }
+}
+
+impl Bench {
+    /// Waiting long polls on the relay, as its index page shows them.
+    async fn relay_waiting(&self) -> anyhow::Result<usize> {
+        let page = self
+            .http
+            .get(format!("{}/", self.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let rest = page
+            .split("Long polls waiting: ")
+            .nth(1)
+            .context("the index page shows no waiting long polls")?;
+        Ok(rest[..rest.find('<').unwrap_or(rest.len())]
+            .trim()
+            .parse()?)
+    }
+
+    /// Registers `--idle-waiters` clients and has each keep one long poll on its (empty)
+    /// inbox open; reports the relay's resident memory per waiting long poll.
+    async fn open_idle_waiters(&self, args: &Args) -> anyhow::Result<IdleWaiters> {
+        let n = args.idle_waiters;
+        let setup = Instant::now();
+        let clients = self.register_many("i", n).await?;
+        println!("  (registered {n} idle clients in {:.1?})", setup.elapsed());
+        let pid = args.relay_pid;
+        if pid.is_none() {
+            println!("  (no --relay-pid: the relay's memory is not measured)");
+        }
+        let waiting_before = self.relay_waiting().await?;
+        let before_kib = pid.map(resident_kib).transpose()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // Their own connection pool, so the wake-up phase's connections stay apart.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(n)
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let started = Instant::now();
+        let tasks = clients
+            .into_iter()
+            .map(|c| {
+                let http = http.clone();
+                let url = format!("{}/v1/sync", self.url);
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let mut errors = 0u64;
+                    let request = json!({ "groups": [], "welcomes_after": 0, "wait_ms": 30_000 });
+                    while !*stopped.borrow_and_update() {
+                        let poll = http.post(&url).bearer_auth(&c.token).json(&request).send();
+                        tokio::select! {
+                            _ = stopped.changed() => break,
+                            answer = poll => match answer {
+                                Ok(resp) if resp.status().is_success() => {}
+                                _ => {
+                                    errors += 1;
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                            },
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        loop {
+            let waiting = self.relay_waiting().await?.saturating_sub(waiting_before);
+            if waiting >= n {
+                break;
+            }
+            ensure!(
+                started.elapsed() < self.max_phase,
+                "only {waiting} of {n} idle long polls waited after {:?}",
+                self.max_phase
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "  ({n} idle long polls waiting after {:.1?})",
+            started.elapsed()
+        );
+        // Let allocations settle, then measure.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let (Some(pid), Some(before)) = (pid, before_kib) {
+            let after = resident_kib(pid)?;
+            println!(
+                "idle long polls: {n} waiting; relay resident {before} KiB -> {after} KiB: {:.1} KiB per waiter",
+                after.saturating_sub(before) as f64 / n as f64
+            );
+        }
+        Ok(IdleWaiters {
+            stop,
+            tasks,
+            pid,
+            before_kib,
+            n,
+        })
     }
 }
 

@@ -113,6 +113,36 @@ pub struct Config {
     )]
     pub trusted_proxies: TrustedProxies,
 
+    /// Long polls one client may have waiting at once (0 turns the cap off). A new long poll
+    /// beyond the cap answers the client's oldest waiting one at once (200 with what is new).
+    #[arg(long, env = "DMLS_RELAY_MAX_WAITING_PER_CLIENT", default_value_t = 8)]
+    pub max_waiting_per_client: usize,
+
+    /// Long polls waiting at once in this relay process, all clients together (0 turns the cap
+    /// off). A long poll that would wait beyond it is answered 503 with Retry-After.
+    #[arg(long, env = "DMLS_RELAY_MAX_WAITING", default_value_t = 20_000)]
+    pub max_waiting: usize,
+
+    /// Open client connections this relay process keeps (0 turns the cap off). A connection
+    /// beyond it is answered 503 with Retry-After and closed. Keep it below the open-files
+    /// limit (the relay raises its soft limit to the hard limit at start-up).
+    #[arg(long, env = "DMLS_RELAY_MAX_CONNECTIONS", default_value_t = 25_000)]
+    pub max_connections: usize,
+
+    /// Group messages and welcomes one client may store per UTC day, across all groups and
+    /// inboxes (0 turns the quota off). Beyond it: 429 with Retry-After, nothing stored.
+    #[arg(long, env = "DMLS_RELAY_DAILY_MESSAGE_QUOTA", default_value_t = 20_000)]
+    pub daily_message_quota: u64,
+
+    /// Bytes of group messages and welcomes one client may store per UTC day (0 turns the
+    /// quota off). Beyond it: 429 with Retry-After, nothing stored.
+    #[arg(
+        long,
+        env = "DMLS_RELAY_DAILY_BYTE_QUOTA",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub daily_byte_quota: u64,
+
     /// Time limit of a request in seconds (a long poll may wait 30 s of it).
     #[arg(long, env = "DMLS_RELAY_REQUEST_TIMEOUT_SECS", default_value_t = 45)]
     pub request_timeout_secs: u64,
@@ -185,6 +215,11 @@ impl std::fmt::Debug for Config {
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("registrations_per_minute", &self.registrations_per_minute)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("max_waiting_per_client", &self.max_waiting_per_client)
+            .field("max_waiting", &self.max_waiting)
+            .field("max_connections", &self.max_connections)
+            .field("daily_message_quota", &self.daily_message_quota)
+            .field("daily_byte_quota", &self.daily_byte_quota)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("log_format", &self.log_format)
             .finish()

@@ -5,8 +5,9 @@
 //! - `store`: the `Store` trait with SQLite and PostgreSQL implementations.
 //! - `notify`: wakes long polls when something is stored (in-process, and across processes
 //!   through PostgreSQL LISTEN/NOTIFY).
+//! - `waiters`: the per-client and per-process caps on requests that wait (long polls).
 //! - `http`: the axum router, one module per resource.
-//! - `server`: start-up, background tasks and graceful shutdown.
+//! - `server`: start-up, the HTTP/1 accept loop, background tasks and graceful shutdown.
 //! - [`testing`] (cargo feature `testing`): helpers of the relay's and the client's tests.
 
 mod config;
@@ -17,6 +18,7 @@ mod server;
 mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod waiters;
 
 pub use config::{Config, LogFormat, RegistrationMode};
 pub use forwarded::TrustedProxies;

@@ -26,11 +26,60 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     // `Config`'s Debug redacts the registration token and database password.
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?config, "starting");
+    if let Some(open_files) = raise_open_files_limit()
+        && config.max_connections > 0
+        && u64::try_from(config.max_connections).unwrap_or(u64::MAX) >= open_files
+    {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            open_files,
+            "--max-connections is not below the open-files limit: the relay may run out of file descriptors before it refuses connections"
+        );
+    }
     let relay = dmls_relay::start(config).await?;
     tracing::info!(url = %relay.url(), "ready");
     let signal = shutdown_signal().await;
     tracing::info!("{signal}: shutting down");
     relay.shutdown().await
+}
+
+/// Every connection holds a file descriptor: raises the soft limit on open files to the hard
+/// limit, and logs both, so `--max-connections` rather than the descriptor limit bounds a busy
+/// relay. Returns the soft limit in force, if known.
+#[cfg(unix)]
+fn raise_open_files_limit() -> Option<u64> {
+    let (soft, hard) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit");
+            return None;
+        }
+    };
+    match rlimit::increase_nofile_limit(hard) {
+        Ok(raised) => {
+            tracing::info!(
+                soft_before = soft,
+                soft = raised,
+                hard,
+                "open-files limit (RLIMIT_NOFILE)"
+            );
+            Some(raised)
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                soft,
+                hard,
+                "cannot raise the open-files soft limit to the hard limit"
+            );
+            Some(soft)
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() -> Option<u64> {
+    None
 }
 
 /// Level from `RUST_LOG` (default `info`), text or JSON lines on stdout.

@@ -119,6 +119,16 @@ pub async fn start_sqlite_relay(dir: &Path) -> anyhow::Result<crate::RunningRela
     crate::start(config).await
 }
 
+/// Starts a relay whose handlers read the time from `clock` (milliseconds since the Unix
+/// epoch) instead of the system clock: `received_at` of what is stored and the UTC day of the
+/// daily storage quota. Tests move the day on with it.
+pub async fn start_with_clock(
+    config: Config,
+    clock: impl Fn() -> i64 + Send + Sync + 'static,
+) -> anyhow::Result<crate::RunningRelay> {
+    crate::server::start_with_clock(config, Some(std::sync::Arc::new(clock))).await
+}
+
 /// The default configuration with this database, as the relay would parse it.
 pub fn test_config(database_url: &str) -> Config {
     Config::parse_from(["dmls-relay", "--database-url", database_url])

@@ -25,13 +25,13 @@ pub(crate) enum AuthedErrors {
     Unauthorized(Problem),
     #[response(
         status = 429,
-        description = "Rate limited",
+        description = "Rate limited, or (posting group messages or welcomes) over the daily storage quota and nothing stored; see Retry-After",
         content_type = "application/problem+json"
     )]
     RateLimited(Problem),
     #[response(
         status = 503,
-        description = "Storage unavailable",
+        description = "Storage unavailable, or (a `POST /v1/sync` that would wait) too many long polls waiting; see Retry-After",
         content_type = "application/problem+json"
     )]
     Unavailable(Problem),
@@ -61,6 +61,18 @@ pub(crate) enum Error {
     /// 429: over a rate limit; retry after this many seconds.
     #[error("rate limit exceeded, retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// 429: over the client's daily storage quota; nothing was stored. Retry after this many
+    /// seconds (when the UTC day ends).
+    #[error(
+        "daily storage quota exceeded ({what}); nothing was stored; the quota resets at 00:00 UTC, in {retry_after_secs} s"
+    )]
+    QuotaExceeded {
+        what: &'static str,
+        retry_after_secs: u64,
+    },
+    /// 503: the relay holds as many waiting requests as it may; retry after this many seconds.
+    #[error("the relay is busy with too many waiting requests, retry in {retry_after_secs} s")]
+    Overloaded { retry_after_secs: u64 },
     /// 503: storage failed. The cause was logged where it happened; it is never shown.
     #[error("storage is unavailable, try again later")]
     Unavailable,
@@ -75,8 +87,23 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Error::RateLimited { .. } | Error::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Error::Overloaded { .. } | Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The 429 for a store over the daily quota `what` (a `limit` label of the refusal
+    /// metric, counted here) at time `now`; Retry-After is the time until the UTC day ends.
+    pub(crate) fn over_quota(what: &'static str, now: crate::store::Millis) -> Self {
+        super::metrics::refused(what, 1);
+        Error::QuotaExceeded {
+            what: match what {
+                crate::store::QUOTA_BYTES => "bytes per day",
+                _ => "messages per day",
+            },
+            retry_after_secs: super::secs_to_next_utc_day(now),
         }
     }
 
@@ -103,6 +130,9 @@ impl From<StoreError> for Error {
             StoreError::UnknownClients(ids) => {
                 Error::NotFound(format!("unknown client ids: {}", ids.join(", ")))
             }
+            // Handlers answer this with `Ctx::over_quota` (Retry-After by the relay's clock);
+            // this is the fallback by the system clock.
+            StoreError::OverQuota(what) => Error::over_quota(what, super::now_millis()),
             StoreError::TooManyKeyPackages { limit } => Error::Conflict(format!(
                 "a client may keep at most {limit} key packages; claimers have not used enough of them yet"
             )),
@@ -141,7 +171,12 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut response = problem(status, self.to_string());
-        if let Error::RateLimited { retry_after_secs } = self {
+        if let Error::RateLimited { retry_after_secs }
+        | Error::QuotaExceeded {
+            retry_after_secs, ..
+        }
+        | Error::Overloaded { retry_after_secs } = self
+        {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs.max(1)),

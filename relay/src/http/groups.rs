@@ -268,7 +268,7 @@ pub(crate) async fn post_message(
         sender: caller.client_id,
         data,
         idempotency,
-        received_at: now_millis(),
+        received_at: state.now(),
     };
     match state.store.append(request).await? {
         AppendOutcome::Stored(seq) => {
@@ -285,6 +285,7 @@ pub(crate) async fn post_message(
         AppendOutcome::Forbidden => Err(Error::Forbidden(format!(
             "only the owner and current members may post to {owner}/{group_id}"
         ))),
+        AppendOutcome::OverQuota(what) => Err(state.over_quota(what)),
     }
 }
 

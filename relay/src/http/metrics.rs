@@ -17,6 +17,22 @@ pub(crate) const MESSAGES_STORED: &str = "dmls_relay_messages_stored_total";
 pub(crate) const WELCOMES_STORED: &str = "dmls_relay_welcomes_stored_total";
 pub(crate) const LONG_POLLS_WAITING: &str = "dmls_relay_long_polls_waiting";
 pub(crate) const DB_CONNECTIONS: &str = "dmls_relay_db_pool_connections";
+pub(crate) const REFUSALS: &str = "dmls_relay_refusals_total";
+pub(crate) const CLIENTS_BY_WAITING: &str = "dmls_relay_clients_by_waiting_requests";
+
+/// `limit` labels of [`REFUSALS`], one per limit (API.md "Limits"); the daily quota's are
+/// [`QUOTA_MESSAGES`](crate::store::QUOTA_MESSAGES) and [`QUOTA_BYTES`](crate::store::QUOTA_BYTES).
+pub(crate) const LIMIT_CLIENT_RATE: &str = "client_rate";
+pub(crate) const LIMIT_REGISTRATIONS: &str = "registrations_per_address";
+pub(crate) const LIMIT_WAITING_PER_CLIENT: &str = "waiting_per_client";
+pub(crate) const LIMIT_WAITING: &str = "waiting";
+pub(crate) const LIMIT_CONNECTIONS: &str = "connections";
+
+/// Counts `n` requests refused (or, for `waiting_per_client`, long polls answered early) by
+/// `limit`.
+pub(crate) fn refused(limit: &'static str, n: u64) {
+    metrics::counter!(REFUSALS, "limit" => limit).increment(n);
+}
 
 /// Latency buckets in seconds, up to the longest long poll.
 const DURATION_BUCKETS: &[f64] = &[

@@ -42,7 +42,12 @@ use utoipa_axum::routes;
 use crate::Config;
 use crate::config::RegistrationMode;
 use crate::notify::Notifier;
-use crate::store::{Millis, Store};
+use crate::store::{DAY_MILLIS, Millis, Store};
+use crate::waiters::Waiters;
+
+/// Where handlers read the time of day: milliseconds since the Unix epoch. The system clock,
+/// except in tests that move the day on (the daily storage quota).
+pub(crate) type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
 
 /// What every handler shares.
 pub(crate) struct Ctx {
@@ -56,6 +61,9 @@ pub(crate) struct Ctx {
     /// Turns true when the relay shuts down; long polls watch it to answer at once.
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) started: Instant,
+    /// Waiting long polls, per client and in all, with their caps.
+    pub(crate) waiters: Waiters,
+    clock: Clock,
 }
 
 pub(crate) type AppState = Arc<Ctx>;
@@ -66,6 +74,7 @@ impl Ctx {
         store: Arc<dyn Store>,
         notifier: Notifier,
         shutdown: watch::Receiver<bool>,
+        clock: Option<Clock>,
     ) -> Self {
         let registration_token_hash = match config.registration {
             RegistrationMode::Token => config
@@ -76,6 +85,8 @@ impl Ctx {
         };
         Ctx {
             rate_limits: rate_limit::RateLimits::new(&config),
+            waiters: Waiters::new(config.max_waiting_per_client, config.max_waiting),
+            clock: clock.unwrap_or_else(|| Arc::new(now_millis)),
             auth_cache: auth::AuthCache::new(),
             store,
             notifier,
@@ -85,6 +96,24 @@ impl Ctx {
             started: Instant::now(),
         }
     }
+
+    /// Now, by this relay's clock: `received_at` of what is stored, and the day of the daily
+    /// storage quota.
+    pub(crate) fn now(&self) -> Millis {
+        (self.clock)()
+    }
+
+    /// The 429 for a store over the daily quota `what`, counted in the metrics; Retry-After is
+    /// the time until the UTC day ends.
+    pub(crate) fn over_quota(&self, what: &'static str) -> error::Error {
+        error::Error::over_quota(what, self.now())
+    }
+}
+
+/// Whole seconds from `now` to the next 00:00 UTC (at least 1).
+pub(crate) fn secs_to_next_utc_day(now: Millis) -> u64 {
+    let left = DAY_MILLIS - now.rem_euclid(DAY_MILLIS);
+    u64::try_from((left + 999) / 1000).unwrap_or(1).max(1)
 }
 
 /// Milliseconds since the Unix epoch (`received_at`, `created_at`).

@@ -47,7 +47,7 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
         hours = uptime / 3600 % 24,
         minutes = uptime / 60 % 60,
         seconds = uptime % 60,
-        waiting = state.notifier.waiters(),
+        waiting = state.waiters.total(),
         registration = match state.config.registration {
             crate::config::RegistrationMode::Open => "open",
             crate::config::RegistrationMode::Token => "by token",
@@ -87,7 +87,13 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<&'static str
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     // Gauges of this relay's state are sampled when scraped.
-    ::metrics::gauge!(m::LONG_POLLS_WAITING).set(state.notifier.waiters() as f64);
+    ::metrics::gauge!(m::LONG_POLLS_WAITING).set(state.waiters.total() as f64);
+    for (bucket, clients) in crate::waiters::BUCKETS
+        .iter()
+        .zip(state.waiters.clients_by_waiting())
+    {
+        ::metrics::gauge!(m::CLIENTS_BY_WAITING, "waiting" => *bucket).set(clients as f64);
+    }
     let (in_use, idle) = state.store.pool_stats();
     ::metrics::gauge!(m::DB_CONNECTIONS, "state" => "in_use").set(f64::from(in_use));
     ::metrics::gauge!(m::DB_CONNECTIONS, "state" => "idle").set(f64::from(idle));

@@ -44,7 +44,10 @@ impl RateLimits {
         // first request.
         limiter
             .check_key(&client_id.to_owned())
-            .map_err(|not_until| self.limited(not_until.wait_time_from(self.clock.now())))
+            .map_err(|not_until| {
+                super::metrics::refused(super::metrics::LIMIT_CLIENT_RATE, 1);
+                self.limited(not_until.wait_time_from(self.clock.now()))
+            })
     }
 
     /// 429 if this address registered too often. Requests without a known address (a router
@@ -53,9 +56,10 @@ impl RateLimits {
         let (Some(limiter), Some(ip)) = (&self.registrations, ip) else {
             return Ok(());
         };
-        limiter
-            .check_key(&ip)
-            .map_err(|not_until| self.limited(not_until.wait_time_from(self.clock.now())))
+        limiter.check_key(&ip).map_err(|not_until| {
+            super::metrics::refused(super::metrics::LIMIT_REGISTRATIONS, 1);
+            self.limited(not_until.wait_time_from(self.clock.now()))
+        })
     }
 
     fn limited(&self, wait: Duration) -> Error {

@@ -1,26 +1,32 @@
 //! `POST /v1/sync`: every followed group and the welcome inbox in one read, with long polling.
 //!
-//! The long poll subscribes to the [`Notifier`](crate::notify::Notifier) *before* its first
-//! read, so a message committed between that read and the wait still wakes it. It then waits
-//! for an event naming one of its groups or its inbox, the deadline, or shutdown. A matching
-//! event, a [`StoreEvent::Resync`] (the PostgreSQL listener was reconnected and events may have
-//! been lost) or a lagged receiver (which may have missed one) triggers a re-read; if the re-read
+//! The long poll subscribes to the [`Notifier`](crate::notify::Notifier) for its groups (and its
+//! inbox, if it reads it) *before* its first read, so a message committed between that read and
+//! the wait still wakes it. It then waits for an event naming one of its groups or its inbox,
+//! the deadline, or shutdown. Such an event, or a [`StoreEvent::Resync`] (the PostgreSQL
+//! listener was reconnected and events may have been lost), triggers a re-read; if the re-read
 //! still finds nothing readable (say, a message past a dropped member's cut-off) it waits again
 //! until the deadline. Shutdown answers at once with what was read last.
+//!
+//! A long poll that waits registers in [`Waiters`](crate::waiters::Waiters): when its client
+//! starts more than `--max-waiting-per-client` of them, the oldest is evicted and answers at
+//! once with what was read last (a normal 200, news or none); when the relay holds
+//! `--max-waiting` of them in all, a new one that would wait is answered 503 instead.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::extract::State;
 use dmls_api::limits::{MAX_SYNC_GROUPS, SYNC_LIMIT_DEFAULT, SYNC_LIMIT_MAX, WAIT_MS_MAX};
 use dmls_api::{GroupRef, Problem, SyncGroupMessages, SyncRequest, SyncResponse};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::{AuthedErrors, Error};
 use super::extract::Json;
+use super::metrics::{LIMIT_WAITING, LIMIT_WAITING_PER_CLIENT, refused};
+use crate::notify::EventKey;
+#[cfg(doc)]
 use crate::notify::StoreEvent;
 use crate::store::{SyncCursor, SyncGroupResult, SyncRead};
 
@@ -83,28 +89,44 @@ pub(crate) async fn sync(
     }
 
     // Subscribe before the first read: see the module comment.
-    let mut events = state.notifier.subscribe();
+    let mut keys: Vec<EventKey> = cursors
+        .iter()
+        .map(|c| EventKey::Group {
+            owner: c.owner.clone(),
+            group_id: c.group_id.clone(),
+        })
+        .collect();
+    if welcomes_after.is_some() {
+        keys.push(EventKey::Inbox {
+            client_id: caller.client_id.clone(),
+        });
+    }
+    let events = state.notifier.subscribe(keys);
     let mut shutdown = state.shutdown.clone();
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
-    let watched: HashSet<(&str, &str)> = cursors
-        .iter()
-        .map(|c| (c.owner.as_str(), c.group_id.as_str()))
-        .collect();
-    let wants = |event: &StoreEvent| match event {
-        StoreEvent::Group { owner, group_id } => {
-            watched.contains(&(owner.as_str(), group_id.as_str()))
-        }
-        StoreEvent::Inbox { client_id } => {
-            welcomes_after.is_some() && *client_id == caller.client_id
-        }
-        // Anything may have changed.
-        StoreEvent::Resync => true,
-    };
 
     let mut found = state
         .store
         .sync_read(&caller.client_id, &cursors, welcomes_after, limit)
         .await?;
+    if has_news(&found) || *shutdown.borrow_and_update() {
+        return Ok(axum::Json(answer(&cursors, welcomes_after, found)));
+    }
+    // It waits: count it against the caps.
+    let mut slot = match state.waiters.register(&caller.client_id) {
+        Ok((slot, registered)) => {
+            if registered.evicted > 0 {
+                refused(LIMIT_WAITING_PER_CLIENT, registered.evicted as u64);
+            }
+            slot
+        }
+        Err(_full) => {
+            refused(LIMIT_WAITING, 1);
+            return Err(Error::Overloaded {
+                retry_after_secs: OVERLOADED_RETRY_AFTER_SECS,
+            });
+        }
+    };
     while !has_news(&found) {
         if *shutdown.borrow_and_update() {
             break;
@@ -116,8 +138,10 @@ pub(crate) async fn sync(
                 let _ = changed;
                 Wake::Stop
             }
+            // A newer long poll of the same client took its place.
+            () = slot.evicted() => Wake::Stop,
             () = tokio::time::sleep_until(deadline) => Wake::Stop,
-            wake = next_relevant(&mut events, &wants) => wake,
+            () = events.notified() => Wake::Reread,
         };
         match woke {
             Wake::Reread => {
@@ -132,28 +156,15 @@ pub(crate) async fn sync(
     Ok(axum::Json(answer(&cursors, welcomes_after, found)))
 }
 
+/// Retry-After of the 503 beyond `--max-waiting`: long enough that refused clients do not
+/// come back all at once, short against a long poll's 30 s.
+const OVERLOADED_RETRY_AFTER_SECS: u64 = 5;
+
 enum Wake {
     /// Something of interest may have been stored: read again.
     Reread,
     /// Deadline or shutdown: answer with the last read.
     Stop,
-}
-
-/// Waits for an event `wants`, skipping others. A receiver that lagged may have skipped one, so
-/// it re-reads too.
-async fn next_relevant(
-    events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
-    wants: &impl Fn(&StoreEvent) -> bool,
-) -> Wake {
-    loop {
-        match events.recv().await {
-            Ok(event) if wants(&event) => return Wake::Reread,
-            Ok(_) => {}
-            Err(RecvError::Lagged(_)) => return Wake::Reread,
-            // No publisher is left, so nothing will arrive: answer now rather than spin.
-            Err(RecvError::Closed) => return Wake::Stop,
-        }
-    }
 }
 
 /// Is there anything to hand out? Forbidden groups alone are not news: the caller learns of them

@@ -7,10 +7,11 @@ use dmls_api::{PostWelcomesRequest, PostWelcomesResponse, Problem, WelcomesPage}
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::AppState;
 use super::auth::Caller;
 use super::error::{AuthedErrors, Error};
 use super::extract::{Json, Query};
-use super::{AppState, now_millis};
+use crate::store::StoreError;
 
 /// A cursor page: `after` (exclusive, default 0) and `limit` (default 100, at most 1,000).
 #[derive(Debug, Deserialize, IntoParams)]
@@ -102,10 +103,15 @@ pub(crate) async fn post(
         .into_iter()
         .map(|w| (w.to, w.data.into_inner()))
         .collect();
-    let ids = state
+    let ids = match state
         .store
-        .post_welcomes(&caller.client_id, welcomes, now_millis())
-        .await?;
+        .post_welcomes(&caller.client_id, welcomes, state.now())
+        .await
+    {
+        Ok(ids) => ids,
+        Err(StoreError::OverQuota(what)) => return Err(state.over_quota(what)),
+        Err(e) => return Err(e.into()),
+    };
     ::metrics::counter!(super::metrics::WELCOMES_STORED)
         .increment(u64::try_from(count).unwrap_or(0));
     Ok((

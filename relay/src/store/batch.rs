@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{AppendOutcome, AppendRequest, StoreError, StoreResult, from_db};
+use super::{AppendOutcome, AppendRequest, DailyQuota, StoreError, StoreResult, from_db};
 use crate::notify::{Notifier, StoreEvent};
 
 /// How a backend stores one batch of appends.
@@ -105,7 +105,25 @@ pub(crate) trait Lookups: Send {
         sender: &str,
         key: &str,
     ) -> impl Future<Output = Result<Option<(Vec<u8>, i64)>, sqlx::Error>> + Send;
+
+    /// What `sender` stored on `day` before this batch (asked only when a quota is on). The
+    /// backend makes sure no other transaction changes it until this one ends.
+    fn usage(
+        &mut self,
+        sender: &str,
+        day: i64,
+    ) -> impl Future<Output = Result<Usage, sqlx::Error>> + Send;
 }
+
+/// Messages and bytes a client stored on one UTC day (`client_usage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) messages: i64,
+    pub(crate) bytes: i64,
+}
+
+/// A client's usage of one day after a batch: `(client_id, day, usage)`.
+pub(crate) type NewUsage<'a> = (&'a str, i64, Usage);
 
 /// A message the batch stores: its group, its seq and its request.
 pub(crate) type NewMessage<'a> = (i64, i64, &'a AppendRequest);
@@ -143,19 +161,26 @@ pub(crate) struct Plan<'a> {
     pub(crate) outcomes: Vec<AppendOutcome>,
     /// In batch order; those whose request has an idempotency key store the key too.
     pub(crate) messages: Vec<NewMessage<'a>>,
+    /// The senders' usage after the batch, for each (sender, day) that stored anything; empty
+    /// when no quota is on.
+    pub(crate) usage: Vec<NewUsage<'a>>,
 }
 
 /// Decides every append of `batch` in order, advancing `last_seq` of its group in `groups`: a
-/// later append sees the seqs and idempotency keys of earlier ones.
+/// later append sees the seqs, idempotency keys and quota usage of earlier ones.
 pub(crate) async fn plan<'a>(
     batch: &'a [AppendRequest],
     groups: &mut HashMap<GroupName<'a>, BatchGroup>,
     lookups: &mut impl Lookups,
+    quota: DailyQuota,
 ) -> Result<Plan<'a>, sqlx::Error> {
     let mut plan = Plan {
         outcomes: Vec::with_capacity(batch.len()),
         messages: Vec::with_capacity(batch.len()),
+        usage: Vec::new(),
     };
+    // (sender, day) -> (usage so far, did this batch add to it)
+    let mut usage: HashMap<(&str, i64), (Usage, bool)> = HashMap::new();
     // Keys stored by this batch: (group, sender, key) -> (body hash, seq).
     let mut batch_keys: HashMap<(i64, &str, &str), (&[u8; 32], i64)> = HashMap::new();
     for req in batch {
@@ -180,6 +205,23 @@ pub(crate) async fn plan<'a>(
                 });
                 continue;
             }
+        }
+        if quota.is_on() {
+            let day = super::utc_day(req.received_at);
+            let entry = match usage.entry((req.sender.as_str(), day)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((lookups.usage(&req.sender, day).await?, false))
+                }
+            };
+            if let Some(what) = quota.exceeded(entry.0, 1, req.data.len()) {
+                plan.outcomes.push(AppendOutcome::OverQuota(what));
+                continue;
+            }
+            entry.0 = entry.0.plus(1, req.data.len());
+            entry.1 = true;
+        }
+        if let Some((key, body_hash)) = &req.idempotency {
             batch_keys.insert(
                 (group.id, req.sender.as_str(), key.as_str()),
                 (body_hash, group.last_seq + 1),
@@ -190,6 +232,14 @@ pub(crate) async fn plan<'a>(
         plan.outcomes
             .push(AppendOutcome::Stored(from_db(group.last_seq)));
     }
+    plan.usage = usage
+        .into_iter()
+        .filter(|(_, (_, added))| *added)
+        .map(|((sender, day), (u, _))| (sender, day, u))
+        .collect();
+    // A fixed order, so concurrent writers of the same rows take their locks alike.
+    plan.usage
+        .sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     Ok(plan)
 }
 

@@ -11,9 +11,10 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Database, Encode, FromRow, Type};
 
+use super::batch::Usage;
 use super::{
-    ClaimOutcome, ClientRecord, ClientStats, GroupRecord, Millis, Page, StoreError, StoreResult,
-    from_db, page, to_db,
+    ClaimOutcome, ClientRecord, ClientStats, DailyQuota, GroupRecord, Millis, Page, StoreError,
+    StoreResult, from_db, page, to_db,
 };
 
 /// Where a shared statement runs: a pool or an open transaction of either backend.
@@ -467,4 +468,19 @@ pub(crate) async fn read_range(
         )
         .await?;
     Ok(rows.into_iter().map(message).collect())
+}
+
+/// The usage of `from` after storing `welcomes` on top of `used`, or `OverQuota`.
+pub(crate) fn welcome_usage(
+    quota: DailyQuota,
+    used: Usage,
+    welcomes: &[(String, Vec<u8>)],
+) -> StoreResult<Usage> {
+    let bytes = welcomes
+        .iter()
+        .fold(0usize, |sum, (_, data)| sum.saturating_add(data.len()));
+    match quota.exceeded(used, welcomes.len(), bytes) {
+        Some(what) => Err(StoreError::OverQuota(what)),
+        None => Ok(used.plus(welcomes.len(), bytes)),
+    }
 }

@@ -40,6 +40,10 @@ pub(crate) enum StoreError {
     /// These client ids are not registered.
     #[error("unknown clients: {0:?}")]
     UnknownClients(Vec<String>),
+    /// Storing this would exceed the client's daily storage quota (which one: see
+    /// [`DailyQuota::exceeded`]); nothing was stored.
+    #[error("daily storage quota exceeded: {0}")]
+    OverQuota(&'static str),
     /// Storing these key packages would exceed the per-client stock limit.
     #[error("key package stock limit of {limit} exceeded")]
     TooManyKeyPackages { limit: u64 },
@@ -141,6 +145,73 @@ pub(crate) enum AppendOutcome {
     NoGroup,
     /// The sender is neither the owner nor a current member (403).
     Forbidden,
+    /// Storing it would exceed the sender's daily storage quota (429); names which.
+    OverQuota(&'static str),
+}
+
+/// Milliseconds in a day.
+pub(crate) const DAY_MILLIS: Millis = 86_400_000;
+
+/// The UTC day (days since the Unix epoch) of a time.
+pub(crate) fn utc_day(at: Millis) -> i64 {
+    at.div_euclid(DAY_MILLIS)
+}
+
+/// Per-client limits on what is stored per UTC day, group messages and welcomes together
+/// (`--daily-message-quota`, `--daily-byte-quota`; 0 = no limit). Counted in the database
+/// (`client_usage`), in the transaction that stores, so relay processes sharing PostgreSQL
+/// enforce one quota together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DailyQuota {
+    pub(crate) messages: u64,
+    pub(crate) bytes: u64,
+}
+
+/// What [`DailyQuota::exceeded`] names: the `limit` label of the refusal metric too.
+pub(crate) const QUOTA_MESSAGES: &str = "daily_messages";
+pub(crate) const QUOTA_BYTES: &str = "daily_bytes";
+
+impl DailyQuota {
+    pub(crate) fn from_config(config: &Config) -> Self {
+        DailyQuota {
+            messages: config.daily_message_quota,
+            bytes: config.daily_byte_quota,
+        }
+    }
+
+    /// Is any limit on (else usage is not even counted)?
+    pub(crate) fn is_on(&self) -> bool {
+        self.messages > 0 || self.bytes > 0
+    }
+
+    /// Which limit storing `messages` more items of `bytes` bytes on top of `used` would
+    /// exceed, if any.
+    pub(crate) fn exceeded(
+        &self,
+        used: batch::Usage,
+        messages: usize,
+        bytes: usize,
+    ) -> Option<&'static str> {
+        let after = used.plus(messages, bytes);
+        if self.messages > 0 && from_db(after.messages) > self.messages {
+            Some(QUOTA_MESSAGES)
+        } else if self.bytes > 0 && from_db(after.bytes) > self.bytes {
+            Some(QUOTA_BYTES)
+        } else {
+            None
+        }
+    }
+}
+
+impl batch::Usage {
+    /// This usage with `messages` more items of `bytes` bytes in all.
+    pub(crate) fn plus(self, messages: usize, bytes: usize) -> Self {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        batch::Usage {
+            messages: self.messages.saturating_add(n(messages)),
+            bytes: self.bytes.saturating_add(n(bytes)),
+        }
+    }
 }
 
 /// One page of a cursor read.
@@ -185,6 +256,8 @@ pub(crate) struct PruneStats {
     pub(crate) messages: u64,
     pub(crate) welcomes: u64,
     pub(crate) idempotency_keys: u64,
+    /// Per-client daily usage rows of past days.
+    pub(crate) usage_days: u64,
 }
 
 /// What the provided methods of [`Store`] run on.
@@ -295,7 +368,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     // ------------------------------------------------------------ welcomes
 
     /// Stores all welcomes or none; returns their ids in order. `UnknownClients` names unknown
-    /// recipients.
+    /// recipients; `OverQuota` if they would take `from` over its daily quota (of the UTC day
+    /// of `now`).
     async fn post_welcomes(
         &self,
         from: &str,

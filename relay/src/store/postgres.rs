@@ -28,13 +28,15 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 
-use super::batch::{self, ApplyBatch, BatchGroup, BatchWriter, GroupName, Lookups, NewMessage};
+use super::batch::{
+    self, ApplyBatch, BatchGroup, BatchWriter, GroupName, Lookups, NewMessage, NewUsage, Usage,
+};
 use super::common::{self, Conn, RangeMessageRow};
 use super::migrations::{self, migrator};
 use super::sync::{self, SyncCandidate, SyncRange};
 use super::{
-    AppendOutcome, AppendRequest, ClaimOutcome, Millis, PruneStats, Shared, Store, StoreError,
-    StoreResult, SyncCursor, dedup, from_db, to_db,
+    AppendOutcome, AppendRequest, ClaimOutcome, DailyQuota, Millis, PruneStats, Shared, Store,
+    StoreError, StoreResult, SyncCursor, dedup, from_db, to_db, utc_day,
 };
 use crate::config::{Config, redact_url};
 use crate::notify::{Notifier, StoreEvent};
@@ -90,6 +92,7 @@ pub(crate) struct PostgresStore {
     batch: BatchWriter,
     notifier: Notifier,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
+    quota: DailyQuota,
 }
 
 impl PostgresStore {
@@ -126,8 +129,12 @@ impl PostgresStore {
             .await
             .with_context(|| format!("cannot LISTEN on {EVENTS_CHANNEL} at {shown:?}"))?;
         let listener = tokio::spawn(forward_events(listener, listen_options, notifier.clone()));
+        let quota = DailyQuota::from_config(config);
         let batch = BatchWriter::spawn(
-            PostgresBatch { pool: pool.clone() },
+            PostgresBatch {
+                pool: pool.clone(),
+                quota,
+            },
             config.append_batch_max,
             notifier.clone(),
         );
@@ -136,6 +143,7 @@ impl PostgresStore {
             batch,
             notifier,
             listener: std::sync::Mutex::new(Some(listener)),
+            quota,
         })
     }
 
@@ -279,6 +287,7 @@ fn decode_event(payload: &str) -> Option<StoreEvent> {
 /// The group-commit half of the store.
 struct PostgresBatch {
     pool: PgPool,
+    quota: DailyQuota,
 }
 
 impl ApplyBatch for PostgresBatch {
@@ -293,11 +302,21 @@ impl ApplyBatch for PostgresBatch {
         let mut lookups = PostgresLookups {
             posters: read_posters(&mut tx, batch, &groups).await?,
             keys: read_idempotency_keys(&mut tx, batch, &groups).await?,
+            usage: if self.quota.is_on() {
+                let senders: Vec<(&str, i64)> = batch
+                    .iter()
+                    .map(|r| (r.sender.as_str(), utc_day(r.received_at)))
+                    .collect();
+                lock_usage(&mut tx, &senders).await?
+            } else {
+                HashMap::new()
+            },
         };
-        let plan = batch::plan(batch, &mut groups, &mut lookups).await?;
+        let plan = batch::plan(batch, &mut groups, &mut lookups, self.quota).await?;
         insert_messages(&mut tx, &plan.messages).await?;
         let events = write_last_seqs(&mut tx, &groups).await?;
         insert_idempotency_keys(&mut tx, &plan.messages).await?;
+        write_usage(&mut tx, &plan.usage).await?;
         notify_on_commit(&mut tx, &events).await?;
         tx.commit().await?;
         Ok(plan.outcomes)
@@ -388,10 +407,60 @@ async fn read_idempotency_keys(
         .collect())
 }
 
+/// Usage rows of `(client_id, day)`, created with zeros where missing and locked until the
+/// transaction ends, so that relay processes sharing the database count one quota: a second
+/// transaction storing for the same client and day waits here and then reads what the first
+/// committed. Locked in (client_id, day) order, so two such transactions cannot deadlock.
+async fn lock_usage(
+    tx: &mut PgConnection,
+    keys: &[(&str, i64)],
+) -> Result<HashMap<(String, i64), Usage>, sqlx::Error> {
+    let mut keys: Vec<(&str, i64)> = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
+    // `DO UPDATE` (a no-op change) rather than `DO NOTHING`: it locks an existing row and
+    // returns it, in the one statement.
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "INSERT INTO client_usage (client_id, day, messages, bytes) \
+         SELECT u.c, u.d, 0, 0 FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(c, d, n) ORDER BY u.n \
+         ON CONFLICT (client_id, day) DO UPDATE SET messages = client_usage.messages \
+         RETURNING client_id, day, messages, bytes",
+    )
+    .bind(keys.iter().map(|(c, _)| *c).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, d)| *d).collect::<Vec<_>>())
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(c, d, messages, bytes)| ((c, d), Usage { messages, bytes }))
+        .collect())
+}
+
+/// Sets the usage rows (locked by [`lock_usage`]) to their new values.
+async fn write_usage(tx: &mut PgConnection, usage: &[NewUsage<'_>]) -> Result<(), sqlx::Error> {
+    if usage.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE client_usage c SET messages = u.m, bytes = u.b \
+         FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(id, d, m, b) \
+         WHERE c.client_id = u.id AND c.day = u.d",
+    )
+    .bind(usage.iter().map(|(c, _, _)| *c).collect::<Vec<_>>())
+    .bind(usage.iter().map(|(_, d, _)| *d).collect::<Vec<_>>())
+    .bind(usage.iter().map(|(_, _, u)| u.messages).collect::<Vec<_>>())
+    .bind(usage.iter().map(|(_, _, u)| u.bytes).collect::<Vec<_>>())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// Answers from what was read at the start of the batch.
 struct PostgresLookups {
     posters: HashMap<i64, HashSet<String>>,
     keys: StoredKeys,
+    /// Locked usage rows of the batch's senders (empty when no quota is on).
+    usage: HashMap<(String, i64), Usage>,
 }
 
 impl Lookups for PostgresLookups {
@@ -412,6 +481,13 @@ impl Lookups for PostgresLookups {
             .keys
             .get(&(group_ref, sender.to_string(), key.to_string()))
             .cloned())
+    }
+
+    async fn usage(&mut self, sender: &str, day: i64) -> Result<Usage, sqlx::Error> {
+        self.usage
+            .get(&(sender.to_string(), day))
+            .copied()
+            .ok_or_else(|| sqlx::Error::Protocol("a usage row of the batch was not locked".into()))
     }
 }
 
@@ -636,6 +712,15 @@ impl Store for PostgresStore {
         .bind(recipients.clone())
         .execute(&mut *tx)
         .await?;
+        if self.quota.is_on() {
+            let day = utc_day(now);
+            let used = lock_usage(&mut tx, &[(from, day)])
+                .await?
+                .remove(&(from.to_string(), day))
+                .unwrap_or_default();
+            let after = common::welcome_usage(self.quota, used, &welcomes)?;
+            write_usage(&mut tx, &[(from, day, after)]).await?;
+        }
         let mut ids: Vec<(i64,)> = sqlx::query_as(
             "SELECT nextval(pg_get_serial_sequence('welcomes', 'id')) FROM generate_series(1, $1)",
         )
@@ -796,10 +881,15 @@ impl Store for PostgresStore {
             .bind(idempotency_before)
             .execute(&self.pool)
             .await?;
+        let usage = sqlx::query("DELETE FROM client_usage WHERE day < $1")
+            .bind(utc_day(idempotency_before))
+            .execute(&self.pool)
+            .await?;
         Ok(PruneStats {
             messages: messages.rows_affected(),
             welcomes: welcomes.rows_affected(),
             idempotency_keys: keys.rows_affected(),
+            usage_days: usage.rows_affected(),
         })
     }
 }

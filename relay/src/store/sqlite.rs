@@ -23,13 +23,15 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use super::batch::{self, ApplyBatch, BatchGroup, BatchWriter, GroupName, Lookups, NewMessage};
+use super::batch::{
+    self, ApplyBatch, BatchGroup, BatchWriter, GroupName, Lookups, NewMessage, NewUsage, Usage,
+};
 use super::common::{self, Conn, RangeMessageRow};
 use super::migrations::{self, migrator};
 use super::sync::{self, SyncCandidate, SyncRange};
 use super::{
-    AppendOutcome, AppendRequest, ClaimOutcome, Millis, PruneStats, Shared, Store, StoreError,
-    StoreResult, SyncCursor, from_db, to_db,
+    AppendOutcome, AppendRequest, ClaimOutcome, DailyQuota, Millis, PruneStats, Shared, Store,
+    StoreError, StoreResult, SyncCursor, from_db, to_db, utc_day,
 };
 use crate::config::{Config, redact_url};
 use crate::notify::Notifier;
@@ -53,6 +55,7 @@ pub(crate) struct SqliteStore {
     readers: SqlitePool,
     batch: BatchWriter,
     notifier: Notifier,
+    quota: DailyQuota,
 }
 
 impl SqliteStore {
@@ -102,9 +105,11 @@ impl SqliteStore {
             .with_context(|| {
                 format!("cannot open read connections to the SQLite database {shown:?}")
             })?;
+        let quota = DailyQuota::from_config(config);
         let batch = BatchWriter::spawn(
             SqliteBatch {
                 pool: writer.clone(),
+                quota,
             },
             config.append_batch_max,
             notifier.clone(),
@@ -114,6 +119,7 @@ impl SqliteStore {
             readers,
             batch,
             notifier,
+            quota,
         })
     }
 
@@ -137,6 +143,7 @@ impl SqliteStore {
 /// The group-commit half of the store: owns a handle to the writer connection.
 struct SqliteBatch {
     pool: SqlitePool,
+    quota: DailyQuota,
 }
 
 impl ApplyBatch for SqliteBatch {
@@ -152,12 +159,13 @@ impl ApplyBatch for SqliteBatch {
             tx: &mut tx,
             posters: HashMap::new(),
         };
-        let plan = batch::plan(batch, &mut groups, &mut lookups).await?;
+        let plan = batch::plan(batch, &mut groups, &mut lookups, self.quota).await?;
         // Rows are inserted in multi-row statements: every statement is a round trip to sqlx's
         // SQLite worker thread, and those hops dominate the append cost.
         insert_messages(&mut tx, &plan.messages).await?;
         insert_idempotency_keys(&mut tx, &plan.messages).await?;
         write_last_seqs(&mut tx, &groups).await?;
+        write_usage(&mut tx, &plan.usage).await?;
         tx.commit().await?;
         Ok(plan.outcomes)
     }
@@ -223,6 +231,49 @@ impl Lookups for SqliteLookups<'_> {
         .fetch_optional(&mut *self.tx)
         .await
     }
+
+    async fn usage(&mut self, sender: &str, day: i64) -> Result<Usage, sqlx::Error> {
+        // The writer holds SQLite's write lock until COMMIT: nothing else changes the row.
+        read_usage(self.tx, sender, day).await
+    }
+}
+
+/// What `client_id` stored on `day` so far.
+async fn read_usage(
+    tx: &mut SqliteConnection,
+    client_id: &str,
+    day: i64,
+) -> Result<Usage, sqlx::Error> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT messages, bytes FROM client_usage WHERE client_id = ? AND day = ?")
+            .bind(client_id)
+            .bind(day)
+            .fetch_optional(tx)
+            .await?;
+    Ok(row.map_or_else(Usage::default, |(messages, bytes)| Usage {
+        messages,
+        bytes,
+    }))
+}
+
+/// Sets the usage rows a batch or a welcome post changed.
+async fn write_usage(tx: &mut SqliteConnection, usage: &[NewUsage<'_>]) -> Result<(), sqlx::Error> {
+    // 4 bound values per row.
+    for chunk in usage.chunks(1000) {
+        let mut insert =
+            sqlx::QueryBuilder::new("INSERT INTO client_usage (client_id, day, messages, bytes) ");
+        insert.push_values(chunk, |mut row, (client_id, day, u)| {
+            row.push_bind(*client_id)
+                .push_bind(*day)
+                .push_bind(u.messages)
+                .push_bind(u.bytes);
+        });
+        insert.push(
+            " ON CONFLICT (client_id, day) DO UPDATE SET messages = excluded.messages, bytes = excluded.bytes",
+        );
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 async fn insert_messages(
@@ -406,6 +457,12 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<u64>> {
         let mut tx = self.write_tx().await?;
         Self::require_clients(&mut tx, recipients).await?;
+        if self.quota.is_on() {
+            let day = utc_day(now);
+            let used = read_usage(&mut tx, from, day).await?;
+            let after = common::welcome_usage(self.quota, used, &welcomes)?;
+            write_usage(&mut tx, &[(from, day, after)]).await?;
+        }
         let mut ids = Vec::with_capacity(welcomes.len());
         for (to, data) in welcomes {
             let (id,): (i64,) = sqlx::query_as(
@@ -542,6 +599,12 @@ impl Store for SqliteStore {
                  (SELECT group_ref, sender, idem_key FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
                 idempotency_before,
                 &mut stats.idempotency_keys,
+            ),
+            (
+                "DELETE FROM client_usage WHERE (client_id, day) IN \
+                 (SELECT client_id, day FROM client_usage WHERE day < ? LIMIT ?)",
+                utc_day(idempotency_before),
+                &mut stats.usage_days,
             ),
         ] {
             // Small transactions: appends wait for the write lock at most one chunk long.

@@ -89,6 +89,27 @@ impl Db {
 
     /// A relay with these extra command-line flags (they replace the harness's defaults).
     pub async fn start(&self, flags: &[&str]) -> Relay {
+        let running = dmls_relay::start(self.config(flags))
+            .await
+            .expect("relay starts");
+        Relay::serving(running)
+    }
+
+    /// [`start`](Self::start), with the relay reading the time (ms since the Unix epoch) from
+    /// `clock`.
+    pub async fn start_with_clock(
+        &self,
+        flags: &[&str],
+        clock: impl Fn() -> i64 + Send + Sync + 'static,
+    ) -> Relay {
+        let running = dmls_relay::testing::start_with_clock(self.config(flags), clock)
+            .await
+            .expect("relay starts");
+        Relay::serving(running)
+    }
+
+    /// The relay's configuration with these flags.
+    fn config(&self, flags: &[&str]) -> Config {
         let defaults = [
             ("--rate-limit-per-second", "0"),
             ("--registrations-per-minute", "0"),
@@ -106,8 +127,12 @@ impl Db {
             }
         }
         args.extend_from_slice(flags);
-        let config = <Config as clap::Parser>::parse_from(args);
-        let running = dmls_relay::start(config).await.expect("relay starts");
+        <Config as clap::Parser>::parse_from(args)
+    }
+}
+
+impl Relay {
+    fn serving(running: RunningRelay) -> Relay {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
