@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::cors::CorsOrigins;
 use crate::forwarded::TrustedProxies;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,6 +114,20 @@ pub struct Config {
     )]
     pub trusted_proxies: TrustedProxies,
 
+    /// Origins whose web pages may call the relay (CORS): a comma-separated list of origins
+    /// such as `https://chat.example.org,http://localhost:3000`, or `*` for any origin.
+    /// Default: none (no CORS headers; browsers then refuse pages from other origins).
+    /// Credentials are never allowed: clients authenticate with bearer tokens, not cookies.
+    #[arg(
+        long,
+        env = "DMLS_RELAY_CORS_ORIGINS",
+        value_name = "LIST",
+        value_parser = CorsOrigins::parse,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub cors_origins: CorsOrigins,
+
     /// Long polls one client may have waiting at once (0 turns the cap off). A new long poll
     /// beyond the cap answers the client's oldest waiting one at once (200 with what is new).
     #[arg(long, env = "DMLS_RELAY_MAX_WAITING_PER_CLIENT", default_value_t = 8)]
@@ -215,6 +230,7 @@ impl std::fmt::Debug for Config {
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("registrations_per_minute", &self.registrations_per_minute)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("cors_origins", &self.cors_origins)
             .field("max_waiting_per_client", &self.max_waiting_per_client)
             .field("max_waiting", &self.max_waiting)
             .field("max_connections", &self.max_connections)

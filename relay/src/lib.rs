@@ -1,7 +1,8 @@
 //! The DMLS relay: a dumb, durable store-and-forward HTTP service (`docs/API.md`).
 //!
 //! Embedders use [`Config`] and [`start`], which returns a [`RunningRelay`]. The modules:
-//! - `config`: the clap configuration; `forwarded`: the trusted reverse proxies it names.
+//! - `config`: the clap configuration; `forwarded`: the trusted reverse proxies it names;
+//!   `cors`: the origins browsers may call from.
 //! - `store`: the `Store` trait with SQLite and PostgreSQL implementations.
 //! - `notify`: wakes long polls when something is stored (in-process, and across processes
 //!   through PostgreSQL LISTEN/NOTIFY).
@@ -11,6 +12,7 @@
 //! - [`testing`] (cargo feature `testing`): helpers of the relay's and the client's tests.
 
 mod config;
+mod cors;
 mod forwarded;
 mod http;
 mod notify;
@@ -21,5 +23,6 @@ pub mod testing;
 mod waiters;
 
 pub use config::{Config, LogFormat, RegistrationMode};
+pub use cors::CorsOrigins;
 pub use forwarded::TrustedProxies;
 pub use server::{RunningRelay, start};

@@ -97,6 +97,37 @@ backend_tests! {
         assert_unchanged(&alice, &bob).await;
     }
 
+    async fn a_json_body_that_is_not_an_object_is_400_everywhere(db: Db) {
+        let (relay, alice, bob) = populated(&db).await;
+        // serde reads a struct from an array too (`[]` as a request with every field
+        // defaulted); the API takes objects only.
+        for body in ["[]", " [\"carol\"]", "null", "\"carol\"", "42"] {
+            let register = relay.post("/v1/clients").header("content-type", JSON).body(body).send().await.unwrap();
+            let problem = expect_problem(register, StatusCode::BAD_REQUEST).await;
+            assert!(problem.detail.contains("JSON object"), "POST /v1/clients: {}", problem.detail);
+            for (method, path) in [
+                ("POST", "/v1/key-packages".to_string()),
+                ("POST", "/v1/key-packages/claim".to_string()),
+                ("POST", "/v1/welcomes".to_string()),
+                ("POST", "/v1/sync".to_string()),
+                ("PUT", group_path("alice", &gid(1))),
+                ("POST", messages_path("alice", &gid(1))),
+            ] {
+                let request = if method == "PUT" { alice.put(&path) } else { alice.post(&path) };
+                let resp = request
+                    .header("content-type", JSON)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let problem = expect_problem(resp, StatusCode::BAD_REQUEST).await;
+                assert!(problem.detail.contains("JSON object"), "{method} {path}: {}", problem.detail);
+            }
+        }
+        assert_unchanged(&alice, &bob).await;
+        assert_eq!(relay.try_register("carol").await.status(), StatusCode::CREATED);
+    }
+
     async fn bad_base64_in_a_key_package_is_400_and_stores_none_of_the_upload(db: Db) {
         let (_relay, alice, bob) = populated(&db).await;
         let body = json!({ "key_packages": [b64(b"good"), "not base64!"], "last_resort": b64(b"new lr") });

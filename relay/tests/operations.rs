@@ -183,3 +183,128 @@ async fn a_lost_database_makes_readyz_and_routes_answer_503_on_postgres() {
     )
     .await;
 }
+
+/// A preflight from `origin` for a POST with a bearer token and a JSON body.
+async fn preflight(relay: &Relay, origin: &str) -> reqwest::Response {
+    relay
+        .http
+        .request(reqwest::Method::OPTIONS, relay.at("/v1/sync"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,idempotency-key",
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `access-control-allow-origin` of a response, if any.
+fn allowed_origin(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+/// Without `--cors-origins` the relay sends no CORS header: a page of another origin can call
+/// neither with a preflight nor with a simple request.
+#[tokio::test]
+async fn cors_is_off_by_default() {
+    let db = Db::sqlite();
+    let relay = db.relay().await;
+    let alice = relay.register("alice").await;
+    assert_eq!(
+        allowed_origin(&preflight(&relay, "https://chat.example.org").await),
+        None
+    );
+    let me = alice
+        .get("/v1/clients/me")
+        .header("origin", "https://chat.example.org")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    assert_eq!(allowed_origin(&me), None);
+    assert!(
+        !me.headers()
+            .keys()
+            .any(|k| k.as_str().starts_with("access-control-")),
+        "{:?}",
+        me.headers()
+    );
+}
+
+/// `--cors-origins` lets the named origins call (preflight and the request itself, with the
+/// headers a client needs to read) and no other; `*` lets any origin call.
+#[tokio::test]
+async fn cors_origins_allow_exactly_the_named_origins() {
+    let db = Db::sqlite();
+    let relay = db
+        .start(&[
+            "--cors-origins",
+            "https://chat.example.org,http://localhost:3000",
+        ])
+        .await;
+    let alice = relay.register("alice").await;
+    for origin in ["https://chat.example.org", "http://localhost:3000"] {
+        let resp = preflight(&relay, origin).await;
+        assert!(resp.status().is_success(), "{}", resp.status());
+        assert_eq!(allowed_origin(&resp).as_deref(), Some(origin));
+        let methods = resp.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap();
+        assert!(
+            methods.contains("POST") && methods.contains("DELETE"),
+            "{methods}"
+        );
+        let headers = resp.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        for h in ["authorization", "content-type", "idempotency-key"] {
+            assert!(headers.contains(h), "{h} not in {headers}");
+        }
+        assert!(
+            resp.headers()
+                .get("access-control-allow-credentials")
+                .is_none()
+        );
+    }
+    let me = alice
+        .get("/v1/clients/me")
+        .header("origin", "https://chat.example.org")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    assert_eq!(
+        allowed_origin(&me).as_deref(),
+        Some("https://chat.example.org")
+    );
+    let exposed = me.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        exposed.contains("retry-after") && exposed.contains("x-request-id"),
+        "{exposed}"
+    );
+
+    // Another origin, or a named one with another scheme or port, gets nothing.
+    for other in [
+        "https://evil.example",
+        "http://chat.example.org",
+        "http://localhost:3001",
+    ] {
+        assert_eq!(
+            allowed_origin(&preflight(&relay, other).await),
+            None,
+            "{other}"
+        );
+    }
+
+    let any = Db::sqlite().start(&["--cors-origins", "*"]).await;
+    let resp = preflight(&any, "https://anywhere.example").await;
+    assert_eq!(allowed_origin(&resp).as_deref(), Some("*"));
+}

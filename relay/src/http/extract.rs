@@ -13,7 +13,9 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::Error;
 
-/// A JSON body (needs `Content-Type: application/json`).
+/// A JSON object body (needs `Content-Type: application/json`). Every request body of the API
+/// is an object; serde would also read a struct from a JSON array (`[]` as a request with every
+/// field defaulted), which is refused here.
 pub(crate) struct Json<T>(pub T);
 
 impl<S, T> FromRequest<S> for Json<T>
@@ -24,6 +26,21 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes =
+            match axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+                .await
+            {
+                Ok(bytes) => bytes,
+                Err(rejection) => {
+                    return Err(Error::from_rejection(
+                        rejection.status(),
+                        rejection.body_text(),
+                    ));
+                }
+            };
+        require_object(&bytes)?;
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(Error::from_rejection(
@@ -31,6 +48,15 @@ where
                 rejection.body_text(),
             )),
         }
+    }
+}
+
+/// Refuses a body that cannot be a JSON object (what does not start with `{`, leading white
+/// space aside); a body that does but is malformed is left to the JSON parser to report.
+pub(crate) fn require_object(json: &[u8]) -> Result<(), Error> {
+    match json.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(Error::bad_request("the request body must be a JSON object")),
     }
 }
 

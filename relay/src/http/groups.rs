@@ -233,6 +233,7 @@ pub(crate) async fn post_message(
 ) -> Result<(StatusCode, axum::Json<PostMessageResponse>), Error> {
     check_group_name(&owner, &group_id)?;
     let data = if is_json(&headers) {
+        super::extract::require_object(&body)?;
         let request: PostMessageRequest = serde_json::from_slice(&body)
             .map_err(|e| Error::bad_request(format!("invalid JSON body: {e}")))?;
         request.data.into_inner()

@@ -4,8 +4,8 @@
 //! serves is in `/openapi.json` by construction. The shared state is one small [`Ctx`].
 //!
 //! Layers, outermost first: secrets are marked sensitive, a request id is set (or kept) and
-//! echoed, requests are traced, CORS lets any origin call (see `cors`), bare error responses
-//! get a problem+json body, and requests time out.
+//! echoed, requests are traced, CORS answers the origins of `--cors-origins` (none by default;
+//! `crate::cors`), bare error responses get a problem+json body, and requests time out.
 
 pub(crate) mod auth;
 pub(crate) mod clients;
@@ -29,7 +29,6 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware;
 use tokio::sync::watch;
 use tower::ServiceBuilder;
-use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer, ExposeHeaders};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -201,6 +200,7 @@ pub(crate) fn router(ctx: AppState) -> Router {
     };
     let timeout = ctx.config.request_timeout();
     let body_limit = ctx.config.max_body_bytes;
+    let cors = ctx.config.cors_origins.layer();
     routes
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
@@ -214,7 +214,7 @@ pub(crate) fn router(ctx: AppState) -> Router {
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(cors())
+                .option_layer(cors)
                 .layer(middleware::map_response(error::problem_for_bare_errors))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
@@ -222,18 +222,6 @@ pub(crate) fn router(ctx: AppState) -> Router {
                 )),
         )
         .with_state(ctx)
-}
-
-/// Any origin may call the relay: clients authenticate with bearer tokens, never cookies, so a
-/// page can only act with a token its user gave it. Allowed request headers mirror the preflight
-/// because a `*` there does not cover `Authorization` (Fetch standard).
-fn cors() -> CorsLayer {
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::any())
-        .allow_methods(AllowMethods::any())
-        .allow_headers(AllowHeaders::mirror_request())
-        .expose_headers(ExposeHeaders::any())
-        .max_age(std::time::Duration::from_secs(3600))
 }
 
 /// The span of one request: method, path (never the query or headers) and request id, so log
