@@ -1,10 +1,6 @@
 //! `POST /v1/clients`, `GET /v1/clients/me`, `DELETE /v1/clients/me`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use dmls_api::RegisterResponse;
 use reqwest::StatusCode;
 

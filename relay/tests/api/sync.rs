@@ -1,12 +1,8 @@
 //! `POST /v1/sync`: many groups and the inbox in one request, and long polling.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[macro_use]
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection as _;

@@ -1,16 +1,12 @@
 //! Abuse controls: the per-client cap on waiting long polls (the oldest is answered at once),
 //! the global cap on waiting long polls (503), and the per-client daily storage quota (429),
 //! with the refusals counted in `/metrics`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[macro_use]
-mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dmls_api::SyncResponse;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -1,10 +1,6 @@
 //! `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 

@@ -1,11 +1,7 @@
 //! `POST` and `GET /v1/groups/{owner}/{group_id}/messages`: appending, reading by cursor,
 //! idempotency, size limits and the access of members and dropped members.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use dmls_api::{IDEMPOTENCY_KEY_HEADER, PostMessageResponse};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -1,10 +1,6 @@
 //! `POST /v1/welcomes`, `GET /v1/welcomes`, `DELETE /v1/welcomes`: the per-client inbox.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 
 backend_tests! {

@@ -1,10 +1,6 @@
 //! `PUT`, `GET` and `DELETE /v1/groups/{owner}/{group_id}`: creation, member lists, access.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 
 /// Reads of a group by a client without access: 403, or 404 where the relay hides existence.

@@ -1,11 +1,7 @@
 //! A malformed or unauthorised request never gets a 5xx and never changes state: each test sends
 //! one kind of bad input, checks the RFC 9457 answer, then checks that nothing changed.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 

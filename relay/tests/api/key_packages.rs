@@ -1,12 +1,8 @@
 //! `POST /v1/key-packages` and `POST /v1/key-packages/claim`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[macro_use]
-mod common;
 
 use std::collections::HashSet;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 
 backend_tests! {

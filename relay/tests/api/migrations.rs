@@ -1,16 +1,12 @@
 //! A database migrated by an earlier relay keeps opening: the relay finds its migrations applied
 //! (same versions, descriptions and checksums in `_sqlx_migrations`), runs none of them again,
 //! and serves what the database holds.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[macro_use]
-mod common;
 
 use std::str::FromStr as _;
 
+use crate::common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::*;
 use sha2::{Digest as _, Sha256};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -71,8 +67,8 @@ macro_rules! with_pool {
 /// Migrates `db` as an earlier relay did, stores a client, and returns the migration records.
 async fn migrate_as_before(db: &Db, token_hash: &[u8]) -> Applied {
     let init = match db.backend {
-        Backend::Sqlite => include_str!("../../migrations/sqlite/0001_init.sql"),
-        Backend::Postgres => include_str!("../../migrations/postgres/0001_init.sql"),
+        Backend::Sqlite => include_str!("../../../migrations/sqlite/0001_init.sql"),
+        Backend::Postgres => include_str!("../../../migrations/postgres/0001_init.sql"),
     };
     with_pool!(db, |pool| {
         earlier_migrator(init).run(&pool).await.unwrap();

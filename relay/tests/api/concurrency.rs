@@ -1,12 +1,8 @@
 //! Readers paging with `after` never miss a message, even while many writers append.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[macro_use]
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const WRITERS: usize = 8;
 const MESSAGES_PER_WRITER: usize = 500;
