@@ -5,14 +5,11 @@
 //! asleep and is evicted by everyone, and a member who only reads is not.
 //!
 //! `DMLS_SIM_SEEDS=N` runs seeds 0..N (default 200); `DMLS_SIM_SEED=S` replays one seed.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod engine_common;
 
 use std::collections::BTreeMap;
 
+use crate::common::{Delivery, Net};
 use dmls_client::engine::{DutyPolicy, EngineError, Event, MessageId, TEXT_PLAIN, WaitReason};
-use engine_common::{Delivery, Net};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,10 +1,7 @@
 //! Basic flows of the engine with a few members and an in-order network.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod engine_common;
-
+use crate::common::Net;
 use dmls_client::engine::{DGroupId, Event, TEXT_PLAIN};
-use engine_common::Net;
 
 fn messages(net: &Net, i: usize) -> Vec<Vec<u8>> {
     net.events[i]
@@ -443,8 +440,8 @@ enum RaceOrder {
 /// for its PSK, and neither imports it nor shows X's later messages.
 #[test]
 fn a_commit_importing_a_removed_members_later_epoch_is_still_merged() {
+    use crate::common::Delivery;
     use dmls_client::engine::{PskId, WaitReason, send_group_id};
-    use engine_common::Delivery;
 
     fn feed(net: &mut Net, ds: Vec<Delivery>, now_ms: u64) {
         for d in ds {
@@ -1060,7 +1057,7 @@ fn a_commit_importing_an_epoch_of_a_removed_member_we_never_joined_is_merged_onc
             1000,
         )
         .unwrap();
-    let x_welcome_to_b = |p: &engine_common::Delivery| {
+    let x_welcome_to_b = |p: &crate::common::Delivery| {
         p.to == 2 && matches!(&p.input, Input::Welcome { from, .. } if from == "m3")
     };
     let mut held = net.settle_holding(1000, x_welcome_to_b);

@@ -1,13 +1,10 @@
 //! Hostile input: every rejected input leaves the state exactly as it was.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod engine_common;
-
+use crate::common::Net;
 use dmls_client::engine::{
     DGroupConfig, DGroupId, DGroupStatus, DMLS_EXTENSION_TYPE, Engine, FollowedGroup, Input,
     OutboxItem, ReceivedMessage, TEXT_PLAIN, WaitReason, send_group_id,
 };
-use engine_common::Net;
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
