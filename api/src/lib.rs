@@ -14,7 +14,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub mod limits {
     /// Most client ids in one `POST /v1/key-packages/claim`.
     pub const MAX_CLAIM_IDS: usize = 1_000;
-    /// Most welcomes in one `POST /v1/welcomes`.
+    /// Most welcomes in one `POST /v1/welcomes`, counted by recipient (a `to_all` welcome counts
+    /// each of its recipients).
     pub const MAX_WELCOMES_PER_POST: usize = 1_000;
     /// Most groups in one `POST /v1/sync`.
     pub const MAX_SYNC_GROUPS: usize = 10_000;
@@ -212,9 +213,42 @@ wire! {
 // ---------------------------------------------------------------- welcomes
 
 wire! {
-    /// One welcome to deliver.
+    /// One welcome to deliver: to one recipient (`to`) or, stored once, to several
+    /// (`to_all`); exactly one of the two.
     #[serde(deny_unknown_fields)]
-    pub struct OutgoingWelcome { pub to: String, pub data: Bytes }
+    pub struct OutgoingWelcome {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub to: Option<String>,
+        /// 1 to 1,000 distinct recipients of the same bytes (fan-out).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub to_all: Option<Vec<String>>,
+        pub data: Bytes,
+    }
+}
+
+impl OutgoingWelcome {
+    /// A welcome to one recipient (`to`).
+    pub fn to_one(to: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        OutgoingWelcome {
+            to: Some(to.into()),
+            to_all: None,
+            data: data.into(),
+        }
+    }
+
+    /// A welcome of the same bytes to several recipients (`to_all`).
+    pub fn to_all(to_all: Vec<String>, data: impl Into<Bytes>) -> Self {
+        OutgoingWelcome {
+            to: None,
+            to_all: Some(to_all),
+            data: data.into(),
+        }
+    }
+
+    /// How many inbox entries this welcome makes (0 for an invalid one naming no recipient).
+    pub fn recipient_count(&self) -> usize {
+        usize::from(self.to.is_some()) + self.to_all.as_ref().map_or(0, Vec::len)
+    }
 }
 
 wire! {
@@ -412,6 +446,27 @@ mod tests {
         assert!(!is_valid_group_id("AB"));
         assert!(!is_valid_group_id(""));
         assert!(!is_valid_group_id("zz"));
+    }
+
+    #[test]
+    fn outgoing_welcomes_name_to_or_to_all_and_old_ones_read_as_before() {
+        let one = OutgoingWelcome::to_one("bob", vec![1]);
+        assert_eq!(
+            serde_json::to_string(&one).unwrap(),
+            r#"{"to":"bob","data":"AQ=="}"#
+        );
+        let all = OutgoingWelcome::to_all(vec!["bob".into(), "carol".into()], vec![1]);
+        assert_eq!(
+            serde_json::to_string(&all).unwrap(),
+            r#"{"to_all":["bob","carol"],"data":"AQ=="}"#
+        );
+        assert_eq!((one.recipient_count(), all.recipient_count()), (1, 2));
+        let read: OutgoingWelcome = serde_json::from_str(r#"{"to":"bob","data":"AQ=="}"#).unwrap();
+        assert_eq!(read, one);
+        assert!(
+            serde_json::from_str::<OutgoingWelcome>(r#"{"to":"bob","cc":1,"data":"AQ=="}"#)
+                .is_err()
+        );
     }
 
     #[test]

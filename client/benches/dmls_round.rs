@@ -46,9 +46,16 @@ struct Net {
     inbox: HashMap<String, Vec<(u64, String, Vec<u8>)>>,
     next_welcome: u64,
     groups: HashMap<(String, String), Vec<Vec<u8>>>,
-    /// Bytes that crossed the network: claimed key packages, welcomes, group messages.
+    /// Bytes that crossed the network: claimed key packages, welcomes (each posted item once,
+    /// as the client's relay transport groups them, see `dmls_client::relay::fan_out`), group
+    /// messages.
     bytes: u64,
+    /// Welcomes delivered (one per recipient) and group messages.
     messages: u64,
+    /// Welcome bytes as posted (each item once) and as they were with one welcome per
+    /// recipient, for the comparison printed after the table.
+    welcome_bytes: u64,
+    welcome_bytes_per_recipient: u64,
 }
 
 impl Net {
@@ -147,12 +154,18 @@ impl Transport for BenchRelay<'_> {
         Ok(())
     }
 
+    /// Counts the bytes of each welcome the relay client posts (welcomes with the same bytes as
+    /// one), delivers one to each recipient.
     async fn post_welcomes(&mut self, welcomes: Vec<(String, Vec<u8>)>) -> Result<(), Infallible> {
         let net = &mut *self.net;
+        let (posted, _) = dmls_client::relay::fan_out(&welcomes);
+        let posted: u64 = posted.iter().map(|w| w.data.0.len() as u64).sum();
+        net.bytes += posted;
+        net.welcome_bytes += posted;
         for (to, data) in welcomes {
             net.next_welcome += 1;
             net.messages += 1;
-            net.bytes += data.len() as u64;
+            net.welcome_bytes_per_recipient += data.len() as u64;
             net.inbox
                 .entry(to)
                 .or_default()
@@ -218,6 +231,8 @@ struct RoundFigures {
     setup: Duration,
     setup_bytes: u64,
     setup_messages: u64,
+    /// Welcome bytes of the set-up as posted, and as one welcome per recipient would be.
+    setup_welcome_bytes: (u64, u64),
     round_total: Duration,
     round_mean: Duration,
     round_max: Duration,
@@ -272,6 +287,7 @@ fn bench_round(n: usize, dir: &Path, durability: Durability) -> Result<RoundFigu
     }
     let setup = t.elapsed();
     let (setup_bytes, setup_messages) = (net.bytes, net.messages);
+    let setup_welcome_bytes = (net.welcome_bytes, net.welcome_bytes_per_recipient);
     for m in &members {
         let s = m.engine.status(&dgroup)?;
         let joined = s.send_groups.iter().filter(|g| g.joined).count();
@@ -328,6 +344,7 @@ fn bench_round(n: usize, dir: &Path, durability: Durability) -> Result<RoundFigu
         setup,
         setup_bytes,
         setup_messages,
+        setup_welcome_bytes,
         round_total,
         round_mean: round_total / n as u32,
         round_max: per_member.iter().copied().max().unwrap_or_default(),
@@ -441,6 +458,7 @@ fn main() -> Result<()> {
                 .chain(std::iter::once((n, Durability::BeforeEffects)))
         })
         .collect();
+    let mut welcome_lines = Vec::new();
     for (n, durability) in runs {
         let dir = tempfile::tempdir()?;
         let f = bench_round(n, dir.path(), durability)?;
@@ -462,6 +480,18 @@ fn main() -> Result<()> {
             f.round_inputs_per_member,
             f.round_bytes as f64 / 1e6,
         );
+        let (posted, per_recipient) = f.setup_welcome_bytes;
+        welcome_lines.push(format!(
+            "N = {} ({durability:?}): set-up bytes {:.2} MB, of which welcomes {:.2} MB (same bytes posted once for all recipients); one welcome per recipient: {:.2} MB set-up, {:.2} MB welcomes",
+            f.n,
+            f.setup_bytes as f64 / 1e6,
+            posted as f64 / 1e6,
+            (f.setup_bytes - posted + per_recipient) as f64 / 1e6,
+            per_recipient as f64 / 1e6,
+        ));
+    }
+    for line in welcome_lines {
+        println!("{line}");
     }
 
     if backlog > 0 {

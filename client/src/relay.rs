@@ -300,7 +300,13 @@ impl RelayClient {
 
     // ------------------------------------------------------------ welcomes
 
-    /// `POST /v1/welcomes`: delivers welcomes (all or nothing); returns their inbox ids.
+    /// `POST /v1/welcomes`: delivers welcomes (all or nothing); returns their inbox ids, in
+    /// the order of `welcomes`.
+    ///
+    /// Welcomes with the same bytes (an MLS Welcome is one message for everyone a commit adds)
+    /// go as one `to_all` welcome, which the relay receives and stores once ([`fan_out`]). A
+    /// relay from before `to_all` refuses it as an unknown field; then the welcomes are sent
+    /// again one per recipient.
     pub async fn post_welcomes(
         &self,
         welcomes: Vec<(String, Vec<u8>)>,
@@ -311,15 +317,44 @@ impl RelayClient {
                 dmls_api::limits::MAX_WELCOMES_PER_POST
             )));
         }
-        let body = json(&PostWelcomesRequest {
-            welcomes: welcomes
-                .into_iter()
-                .map(|(to, data)| OutgoingWelcome {
-                    to,
-                    data: Bytes(data),
-                })
-                .collect(),
-        })?;
+        let (grouped, positions) = fan_out(&welcomes);
+        if grouped.len() == welcomes.len() {
+            // Nothing shared bytes: the request is the one without `to_all`.
+            return self.post_outgoing_welcomes(grouped).await;
+        }
+        match self.post_outgoing_welcomes(grouped).await {
+            Ok(ids) => positions
+                .iter()
+                .map(|&p| ids.get(p).copied())
+                .collect::<Option<Vec<u64>>>()
+                .ok_or_else(|| RelayError::BadAnswer {
+                    route: "POST /v1/welcomes".into(),
+                    detail: format!("{} ids for {} recipients", ids.len(), positions.len()),
+                }),
+            Err(RelayError::Problem {
+                status: 400,
+                detail,
+                ..
+            }) if detail.contains("unknown field `to_all`") => {
+                tracing::warn!(
+                    "the relay does not know fan-out welcomes (`to_all`); sending one welcome per recipient"
+                );
+                let one_each = welcomes
+                    .into_iter()
+                    .map(|(to, data)| OutgoingWelcome::to_one(to, data))
+                    .collect();
+                self.post_outgoing_welcomes(one_each).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /v1/welcomes` of these welcomes as they are; returns the relay's ids.
+    pub async fn post_outgoing_welcomes(
+        &self,
+        welcomes: Vec<OutgoingWelcome>,
+    ) -> Result<Vec<u64>, RelayError> {
+        let body = json(&PostWelcomesRequest { welcomes })?;
         let r: PostWelcomesResponse = self
             .call(
                 Method::POST,
@@ -588,6 +623,49 @@ fn group_path(owner: &str, group_id: &str) -> Result<String, RelayError> {
     Ok(format!("/v1/groups/{owner}/{group_id}"))
 }
 
+/// `welcomes` (recipient, bytes) as the items of one `POST /v1/welcomes`: welcomes with the
+/// same bytes become one `to_all` item (a recipient named twice with the same bytes gets a
+/// second item), a welcome whose bytes no other shares stays a `to` item. Also returns, for
+/// each welcome in order, the index of its id in the relay's answer (one id per recipient, in
+/// item order).
+pub fn fan_out(welcomes: &[(String, Vec<u8>)]) -> (Vec<OutgoingWelcome>, Vec<usize>) {
+    // Items, each as the indices of its welcomes; items with the same bytes, by bytes.
+    let mut items: Vec<Vec<usize>> = Vec::new();
+    let mut by_bytes: std::collections::HashMap<&[u8], Vec<usize>> =
+        std::collections::HashMap::new();
+    for (i, (to, data)) in welcomes.iter().enumerate() {
+        let same = by_bytes.entry(data.as_slice()).or_default();
+        let free = same.iter().copied().find(|&item| {
+            items[item].len() < dmls_api::limits::MAX_WELCOMES_PER_POST
+                && items[item].iter().all(|&j| welcomes[j].0 != *to)
+        });
+        match free {
+            Some(item) => items[item].push(i),
+            None => {
+                same.push(items.len());
+                items.push(vec![i]);
+            }
+        }
+    }
+    let mut positions = vec![0; welcomes.len()];
+    let mut next = 0;
+    let mut outgoing = Vec::with_capacity(items.len());
+    for item in items {
+        for &i in &item {
+            positions[i] = next;
+            next += 1;
+        }
+        let data = welcomes[item[0]].1.clone();
+        outgoing.push(match item.as_slice() {
+            [one] => OutgoingWelcome::to_one(welcomes[*one].0.clone(), data),
+            _ => {
+                OutgoingWelcome::to_all(item.iter().map(|&i| welcomes[i].0.clone()).collect(), data)
+            }
+        });
+    }
+    (outgoing, positions)
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, RelayError> {
     serde_json::to_value(v).map_err(|e| RelayError::InvalidInput(format!("cannot encode: {e}")))
 }
@@ -642,6 +720,51 @@ mod tests {
             .with_token(Token::new("s3cr3t"));
         assert!(!format!("{c:?}").contains("s3cr3t"));
         assert!(!format!("{:?}", Token::new("s3cr3t")).contains("s3cr3t"));
+    }
+
+    fn w(to: &str, data: &[u8]) -> (String, Vec<u8>) {
+        (to.to_string(), data.to_vec())
+    }
+
+    #[test]
+    fn welcomes_with_the_same_bytes_go_as_one_to_all_item() {
+        let welcomes = vec![
+            w("bob", b"W"),
+            w("carol", b"other"),
+            w("dave", b"W"),
+            w("bob", b"W"),
+            w("erin", b"W"),
+        ];
+        let (items, positions) = fan_out(&welcomes);
+        assert_eq!(
+            items,
+            vec![
+                OutgoingWelcome::to_all(
+                    vec!["bob".into(), "dave".into(), "erin".into()],
+                    b"W".to_vec()
+                ),
+                OutgoingWelcome::to_one("carol", b"other".to_vec()),
+                // Bob twice with the same bytes: a second item.
+                OutgoingWelcome::to_one("bob", b"W".to_vec()),
+            ]
+        );
+        // The answer has ids for bob, dave, erin, carol, bob: each welcome's id, in order.
+        assert_eq!(positions, vec![0, 3, 1, 4, 2]);
+    }
+
+    #[test]
+    fn welcomes_of_distinct_bytes_stay_as_they_are() {
+        let welcomes = vec![w("bob", b"1"), w("carol", b"2")];
+        let (items, positions) = fan_out(&welcomes);
+        assert_eq!(
+            items,
+            vec![
+                OutgoingWelcome::to_one("bob", b"1".to_vec()),
+                OutgoingWelcome::to_one("carol", b"2".to_vec())
+            ]
+        );
+        assert_eq!(positions, vec![0, 1]);
+        assert_eq!(fan_out(&[]), (Vec::new(), Vec::new()));
     }
 
     #[test]

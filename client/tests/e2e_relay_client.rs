@@ -193,3 +193,129 @@ async fn rate_limited_calls_are_retried_after_retry_after() {
     );
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcomes_with_the_same_bytes_are_posted_once_for_all_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let alice = register(&relay.url(), "alice").await;
+    let bob = register(&relay.url(), "bob").await;
+    let carol = register(&relay.url(), "carol").await;
+    let welcome = vec![9u8; 5000];
+    let ids = alice
+        .post_welcomes(vec![
+            ("bob".into(), welcome.clone()),
+            ("carol".into(), b"other".to_vec()),
+            ("carol".into(), welcome.clone()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    let bob_inbox = bob.list_welcomes(0, 10).await.unwrap().welcomes;
+    let carol_inbox = carol.list_welcomes(0, 10).await.unwrap().welcomes;
+    assert_eq!(bob_inbox.len(), 1);
+    assert_eq!((bob_inbox[0].id, &bob_inbox[0].data.0), (ids[0], &welcome));
+    // The ids answer the welcomes in the order given.
+    let carol_ids: Vec<(u64, Vec<u8>)> =
+        carol_inbox.into_iter().map(|w| (w.id, w.data.0)).collect();
+    assert!(carol_ids.contains(&(ids[1], b"other".to_vec())));
+    assert!(carol_ids.contains(&(ids[2], welcome.clone())));
+    relay.shutdown().await.unwrap();
+}
+
+/// A stand-in for a relay from before fan-out welcomes, on 127.0.0.1: `POST /v1/welcomes`
+/// reads the body as that relay did (`to` and `data` only, unknown fields refused) and answers
+/// 400 with serde's message, or 201 with ids 1, 2, ...; one request per connection. Returns its
+/// URL and the bodies it received.
+fn old_relay() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct OldWelcome {
+        to: String,
+        data: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct OldRequest {
+        welcomes: Vec<OldWelcome>,
+    }
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let bodies = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            bodies
+                .lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap());
+            let (status, answer) = match serde_json::from_slice::<OldRequest>(&body) {
+                Ok(r) => (
+                    "201 Created",
+                    serde_json::json!({ "ids": (1..=r.welcomes.len() as u64).collect::<Vec<_>>() }),
+                ),
+                Err(e) => (
+                    "400 Bad Request",
+                    serde_json::json!({
+                        "type": "about:blank", "title": "Bad Request", "status": 400,
+                        "detail": format!("Failed to deserialize the JSON body into the target type: {e}"),
+                    }),
+                ),
+            };
+            let answer = answer.to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_without_fan_out_gets_the_welcomes_one_per_recipient() {
+    let (url, seen) = old_relay();
+    let alice = RelayClient::new(&url).unwrap().with_token(Token::new("t"));
+    let ids = alice
+        .post_welcomes(vec![
+            ("bob".into(), b"W".to_vec()),
+            ("carol".into(), b"W".to_vec()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids, vec![1, 2]);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        seen[0]["welcomes"][0]["to_all"],
+        serde_json::json!(["bob", "carol"])
+    );
+    assert_eq!(
+        seen[1]["welcomes"],
+        serde_json::json!([{ "to": "bob", "data": "Vw==" }, { "to": "carol", "data": "Vw==" }])
+    );
+}

@@ -302,6 +302,7 @@ async fn prune_loop(
             Ok(stats) => tracing::info!(
                 messages = stats.messages,
                 welcomes = stats.welcomes,
+                welcome_bodies = stats.welcome_bodies,
                 idempotency_keys = stats.idempotency_keys,
                 usage_days = stats.usage_days,
                 "pruned"

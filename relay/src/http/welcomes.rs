@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use dmls_api::limits::{MAX_WELCOMES_PER_POST, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
-use dmls_api::{PostWelcomesRequest, PostWelcomesResponse, Problem, WelcomesPage};
+use dmls_api::{OutgoingWelcome, PostWelcomesRequest, PostWelcomesResponse, Problem, WelcomesPage};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -11,7 +11,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{AuthedErrors, Error};
 use super::extract::{Json, Query};
-use crate::store::StoreError;
+use crate::store::{NewWelcome, StoreError};
 
 /// A cursor page: `after` (exclusive, default 0) and `limit` (default 100, at most 1,000).
 #[derive(Debug, Deserialize, IntoParams)]
@@ -43,7 +43,8 @@ pub(crate) struct DeleteQuery {
     pub(crate) upto: u64,
 }
 
-/// Delivers welcomes to recipients' inboxes, all or nothing.
+/// Delivers welcomes to recipients' inboxes, all or nothing; a `to_all` welcome is stored once
+/// for all its recipients.
 #[utoipa::path(
     post,
     path = "/v1/welcomes",
@@ -52,8 +53,8 @@ pub(crate) struct DeleteQuery {
     request_body = PostWelcomesRequest,
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Stored; inbox ids in request order", body = PostWelcomesResponse),
-        (status = 400, description = "Malformed body, invalid recipient, empty welcome or more than 1,000", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Stored; inbox ids, one per recipient, in request order", body = PostWelcomesResponse),
+        (status = 400, description = "Malformed body, neither or both of `to` and `to_all`, an empty or repeating `to_all`, invalid recipient, empty welcome or more than 1,000 recipients", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown recipients (named in `detail`); nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "A welcome or the body is too large", body = Problem, content_type = "application/problem+json"),
         AuthedErrors,
@@ -64,45 +65,41 @@ pub(crate) async fn post(
     caller: Caller,
     Json(request): Json<PostWelcomesRequest>,
 ) -> Result<(StatusCode, axum::Json<PostWelcomesResponse>), Error> {
-    if request.welcomes.len() > MAX_WELCOMES_PER_POST {
-        return Err(Error::bad_request(format!(
-            "at most {MAX_WELCOMES_PER_POST} welcomes per request"
-        )));
-    }
     let max = state.config.max_welcome_bytes;
-    for welcome in &request.welcomes {
-        if !dmls_api::is_valid_client_id(&welcome.to) {
+    let mut entries = 0usize;
+    let mut welcomes = Vec::with_capacity(request.welcomes.len());
+    for welcome in request.welcomes {
+        let (to, data) = recipients(welcome)?;
+        entries += to.len();
+        if entries > MAX_WELCOMES_PER_POST {
             return Err(Error::bad_request(format!(
-                "invalid recipient {:?}",
-                welcome.to
+                "at most {MAX_WELCOMES_PER_POST} welcomes per request (counted by recipient)"
             )));
         }
-        if welcome.data.0.is_empty() {
+        let shown = match to.as_slice() {
+            [one] => format!("{one:?}"),
+            [first, rest @ ..] => format!("{first:?} and {} others", rest.len()),
+            [] => String::new(),
+        };
+        if data.is_empty() {
             return Err(Error::bad_request(format!(
-                "the welcome to {:?} is empty",
-                welcome.to
+                "the welcome to {shown} is empty"
             )));
         }
-        if welcome.data.0.len() > max {
+        if data.len() > max {
             return Err(Error::PayloadTooLarge(format!(
-                "the welcome to {:?} has {} bytes; the limit is {max}",
-                welcome.to,
-                welcome.data.0.len()
+                "the welcome to {shown} has {} bytes; the limit is {max}",
+                data.len()
             )));
         }
+        welcomes.push(NewWelcome { to, data });
     }
-    if request.welcomes.is_empty() {
+    if welcomes.is_empty() {
         return Ok((
             StatusCode::CREATED,
             axum::Json(PostWelcomesResponse { ids: Vec::new() }),
         ));
     }
-    let count = request.welcomes.len();
-    let welcomes = request
-        .welcomes
-        .into_iter()
-        .map(|w| (w.to, w.data.into_inner()))
-        .collect();
     let ids = match state
         .store
         .post_welcomes(&caller.client_id, welcomes, state.now())
@@ -113,11 +110,51 @@ pub(crate) async fn post(
         Err(e) => return Err(e.into()),
     };
     ::metrics::counter!(super::metrics::WELCOMES_STORED)
-        .increment(u64::try_from(count).unwrap_or(0));
+        .increment(u64::try_from(entries).unwrap_or(0));
     Ok((
         StatusCode::CREATED,
         axum::Json(PostWelcomesResponse { ids }),
     ))
+}
+
+/// The recipients of one welcome (one for `to`, several for `to_all`) and its bytes; 400
+/// unless exactly one of the two is given, `to_all` names at least one recipient and none
+/// twice, and every recipient id is valid.
+fn recipients(welcome: OutgoingWelcome) -> Result<(Vec<String>, Vec<u8>), Error> {
+    let to = match (welcome.to, welcome.to_all) {
+        (Some(to), None) => vec![to],
+        (None, Some(to_all)) => {
+            if to_all.is_empty() {
+                return Err(Error::bad_request("`to_all` names no recipient"));
+            }
+            if to_all.len() > MAX_WELCOMES_PER_POST {
+                return Err(Error::bad_request(format!(
+                    "at most {MAX_WELCOMES_PER_POST} welcomes per request (counted by recipient)"
+                )));
+            }
+            let mut seen = std::collections::HashSet::with_capacity(to_all.len());
+            if let Some(twice) = to_all.iter().find(|id| !seen.insert(id.as_str())) {
+                return Err(Error::bad_request(format!(
+                    "`to_all` names {twice:?} more than once"
+                )));
+            }
+            to_all
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::bad_request(
+                "a welcome names its recipients in `to` or in `to_all`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(Error::bad_request(
+                "a welcome needs a recipient: `to` or `to_all`",
+            ));
+        }
+    };
+    if let Some(bad) = to.iter().find(|id| !dmls_api::is_valid_client_id(id)) {
+        return Err(Error::bad_request(format!("invalid recipient {bad:?}")));
+    }
+    Ok((to, welcome.data.into_inner()))
 }
 
 /// Reads the caller's own inbox, ids increasing.

@@ -13,8 +13,8 @@ use sqlx::{Database, Encode, FromRow, Type};
 
 use super::batch::Usage;
 use super::{
-    ClaimOutcome, ClientRecord, ClientStats, DailyQuota, GroupRecord, Millis, Page, StoreError,
-    StoreResult, from_db, page, to_db,
+    ClaimOutcome, ClientRecord, ClientStats, DailyQuota, GroupRecord, Millis, NewWelcome, Page,
+    StoreError, StoreResult, from_db, page, to_db,
 };
 
 /// Where a shared statement runs: a pool or an open transaction of either backend.
@@ -157,7 +157,7 @@ pub(crate) fn range_message(
     )
 }
 
-/// `id, sender, data, received_at` of `welcomes`.
+/// `id, sender, received_at` of `welcomes` with the `data` of its body.
 type WelcomeRow = (i64, String, Vec<u8>, i64);
 
 fn welcome((id, from, data, received_at): WelcomeRow) -> Welcome {
@@ -218,11 +218,11 @@ pub(crate) fn stock_after(stock: i64, adding: usize, max_stock: u64) -> StoreRes
 }
 
 /// The recipients of `welcomes`, each once, in first-seen order.
-pub(crate) fn recipients(welcomes: &[(String, Vec<u8>)]) -> Vec<String> {
+pub(crate) fn recipients(welcomes: &[NewWelcome]) -> Vec<String> {
     super::dedup(
         &welcomes
             .iter()
-            .map(|(to, _)| to.clone())
+            .flat_map(|w| w.to.iter().cloned())
             .collect::<Vec<_>>(),
     )
 }
@@ -323,23 +323,45 @@ pub(crate) async fn list_welcomes(
     after: u64,
     limit: u32,
 ) -> StoreResult<Page<Welcome>> {
-    let sql = "SELECT id, sender, data, received_at FROM welcomes \
-               WHERE recipient = $1 AND id > $2 ORDER BY id LIMIT $3";
+    let sql = "SELECT w.id, w.sender, b.data, w.received_at FROM welcomes w \
+               JOIN welcome_bodies b ON b.id = w.body \
+               WHERE w.recipient = $1 AND w.id > $2 ORDER BY w.id LIMIT $3";
     let params = [Param::Text(client_id), Param::Int(to_db(after))];
     fetch_page(conn, sql, &params, limit, welcome).await
 }
 
-pub(crate) async fn delete_welcomes(
+/// Drops the client's welcomes with id <= `upto`; returns the bodies they referred to (each
+/// once), which may now be unreferenced.
+pub(crate) async fn delete_welcome_entries(
     mut conn: Conn<'_>,
     client_id: &str,
     upto: u64,
-) -> StoreResult<()> {
-    conn.execute(
-        "DELETE FROM welcomes WHERE recipient = $1 AND id <= $2",
-        &[Param::Text(client_id), Param::Int(to_db(upto))],
-    )
-    .await?;
-    Ok(())
+) -> StoreResult<Vec<i64>> {
+    let bodies: Vec<(i64,)> = conn
+        .fetch_all(
+            "DELETE FROM welcomes WHERE recipient = $1 AND id <= $2 RETURNING body",
+            &[Param::Text(client_id), Param::Int(to_db(upto))],
+        )
+        .await?;
+    Ok(distinct_bodies(bodies))
+}
+
+/// The bodies that the client's inbox entries refer to, each once.
+pub(crate) async fn inbox_bodies(mut conn: Conn<'_>, client_id: &str) -> StoreResult<Vec<i64>> {
+    let bodies: Vec<(i64,)> = conn
+        .fetch_all(
+            "SELECT body FROM welcomes WHERE recipient = $1",
+            &[Param::Text(client_id)],
+        )
+        .await?;
+    Ok(distinct_bodies(bodies))
+}
+
+fn distinct_bodies(rows: Vec<(i64,)>) -> Vec<i64> {
+    let mut bodies: Vec<i64> = rows.into_iter().map(|(b,)| b).collect();
+    bodies.sort_unstable();
+    bodies.dedup();
+    bodies
 }
 
 /// Creates the group with no messages if it does not exist; true if it did not.
@@ -470,17 +492,36 @@ pub(crate) async fn read_range(
     Ok(rows.into_iter().map(message).collect())
 }
 
-/// The usage of `from` after storing `welcomes` on top of `used`, or `OverQuota`.
+/// The usage of `from` after storing `welcomes` on top of `used`, or `OverQuota`. Every inbox
+/// entry counts as one welcome; a welcome's bytes count once, as they are stored once.
 pub(crate) fn welcome_usage(
     quota: DailyQuota,
     used: Usage,
-    welcomes: &[(String, Vec<u8>)],
+    welcomes: &[NewWelcome],
 ) -> StoreResult<Usage> {
     let bytes = welcomes
         .iter()
-        .fold(0usize, |sum, (_, data)| sum.saturating_add(data.len()));
-    match quota.exceeded(used, welcomes.len(), bytes) {
+        .fold(0usize, |sum, w| sum.saturating_add(w.data.len()));
+    let entries = entry_count(welcomes);
+    match quota.exceeded(used, entries, bytes) {
         Some(what) => Err(StoreError::OverQuota(what)),
-        None => Ok(used.plus(welcomes.len(), bytes)),
+        None => Ok(used.plus(entries, bytes)),
     }
+}
+
+/// How many inbox entries `welcomes` make.
+pub(crate) fn entry_count(welcomes: &[NewWelcome]) -> usize {
+    welcomes.iter().map(|w| w.to.len()).sum()
+}
+
+/// Deletes the welcome bodies that no inbox entry refers to any more (all of them: pruning).
+/// Safe beside concurrent posts: a body commits together with the entries that refer to it.
+pub(crate) async fn delete_unreferenced_bodies(mut conn: Conn<'_>) -> StoreResult<u64> {
+    Ok(conn
+        .execute(
+            "DELETE FROM welcome_bodies \
+             WHERE NOT EXISTS (SELECT 1 FROM welcomes w WHERE w.body = welcome_bodies.id)",
+            &[],
+        )
+        .await?)
 }

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::notify::{EventKey, Notifier};
 use crate::store::{
-    self, Access, AppendOutcome, AppendRequest, Store, StoreError, SyncCursor, SyncGroupResult,
+    self, Access, AppendOutcome, AppendRequest, NewWelcome, Store, StoreError, SyncCursor,
+    SyncGroupResult,
 };
 use crate::testing;
 
@@ -94,6 +95,9 @@ on_both_backends!(
     key_package_stock_limit_stores_nothing_when_exceeded,
     welcomes_are_all_or_nothing,
     welcome_ids_increase_and_delete_drops_up_to_id,
+    welcome_fan_out_is_stored_once_and_goes_with_its_last_entry,
+    welcome_bodies_go_when_recipients_delete_concurrently,
+    pruning_deletes_the_bodies_of_pruned_welcomes,
     delete_group_removes_its_messages_and_idempotency_keys,
     delete_client_cascades_to_everything_it_owns,
     client_is_found_by_token_hash_and_ids_are_unique,
@@ -485,7 +489,10 @@ async fn welcomes_are_all_or_nothing(db: Db) {
     let err = s
         .post_welcomes(
             "alice",
-            vec![("bob".into(), b"w".to_vec()), ("zed".into(), b"w".to_vec())],
+            vec![
+                NewWelcome::to_one("bob", b"w"),
+                NewWelcome::to_one("zed", b"w"),
+            ],
             NOW,
         )
         .await
@@ -507,9 +514,9 @@ async fn welcome_ids_increase_and_delete_drops_up_to_id(db: Db) {
         .post_welcomes(
             "alice",
             vec![
-                ("bob".into(), b"1".to_vec()),
-                ("carol".into(), b"2".to_vec()),
-                ("bob".into(), b"3".to_vec()),
+                NewWelcome::to_one("bob", b"1"),
+                NewWelcome::to_one("carol", b"2"),
+                NewWelcome::to_one("bob", b"3"),
             ],
             NOW,
         )
@@ -532,6 +539,134 @@ async fn welcome_ids_increase_and_delete_drops_up_to_id(db: Db) {
         s.list_welcomes("carol", 0, 10).await.unwrap().items.len(),
         1
     );
+}
+
+/// Rows and bytes of the welcome bodies table.
+async fn welcome_bodies(s: &dyn Store) -> (i64, i64) {
+    s.reads()
+        .fetch_optional(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM welcome_bodies",
+            &[],
+        )
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn fan_out(to: &[&str], data: &[u8]) -> NewWelcome {
+    NewWelcome {
+        to: strings(to),
+        data: data.to_vec(),
+    }
+}
+
+async fn welcome_fan_out_is_stored_once_and_goes_with_its_last_entry(db: Db) {
+    let s = &*db.store;
+    register(s, &["alice", "bob", "carol", "dave"]).await;
+    let big = vec![7u8; 1000];
+    let ids = s
+        .post_welcomes(
+            "alice",
+            vec![
+                fan_out(&["bob", "carol", "dave"], &big),
+                NewWelcome::to_one("bob", b"solo"),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 4);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        welcome_bodies(s).await,
+        (2, 1004),
+        "each welcome stored once"
+    );
+    for (i, who) in ["bob", "carol", "dave"].into_iter().enumerate() {
+        let inbox = s.list_welcomes(who, 0, 10).await.unwrap().items;
+        assert_eq!(
+            (inbox[0].id, inbox[0].from.as_str(), &inbox[0].data.0),
+            (ids[i], "alice", &big),
+            "{who}"
+        );
+    }
+    assert_eq!(
+        s.list_welcomes("bob", ids[0], 10).await.unwrap().items[0]
+            .data
+            .0,
+        b"solo"
+    );
+
+    // One recipient's deletion keeps the body for the others.
+    s.delete_welcomes("bob", ids[3]).await.unwrap();
+    assert!(
+        s.list_welcomes("bob", 0, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(welcome_bodies(s).await, (1, 1000));
+    assert_eq!(
+        s.list_welcomes("carol", 0, 10).await.unwrap().items[0]
+            .data
+            .0,
+        big
+    );
+    s.delete_welcomes("carol", ids[1]).await.unwrap();
+    assert_eq!(welcome_bodies(s).await, (1, 1000));
+    // The last one: with the account.
+    s.delete_client("dave").await.unwrap();
+    assert_eq!(welcome_bodies(s).await, (0, 0));
+}
+
+async fn welcome_bodies_go_when_recipients_delete_concurrently(db: Db) {
+    let s = db.store.clone();
+    let readers: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    let names: Vec<&str> = readers.iter().map(String::as_str).collect();
+    register(&*s, &names).await;
+    register(&*s, &["alice"]).await;
+    for round in 0..10u8 {
+        let ids = s
+            .post_welcomes("alice", vec![fan_out(&names, &[round; 64])], NOW)
+            .await
+            .unwrap();
+        let last = *ids.iter().max().unwrap();
+        let tasks: Vec<_> = readers
+            .iter()
+            .map(|r| {
+                let (s, r) = (s.clone(), r.clone());
+                tokio::spawn(async move { s.delete_welcomes(&r, last).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(welcome_bodies(&*s).await, (0, 0), "round {round}");
+    }
+}
+
+async fn pruning_deletes_the_bodies_of_pruned_welcomes(db: Db) {
+    let s = &*db.store;
+    register(s, &["alice", "bob", "carol"]).await;
+    s.post_welcomes(
+        "alice",
+        vec![fan_out(&["bob", "carol"], b"old")],
+        NOW - 10_000,
+    )
+    .await
+    .unwrap();
+    s.post_welcomes("alice", vec![fan_out(&["bob", "carol"], b"new")], NOW)
+        .await
+        .unwrap();
+    let stats = s.prune(NOW - 5_000, NOW - 5_000).await.unwrap();
+    assert_eq!((stats.welcomes, stats.welcome_bodies), (2, 1));
+    assert_eq!(welcome_bodies(s).await, (1, 3));
+    for who in ["bob", "carol"] {
+        let inbox = s.list_welcomes(who, 0, 10).await.unwrap().items;
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(inbox[0].data.0, b"new");
+    }
 }
 
 async fn delete_group_removes_its_messages_and_idempotency_keys(db: Db) {
@@ -566,7 +701,7 @@ async fn delete_client_cascades_to_everything_it_owns(db: Db) {
     s.add_key_packages("alice", vec![vec![1]], None, 10, NOW)
         .await
         .unwrap();
-    s.post_welcomes("bob", vec![("alice".into(), vec![1])], NOW)
+    s.post_welcomes("bob", vec![NewWelcome::to_one("alice", &[1])], NOW)
         .await
         .unwrap();
     s.delete_client("alice").await.unwrap();
@@ -641,7 +776,7 @@ async fn sync_reports_news_and_forbidden_groups_and_skips_unknown_ones(db: Db) {
     s.put_group("bob", "ef", &[], NOW).await.unwrap();
     s.append(append_req("alice", "alice", b"1")).await.unwrap();
     s.append(append_req("alice", "alice", b"2")).await.unwrap();
-    s.post_welcomes("alice", vec![("bob".into(), b"w".to_vec())], NOW)
+    s.post_welcomes("alice", vec![NewWelcome::to_one("bob", b"w")], NOW)
         .await
         .unwrap();
     let cursors = [
@@ -823,7 +958,7 @@ async fn commits_publish_events(db: Db) {
         client_id: "bob".into(),
     }]);
     s.append(append_req("alice", "bob", b"m")).await.unwrap();
-    s.post_welcomes("alice", vec![("carol".into(), vec![1])], NOW)
+    s.post_welcomes("alice", vec![NewWelcome::to_one("carol", &[1])], NOW)
         .await
         .unwrap();
     for woken in [group.notified(), inbox.notified()] {
@@ -846,7 +981,7 @@ async fn prune_removes_old_messages_but_never_reuses_seqs(db: Db) {
     old.received_at = NOW - 10_000;
     s.append(old).await.unwrap();
     s.append(append_req("alice", "bob", b"new")).await.unwrap();
-    s.post_welcomes("alice", vec![("bob".into(), vec![1])], NOW - 10_000)
+    s.post_welcomes("alice", vec![NewWelcome::to_one("bob", &[1])], NOW - 10_000)
         .await
         .unwrap();
     let stats = s.prune(NOW - 5_000, NOW - 5_000).await.unwrap();

@@ -8,6 +8,8 @@
 //!   a message with a higher seq never becomes visible before all lower ones of its group.
 //! - Claims of key packages are atomic: two claimers never get the same (non-last-resort) one.
 //! - `post_welcomes` is all or nothing.
+//! - A welcome's bytes are stored once however many recipients it has, and are deleted with the
+//!   last inbox entry that refers to them.
 //! - An append with an idempotency key that was seen before (same group, same sender) returns the
 //!   first seq and stores nothing; with another body it is a conflict.
 
@@ -214,6 +216,25 @@ impl batch::Usage {
     }
 }
 
+/// One welcome to store: its bytes, stored once, and its recipients, each of whom gets an inbox
+/// entry of its own (one for every time it is named).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewWelcome {
+    pub(crate) to: Vec<String>,
+    pub(crate) data: Vec<u8>,
+}
+
+impl NewWelcome {
+    /// A welcome to one recipient.
+    #[cfg(test)]
+    pub(crate) fn to_one(to: &str, data: &[u8]) -> Self {
+        NewWelcome {
+            to: vec![to.to_string()],
+            data: data.to_vec(),
+        }
+    }
+}
+
 /// One page of a cursor read.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Page<T> {
@@ -255,6 +276,8 @@ pub(crate) struct SyncRead {
 pub(crate) struct PruneStats {
     pub(crate) messages: u64,
     pub(crate) welcomes: u64,
+    /// Welcome bodies no inbox entry referred to any more.
+    pub(crate) welcome_bodies: u64,
     pub(crate) idempotency_keys: u64,
     /// Per-client daily usage rows of past days.
     pub(crate) usage_days: u64,
@@ -332,8 +355,9 @@ pub(crate) trait Store: Send + Sync + 'static {
         common::client_stats(self.reads(), client_id).await
     }
 
-    /// Deletes the account, its key packages, its welcome inbox, the groups it owns with their
-    /// messages, and its idempotency keys. Its membership in others' groups goes too.
+    /// Deletes the account, its key packages, its welcome inbox (and the bodies only it referred
+    /// to), the groups it owns with their messages, and its idempotency keys. Its membership in
+    /// others' groups goes too.
     async fn delete_client(&self, client_id: &str) -> StoreResult<()>;
 
     // ------------------------------------------------------------ key packages
@@ -367,15 +391,17 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     // ------------------------------------------------------------ welcomes
 
-    /// Stores all welcomes or none; returns their ids in order. `UnknownClients` names unknown
+    /// Stores all welcomes or none, each one's bytes once; returns the inbox ids, one per
+    /// recipient in order (a welcome's recipients in its order). `UnknownClients` names unknown
     /// recipients; `OverQuota` if they would take `from` over its daily quota (of the UTC day
-    /// of `now`).
+    /// of `now`): every inbox entry counts as one welcome, every welcome's bytes once.
     async fn post_welcomes(
         &self,
         from: &str,
-        welcomes: Vec<(String, Vec<u8>)>,
+        mut welcomes: Vec<NewWelcome>,
         now: Millis,
     ) -> StoreResult<Vec<u64>> {
+        welcomes.retain(|w| !w.to.is_empty());
         if welcomes.is_empty() {
             return Ok(Vec::new());
         }
@@ -391,12 +417,12 @@ pub(crate) trait Store: Send + Sync + 'static {
         Ok(ids)
     }
 
-    /// [`post_welcomes`](Store::post_welcomes) of at least one welcome, to `recipients` (each
-    /// once), committed when it returns.
+    /// [`post_welcomes`](Store::post_welcomes) of at least one welcome, each with at least one
+    /// recipient, to `recipients` (each once), committed when it returns.
     async fn insert_welcomes(
         &self,
         from: &str,
-        welcomes: Vec<(String, Vec<u8>)>,
+        welcomes: Vec<NewWelcome>,
         recipients: &[String],
         now: Millis,
     ) -> StoreResult<Vec<u64>>;
@@ -410,10 +436,9 @@ pub(crate) trait Store: Send + Sync + 'static {
         common::list_welcomes(self.reads(), client_id, after, limit).await
     }
 
-    /// Drops the client's welcomes with id <= `upto`.
-    async fn delete_welcomes(&self, client_id: &str, upto: u64) -> StoreResult<()> {
-        common::delete_welcomes(self.writes(), client_id, upto).await
-    }
+    /// Drops the client's welcomes with id <= `upto`, and the bodies no other inbox entry
+    /// refers to.
+    async fn delete_welcomes(&self, client_id: &str, upto: u64) -> StoreResult<()>;
 
     // ------------------------------------------------------------ groups
 
@@ -478,8 +503,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// ordered by range, then seq.
     async fn read_ranges(&self, ranges: &[SyncRange]) -> StoreResult<Vec<(usize, Message)>>;
 
-    /// Deletes messages and welcomes received before `before`, and idempotency keys older than
-    /// `idempotency_before`.
+    /// Deletes messages and welcomes received before `before` (with the welcome bodies no inbox
+    /// entry refers to any more), and idempotency keys older than `idempotency_before`.
     async fn prune(&self, before: Millis, idempotency_before: Millis) -> StoreResult<PruneStats>;
 }
 

@@ -11,6 +11,14 @@
 //! reader paging with `after` never skips a message that commits later. Welcome ids get the
 //! same guarantee per inbox by locking the recipients' `clients` rows before taking ids.
 //!
+//! Welcome bodies (one per welcome, shared by its recipients' inbox entries) are deleted once no
+//! entry refers to them. Whoever deletes entries checks their bodies in a statement of its own
+//! *after* its deletion committed: of two recipients deleting entries of one body concurrently,
+//! the later commit's check starts after both commits and sees no entry left, so no body is
+//! left behind without row locks (a check inside the deleting transaction could miss the other
+//! deletion). No new entry ever refers to an existing body. Pruning also sweeps every
+//! unreferenced body, which collects one left over by a relay stopped between the two steps.
+//!
 //! Waking long polls across processes: appends and welcomes call `pg_notify` inside their
 //! transaction (PostgreSQL delivers it at commit, never for a rolled-back one), and a listener
 //! task in every process forwards what it hears to the local [`Notifier`]. When its LISTEN
@@ -35,8 +43,8 @@ use super::common::{self, Conn, RangeMessageRow};
 use super::migrations::{self, migrator};
 use super::sync::{self, SyncCandidate, SyncRange};
 use super::{
-    AppendOutcome, AppendRequest, ClaimOutcome, DailyQuota, Millis, PruneStats, Shared, Store,
-    StoreError, StoreResult, SyncCursor, dedup, from_db, to_db, utc_day,
+    AppendOutcome, AppendRequest, ClaimOutcome, DailyQuota, Millis, NewWelcome, PruneStats, Shared,
+    Store, StoreError, StoreResult, SyncCursor, dedup, from_db, to_db, utc_day,
 };
 use crate::config::{Config, redact_url};
 use crate::notify::{Notifier, StoreEvent};
@@ -158,6 +166,22 @@ impl PostgresStore {
         .await?;
         common::all_known(unknown.into_iter().map(|(id,)| id).collect())
     }
+
+    /// Deletes those of `bodies` that no inbox entry refers to any more; called after the
+    /// deletion of entries committed (see the module comment).
+    async fn delete_bodies_if_unreferenced(&self, bodies: &[i64]) -> StoreResult<()> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "DELETE FROM welcome_bodies b WHERE b.id = ANY($1) \
+             AND NOT EXISTS (SELECT 1 FROM welcomes w WHERE w.body = b.id)",
+        )
+        .bind(bodies)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
 
 /// Runs `queries` (one per chunk of a list, see [`statement_chunks`]), up to
@@ -244,6 +268,23 @@ async fn relisten(options: &PgConnectOptions) -> PgListener {
             Err(e) => tracing::warn!(error = %e, "cannot LISTEN again yet; retrying in 1 s"),
         }
     }
+}
+
+/// `count` new ids of `table`'s `id` sequence, ascending.
+async fn next_ids(
+    tx: &mut PgConnection,
+    table: &'static str,
+    count: usize,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let mut ids: Vec<(i64,)> = sqlx::query_as(
+        "SELECT nextval(pg_get_serial_sequence($1, 'id')) FROM generate_series(1, $2)",
+    )
+    .bind(table)
+    .bind(i64::try_from(count).unwrap_or(i64::MAX))
+    .fetch_all(tx)
+    .await?;
+    ids.sort_unstable();
+    Ok(ids.into_iter().map(|(id,)| id).collect())
 }
 
 /// Sends `events` when the transaction commits.
@@ -606,12 +647,19 @@ impl Store for PostgresStore {
             .bind(client_id)
             .execute(&mut *tx)
             .await?;
+        // Then the client's row, which welcome posts to it lock too: the bodies read next are
+        // all those the cascade deletes entries of.
+        sqlx::query("SELECT 1 FROM clients WHERE client_id = $1 FOR UPDATE")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        let bodies = common::inbox_bodies(Conn::PostgresTx(&mut tx), client_id).await?;
         sqlx::query("DELETE FROM clients WHERE client_id = $1")
             .bind(client_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        self.delete_bodies_if_unreferenced(&bodies).await
     }
 
     async fn add_key_packages(
@@ -696,7 +744,7 @@ impl Store for PostgresStore {
     async fn insert_welcomes(
         &self,
         from: &str,
-        welcomes: Vec<(String, Vec<u8>)>,
+        welcomes: Vec<NewWelcome>,
         recipients: &[String],
         now: Millis,
     ) -> StoreResult<Vec<u64>> {
@@ -721,22 +769,30 @@ impl Store for PostgresStore {
             let after = common::welcome_usage(self.quota, used, &welcomes)?;
             write_usage(&mut tx, &[(from, day, after)]).await?;
         }
-        let mut ids: Vec<(i64,)> = sqlx::query_as(
-            "SELECT nextval(pg_get_serial_sequence('welcomes', 'id')) FROM generate_series(1, $1)",
-        )
-        .bind(i64::try_from(welcomes.len()).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
-        ids.sort_unstable();
-        let ids: Vec<i64> = ids.into_iter().map(|(id,)| id).collect();
-        let (to, data): (Vec<String>, Vec<Vec<u8>>) = welcomes.into_iter().unzip();
+        let ids = next_ids(&mut tx, "welcomes", common::entry_count(&welcomes)).await?;
+        let body_ids = next_ids(&mut tx, "welcome_bodies", welcomes.len()).await?;
+        let mut to = Vec::with_capacity(ids.len());
+        let mut entry_bodies = Vec::with_capacity(ids.len());
+        let mut data = Vec::with_capacity(welcomes.len());
+        for (welcome, body) in welcomes.into_iter().zip(&body_ids) {
+            entry_bodies.extend(std::iter::repeat_n(*body, welcome.to.len()));
+            to.extend(welcome.to);
+            data.push(welcome.data);
+        }
         sqlx::query(
-            "INSERT INTO welcomes (id, recipient, sender, data, received_at) \
-             SELECT u.id, u.recipient, $4, u.data, $5 FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS u(id, recipient, data)",
+            "INSERT INTO welcome_bodies (id, data) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+        )
+        .bind(body_ids)
+        .bind(data)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO welcomes (id, recipient, sender, body, received_at) \
+             SELECT u.id, u.recipient, $4, u.body, $5 FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(id, recipient, body)",
         )
         .bind(ids.clone())
         .bind(to)
-        .bind(data)
+        .bind(entry_bodies)
         .bind(from)
         .bind(now)
         .execute(&mut *tx)
@@ -750,6 +806,11 @@ impl Store for PostgresStore {
         notify_on_commit(&mut tx, &events).await?;
         tx.commit().await?;
         Ok(ids.into_iter().map(from_db).collect())
+    }
+
+    async fn delete_welcomes(&self, client_id: &str, upto: u64) -> StoreResult<()> {
+        let bodies = common::delete_welcome_entries(self.writes(), client_id, upto).await?;
+        self.delete_bodies_if_unreferenced(&bodies).await
     }
 
     async fn put_group(
@@ -877,6 +938,7 @@ impl Store for PostgresStore {
             .bind(before)
             .execute(&self.pool)
             .await?;
+        let welcome_bodies = common::delete_unreferenced_bodies(self.writes()).await?;
         let keys = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(idempotency_before)
             .execute(&self.pool)
@@ -888,6 +950,7 @@ impl Store for PostgresStore {
         Ok(PruneStats {
             messages: messages.rows_affected(),
             welcomes: welcomes.rows_affected(),
+            welcome_bodies,
             idempotency_keys: keys.rows_affected(),
             usage_days: usage.rows_affected(),
         })

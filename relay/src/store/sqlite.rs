@@ -30,8 +30,8 @@ use super::common::{self, Conn, RangeMessageRow};
 use super::migrations::{self, migrator};
 use super::sync::{self, SyncCandidate, SyncRange};
 use super::{
-    AppendOutcome, AppendRequest, ClaimOutcome, DailyQuota, Millis, PruneStats, Shared, Store,
-    StoreError, StoreResult, SyncCursor, from_db, to_db, utc_day,
+    AppendOutcome, AppendRequest, ClaimOutcome, DailyQuota, Millis, NewWelcome, PruneStats, Shared,
+    Store, StoreError, StoreResult, SyncCursor, from_db, to_db, utc_day,
 };
 use crate::config::{Config, redact_url};
 use crate::notify::Notifier;
@@ -137,6 +137,24 @@ impl SqliteStore {
         .fetch_all(tx)
         .await?;
         common::all_known(unknown.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Deletes those of `bodies` that no inbox entry refers to any more.
+    async fn delete_bodies_if_unreferenced(
+        tx: &mut SqliteConnection,
+        bodies: &[i64],
+    ) -> StoreResult<()> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "DELETE FROM welcome_bodies WHERE id IN (SELECT value FROM json_each(?)) \
+             AND NOT EXISTS (SELECT 1 FROM welcomes w WHERE w.body = welcome_bodies.id)",
+        )
+        .bind(json_list(&bodies)?)
+        .execute(tx)
+        .await?;
+        Ok(())
     }
 }
 
@@ -375,10 +393,12 @@ impl Store for SqliteStore {
         // Foreign keys cascade to key packages, welcomes, owned groups (with their messages,
         // members and idempotency keys), memberships and the client's idempotency keys.
         let mut tx = self.write_tx().await?;
+        let bodies = common::inbox_bodies(Conn::SqliteTx(&mut tx), client_id).await?;
         sqlx::query("DELETE FROM clients WHERE client_id = ?")
             .bind(client_id)
             .execute(&mut *tx)
             .await?;
+        Self::delete_bodies_if_unreferenced(&mut tx, &bodies).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -451,7 +471,7 @@ impl Store for SqliteStore {
     async fn insert_welcomes(
         &self,
         from: &str,
-        welcomes: Vec<(String, Vec<u8>)>,
+        welcomes: Vec<NewWelcome>,
         recipients: &[String],
         now: Millis,
     ) -> StoreResult<Vec<u64>> {
@@ -463,21 +483,37 @@ impl Store for SqliteStore {
             let after = common::welcome_usage(self.quota, used, &welcomes)?;
             write_usage(&mut tx, &[(from, day, after)]).await?;
         }
-        let mut ids = Vec::with_capacity(welcomes.len());
-        for (to, data) in welcomes {
-            let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO welcomes (recipient, sender, data, received_at) VALUES (?, ?, ?, ?) RETURNING id",
-            )
-            .bind(to)
-            .bind(from)
-            .bind(data)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            ids.push(from_db(id));
+        let mut ids = Vec::with_capacity(common::entry_count(&welcomes));
+        for welcome in welcomes {
+            let (body,): (i64,) =
+                sqlx::query_as("INSERT INTO welcome_bodies (data) VALUES (?) RETURNING id")
+                    .bind(welcome.data)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            for to in welcome.to {
+                let (id,): (i64,) = sqlx::query_as(
+                    "INSERT INTO welcomes (recipient, sender, body, received_at) VALUES (?, ?, ?, ?) RETURNING id",
+                )
+                .bind(to)
+                .bind(from)
+                .bind(body)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                ids.push(from_db(id));
+            }
         }
         tx.commit().await?;
         Ok(ids)
+    }
+
+    async fn delete_welcomes(&self, client_id: &str, upto: u64) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        let bodies =
+            common::delete_welcome_entries(Conn::SqliteTx(&mut tx), client_id, upto).await?;
+        Self::delete_bodies_if_unreferenced(&mut tx, &bodies).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn put_group(
@@ -593,6 +629,14 @@ impl Store for SqliteStore {
                 "DELETE FROM welcomes WHERE id IN (SELECT id FROM welcomes WHERE received_at < ? LIMIT ?)",
                 before,
                 &mut stats.welcomes,
+            ),
+            // The bodies of the welcomes just pruned (and any other unreferenced one); the cutoff
+            // (`? >= 0`, always true) only keeps the statement's shape.
+            (
+                "DELETE FROM welcome_bodies WHERE id IN (SELECT b.id FROM welcome_bodies b \
+                 WHERE ? >= 0 AND NOT EXISTS (SELECT 1 FROM welcomes w WHERE w.body = b.id) LIMIT ?)",
+                0,
+                &mut stats.welcome_bodies,
             ),
             (
                 "DELETE FROM idempotency_keys WHERE (group_ref, sender, idem_key) IN \

@@ -112,3 +112,82 @@ backend_tests! {
         assert!(after.iter().all(|m| m.4), "every migration succeeded: {after:?}");
     }
 }
+
+/// The migrations before welcome bodies (`0003_welcome_bodies.sql`), as an earlier relay
+/// applied them.
+fn migrator_before_welcome_bodies(backend: &Backend) -> Migrator {
+    let (init, usage) = match backend {
+        Backend::Sqlite => (
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+            include_str!("../../migrations/sqlite/0002_client_usage.sql"),
+        ),
+        Backend::Postgres => (
+            include_str!("../../migrations/postgres/0001_init.sql"),
+            include_str!("../../migrations/postgres/0002_client_usage.sql"),
+        ),
+    };
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "init".into(),
+            MigrationType::Simple,
+            init.into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "client usage".into(),
+            MigrationType::Simple,
+            usage.into_sql_str(),
+            false,
+        ),
+    ])
+}
+
+backend_tests! {
+    async fn welcomes_stored_before_welcome_bodies_survive_the_migration_and_ids_go_on(db: Db) {
+        let (token, token_hash) = earlier_client();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        with_pool!(db, |pool| {
+            migrator_before_welcome_bodies(&db.backend).run(&pool).await.unwrap();
+            sqlx::query(INSERT_CLIENT).bind(&token_hash).execute(&pool).await.unwrap();
+            for data in [b"w1", b"w2", b"w3"] {
+                sqlx::query(
+                    "INSERT INTO welcomes (recipient, sender, data, received_at) VALUES ('early', 'sender', $1, $2)",
+                )
+                .bind(data.as_slice())
+                .bind(now)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            // The highest id handed out is gone again.
+            sqlx::query("DELETE FROM welcomes WHERE id = 3").execute(&pool).await.unwrap();
+        });
+
+        let relay = db.relay().await;
+        let early = relay.client("early", &token);
+        let inbox = early.inbox().await;
+        assert_eq!(
+            inbox,
+            vec![(1, "sender".to_string(), b"w1".to_vec()), (2, "sender".to_string(), b"w2".to_vec())]
+        );
+        let later = relay.register("later").await;
+        assert_eq!(later.send_welcomes(&[("early", b"w4")]).await, vec![4], "ids never go back");
+        let resp = early.delete("/v1/welcomes?upto=2").send().await.unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::NO_CONTENT);
+        assert_eq!(early.inbox().await, vec![(4, "later".to_string(), b"w4".to_vec())]);
+        relay.stop().await;
+
+        let bodies: (i64,) = with_pool!(db, |pool| sqlx::query_as("SELECT COUNT(*) FROM welcome_bodies")
+            .fetch_one(&pool)
+            .await
+            .unwrap());
+        assert_eq!(bodies.0, 1, "the deleted welcomes' bodies went with them");
+        let after = applied_now(&db).await;
+        assert_eq!(after.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+}

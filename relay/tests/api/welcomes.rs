@@ -1,7 +1,28 @@
 //! `POST /v1/welcomes`, `GET /v1/welcomes`, `DELETE /v1/welcomes`: the per-client inbox.
 
+use std::time::{Duration, Instant};
+
 use crate::common::*;
+use reqwest::Response;
 use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Posts `{"welcomes": items}` as given.
+async fn try_post_items(client: &Client, items: Value) -> Response {
+    client
+        .post("/v1/welcomes")
+        .json(&json!({ "welcomes": items }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Posts welcomes (expecting 201); returns their ids.
+async fn post_items(client: &Client, items: Value) -> Vec<u64> {
+    let r: dmls_api::PostWelcomesResponse =
+        ok_json(try_post_items(client, items).await, StatusCode::CREATED).await;
+    r.ids
+}
 
 backend_tests! {
     async fn posted_welcomes_land_in_the_recipients_inboxes(db: Db) {
@@ -114,5 +135,126 @@ backend_tests! {
         let many: Vec<(&str, &[u8])> = std::iter::repeat_n(("bob", b"w".as_slice()), 1001).collect();
         expect_problem(alice.try_send_welcomes(&many).await, StatusCode::BAD_REQUEST).await;
         assert!(bob.inbox().await.is_empty());
+    }
+
+    async fn a_to_all_welcome_reaches_every_recipient_with_the_same_bytes_and_ids_in_order(db: Db) {
+        let relay = db.relay().await;
+        let alice = relay.register("alice").await;
+        let mut inboxes = Vec::new();
+        for who in ["bob", "carol", "dave", "erin"] {
+            inboxes.push(relay.register(who).await);
+        }
+        let ids = post_items(
+            &alice,
+            json!([
+                { "to": "erin", "data": b64(b"for erin") },
+                { "to_all": ["bob", "carol", "dave"], "data": b64(b"for all") },
+            ]),
+        )
+        .await;
+        assert_eq!(ids.len(), 4, "one id per recipient");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let [bob, carol, dave, erin] = inboxes.as_slice() else { unreachable!() };
+        assert_eq!(erin.inbox().await, vec![(ids[0], "alice".to_string(), b"for erin".to_vec())]);
+        for (i, who) in [bob, carol, dave].into_iter().enumerate() {
+            assert_eq!(who.inbox().await, vec![(ids[i + 1], "alice".to_string(), b"for all".to_vec())]);
+        }
+        // `sync` reads it too, and one recipient's delete leaves it to the others.
+        let answer = carol.sync(&json!({ "welcomes_after": 0 })).await;
+        assert_eq!(answer.welcomes.len(), 1);
+        assert_eq!((answer.welcomes[0].id, answer.welcomes[0].data.0.as_slice()), (ids[2], b"for all".as_slice()));
+        let resp = bob.delete(&format!("/v1/welcomes?upto={}", ids[1])).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert!(bob.inbox().await.is_empty());
+        assert_eq!(carol.inbox().await, vec![(ids[2], "alice".to_string(), b"for all".to_vec())]);
+        assert_eq!(dave.inbox().await.len(), 1);
+    }
+
+    async fn a_to_all_welcome_naming_an_unknown_client_is_404_and_nothing_is_stored(db: Db) {
+        let relay = db.relay().await;
+        let alice = relay.register("alice").await;
+        let bob = relay.register("bob").await;
+        let resp = try_post_items(
+            &alice,
+            json!([
+                { "to": "bob", "data": b64(b"w1") },
+                { "to_all": ["bob", "nobody"], "data": b64(b"w2") },
+            ]),
+        )
+        .await;
+        let problem = expect_problem(resp, StatusCode::NOT_FOUND).await;
+        assert!(problem.detail.contains("nobody"), "{problem:?}");
+        assert!(bob.inbox().await.is_empty());
+    }
+
+    async fn a_welcome_needs_exactly_one_of_to_and_to_all_with_distinct_valid_ids(db: Db) {
+        let relay = db.relay().await;
+        let alice = relay.register("alice").await;
+        let bob = relay.register("bob").await;
+        let data = b64(b"w");
+        let thousand: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+        let thousand_and_one: Vec<String> = (0..1001).map(|i| format!("c{i}")).collect();
+        for (items, says) in [
+            (json!([{ "to": "bob", "to_all": ["bob"], "data": data }]), "not both"),
+            (json!([{ "data": data }]), "`to` or `to_all`"),
+            (json!([{ "to_all": [], "data": data }]), "no recipient"),
+            (json!([{ "to_all": ["bob", "carol", "bob"], "data": data }]), "\"bob\" more than once"),
+            (json!([{ "to_all": ["bob", "Bob"], "data": data }]), "invalid recipient \"Bob\""),
+            (json!([{ "to_all": ["bob"], "data": "" }]), "empty"),
+            (json!([{ "to_all": thousand_and_one, "data": data }]), "at most 1000"),
+            (json!([{ "to": "bob", "data": data }, { "to_all": thousand, "data": data }]), "at most 1000"),
+        ] {
+            let problem = expect_problem(try_post_items(&alice, items.clone()).await, StatusCode::BAD_REQUEST).await;
+            assert!(problem.detail.contains(says), "{items}: {problem:?}");
+        }
+        assert!(bob.inbox().await.is_empty());
+    }
+
+    async fn the_size_limit_applies_to_a_to_all_welcomes_data(db: Db) {
+        let relay = db.start(&["--max-welcome-bytes", "100"]).await;
+        let alice = relay.register("alice").await;
+        let bob = relay.register("bob").await;
+        relay.register("carol").await;
+        let resp = try_post_items(&alice, json!([{ "to_all": ["bob", "carol"], "data": b64(&[1u8; 101]) }])).await;
+        expect_problem(resp, StatusCode::PAYLOAD_TOO_LARGE).await;
+        // 100 bytes to two recipients: each welcome is within the limit.
+        post_items(&alice, json!([{ "to_all": ["bob", "carol"], "data": b64(&[1u8; 100]) }])).await;
+        assert_eq!(bob.inbox().await.len(), 1);
+    }
+
+    async fn a_to_all_welcome_wakes_the_long_poll_of_every_recipient(db: Db) {
+        let relay = db.relay().await;
+        let alice = relay.register("alice").await;
+        let mut waits = Vec::new();
+        for who in ["bob", "carol"] {
+            let waiter = relay.register(who).await;
+            waits.push(tokio::spawn(async move { waiter.sync(&json!({ "welcomes_after": 0, "wait_ms": 10_000 })).await }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(waits.iter().all(|w| !w.is_finished()));
+        let started = Instant::now();
+        post_items(&alice, json!([{ "to_all": ["bob", "carol"], "data": b64(b"join us") }])).await;
+        for wait in waits {
+            let answer = tokio::time::timeout(Duration::from_secs(5), wait).await.expect("waiter woke").unwrap();
+            assert_eq!(answer.welcomes.len(), 1);
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    async fn the_daily_quota_counts_a_to_all_welcome_per_recipient_and_its_bytes_once(db: Db) {
+        let relay = db.start(&["--daily-message-quota", "4", "--daily-byte-quota", "10"]).await;
+        let alice = relay.register("alice").await;
+        for who in ["bob", "carol", "dave"] {
+            relay.register(who).await;
+        }
+        // 3 welcomes of 8 bytes stored once: 3 of 4 welcomes, 8 of 10 bytes.
+        post_items(&alice, json!([{ "to_all": ["bob", "carol", "dave"], "data": b64(b"12345678") }])).await;
+        // Two more welcomes (of 1 byte) would make 5.
+        let resp = try_post_items(&alice, json!([{ "to_all": ["bob", "carol"], "data": b64(b"1") }])).await;
+        expect_problem(resp, StatusCode::TOO_MANY_REQUESTS).await;
+        // 3 more bytes would make 11.
+        let resp = try_post_items(&alice, json!([{ "to": "bob", "data": b64(b"123") }])).await;
+        expect_problem(resp, StatusCode::TOO_MANY_REQUESTS).await;
+        post_items(&alice, json!([{ "to": "bob", "data": b64(b"12") }])).await;
     }
 }
