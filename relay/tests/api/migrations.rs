@@ -118,12 +118,12 @@ backend_tests! {
 fn migrator_before_welcome_bodies(backend: &Backend) -> Migrator {
     let (init, usage) = match backend {
         Backend::Sqlite => (
-            include_str!("../../migrations/sqlite/0001_init.sql"),
-            include_str!("../../migrations/sqlite/0002_client_usage.sql"),
+            include_str!("../../../migrations/sqlite/0001_init.sql"),
+            include_str!("../../../migrations/sqlite/0002_client_usage.sql"),
         ),
         Backend::Postgres => (
-            include_str!("../../migrations/postgres/0001_init.sql"),
-            include_str!("../../migrations/postgres/0002_client_usage.sql"),
+            include_str!("../../../migrations/postgres/0001_init.sql"),
+            include_str!("../../../migrations/postgres/0002_client_usage.sql"),
         ),
     };
     Migrator::with_migrations(vec![
