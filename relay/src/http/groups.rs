@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use dmls_api::limits::MAX_GROUP_MEMBERS;
+use dmls_api::openapi::{ClientId, GroupId};
 use dmls_api::{
     GroupInfo, MessagesPage, PostMessageRequest, PostMessageResponse, Problem, PutGroupRequest,
 };
@@ -30,7 +31,11 @@ impl utoipa::PartialSchema for RawBytes {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .content_media_type("application/octet-stream")
-            .description(Some("The message bytes, unencoded"))
+            .min_length(Some(1))
+            .description(Some(
+                "The message bytes, unencoded; never empty, and at most the relay's message size \
+                 (`--max-message-bytes`, 1 MiB by default; 413 beyond)",
+            ))
             .into()
     }
 }
@@ -57,8 +62,8 @@ fn not_a_member(owner: &str, group_id: &str) -> Error {
     operation_id = "put_group",
     tag = "groups",
     params(
-        ("owner" = String, Path, description = "The owner's client id"),
-        ("group_id" = String, Path, description = "Lowercase hex of 1 to 64 bytes"),
+        ("owner" = ClientId, Path, description = "The owner's client id"),
+        ("group_id" = GroupId, Path, description = "Lowercase hex of 1 to 64 bytes"),
     ),
     request_body = PutGroupRequest,
     security(("bearer" = [])),
@@ -119,8 +124,8 @@ fn group_info(group: GroupRecord) -> GroupInfo {
     operation_id = "get_group",
     tag = "groups",
     params(
-        ("owner" = String, Path, description = "The owner's client id"),
-        ("group_id" = String, Path, description = "Lowercase hex of 1 to 64 bytes"),
+        ("owner" = ClientId, Path, description = "The owner's client id"),
+        ("group_id" = GroupId, Path, description = "Lowercase hex of 1 to 64 bytes"),
     ),
     security(("bearer" = [])),
     responses(
@@ -151,8 +156,8 @@ pub(crate) async fn get(
     operation_id = "delete_group",
     tag = "groups",
     params(
-        ("owner" = String, Path, description = "The owner's client id"),
-        ("group_id" = String, Path, description = "Lowercase hex of 1 to 64 bytes"),
+        ("owner" = ClientId, Path, description = "The owner's client id"),
+        ("group_id" = GroupId, Path, description = "Lowercase hex of 1 to 64 bytes"),
     ),
     security(("bearer" = [])),
     responses(
@@ -204,9 +209,9 @@ fn is_json(headers: &HeaderMap) -> bool {
     operation_id = "post_message",
     tag = "groups",
     params(
-        ("owner" = String, Path, description = "The owner's client id"),
-        ("group_id" = String, Path, description = "Lowercase hex of 1 to 64 bytes"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 64 visible ASCII characters, scoped to the group and the sender, kept at least 24 hours"),
+        ("owner" = ClientId, Path, description = "The owner's client id"),
+        ("group_id" = GroupId, Path, description = "Lowercase hex of 1 to 64 bytes"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,64}$", min_length = 1, max_length = 64, description = "1 to 64 visible ASCII characters, scoped to the group and the sender, kept at least 24 hours"),
     ),
     request_body(content(
         (RawBytes = "application/octet-stream"),
@@ -297,8 +302,8 @@ pub(crate) async fn post_message(
     operation_id = "list_messages",
     tag = "groups",
     params(
-        ("owner" = String, Path, description = "The owner's client id"),
-        ("group_id" = String, Path, description = "Lowercase hex of 1 to 64 bytes"),
+        ("owner" = ClientId, Path, description = "The owner's client id"),
+        ("group_id" = GroupId, Path, description = "Lowercase hex of 1 to 64 bytes"),
         PageQuery,
     ),
     security(("bearer" = [])),

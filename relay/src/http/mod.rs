@@ -128,7 +128,10 @@ pub(crate) fn now_millis() -> Millis {
     info(
         title = "DMLS relay",
         description = "Durable store-and-forward service for Distributed MLS. The relay never parses MLS content. \
-                       Errors are application/problem+json (RFC 9457).",
+                       Errors are application/problem+json (RFC 9457). This document states every constraint \
+                       the relay enforces on a request (patterns, lengths, ranges, item counts) except the sizes \
+                       the operator configures, which the descriptions name with their defaults: a request body \
+                       over `--max-body-bytes` (16 MiB by default) is 413.",
         license(name = "MIT OR Apache-2.0")
     ),
     modifiers(&BearerAuth),

@@ -18,8 +18,10 @@ use crate::store::{NewWelcome, StoreError};
 #[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Return items after this id or seq (default 0: from the start).
+    #[param(format = "uint64", maximum = 18446744073709551615usize)]
     pub(crate) after: Option<u64>,
     /// Most items to return (1 to 1,000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<u32>,
 }
 
@@ -40,6 +42,7 @@ impl PageQuery {
 #[into_params(parameter_in = Query)]
 pub(crate) struct DeleteQuery {
     /// Drop the caller's welcomes with id up to and including this one.
+    #[param(format = "uint64", maximum = 18446744073709551615usize)]
     pub(crate) upto: u64,
 }
 

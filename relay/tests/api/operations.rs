@@ -121,6 +121,238 @@ backend_tests! {
     }
 }
 
+/// The schema at `pointer` in `doc`, following a `$ref` to a component.
+fn schema_at<'a>(doc: &'a Value, pointer: &str) -> &'a Value {
+    let schema = doc
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("no {pointer} in /openapi.json"));
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(reference) => {
+            let target = reference.strip_prefix('#').unwrap();
+            doc.pointer(target)
+                .unwrap_or_else(|| panic!("{pointer} refers to {reference}, which is missing"))
+        }
+        None => schema,
+    }
+}
+
+/// The schema of the parameter `name` of `method path`.
+fn parameter<'a>(doc: &'a Value, path: &str, method: &str, name: &str) -> &'a Value {
+    let path_key = path.replace('~', "~0").replace('/', "~1");
+    let parameters = doc
+        .pointer(&format!("/paths/{path_key}/{method}/parameters"))
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("{method} {path} has no parameters"));
+    let index = parameters
+        .iter()
+        .position(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"));
+    schema_at(
+        doc,
+        &format!("/paths/{path_key}/{method}/parameters/{index}/schema"),
+    )
+}
+
+/// `/openapi.json` states what the relay enforces (scripts/api-fuzz checks the whole of it
+/// against the running relay): the formats of ids, tokens and base64, ranges, item counts.
+#[tokio::test]
+async fn openapi_json_states_the_constraints_the_relay_enforces() {
+    use dmls_api::patterns;
+    let db = Db::sqlite();
+    let relay = db.relay().await;
+    let doc: Value = relay
+        .get("/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = "/components/schemas";
+
+    let client_id = schema_at(
+        &doc,
+        &format!("{schemas}/RegisterRequest/properties/client_id"),
+    );
+    assert_eq!(client_id["pattern"], patterns::CLIENT_ID, "{client_id}");
+    assert_eq!(
+        (
+            client_id["minLength"].as_u64(),
+            client_id["maxLength"].as_u64()
+        ),
+        (Some(1), Some(64))
+    );
+    let token = schema_at(
+        &doc,
+        &format!("{schemas}/RegisterResponse/properties/token"),
+    );
+    assert_eq!(token["pattern"], patterns::TOKEN);
+
+    for method in ["put", "get", "delete"] {
+        let owner = parameter(&doc, "/v1/groups/{owner}/{group_id}", method, "owner");
+        assert_eq!(owner["pattern"], patterns::CLIENT_ID, "{method}: {owner}");
+        let group_id = parameter(&doc, "/v1/groups/{owner}/{group_id}", method, "group_id");
+        assert_eq!(
+            group_id["pattern"],
+            patterns::GROUP_ID,
+            "{method}: {group_id}"
+        );
+        assert_eq!(
+            (
+                group_id["minLength"].as_u64(),
+                group_id["maxLength"].as_u64()
+            ),
+            (Some(2), Some(128))
+        );
+    }
+    let key = parameter(
+        &doc,
+        "/v1/groups/{owner}/{group_id}/messages",
+        "post",
+        "Idempotency-Key",
+    );
+    assert_eq!(key["pattern"], patterns::IDEMPOTENCY_KEY, "{key}");
+    assert_eq!(key["type"], "string", "a header is never null: {key}");
+
+    for (path, name) in [
+        ("/v1/welcomes", "limit"),
+        ("/v1/groups/{owner}/{group_id}/messages", "limit"),
+    ] {
+        let limit = parameter(&doc, path, "get", name);
+        assert_eq!(
+            (limit["minimum"].as_u64(), limit["maximum"].as_u64()),
+            (Some(1), Some(1000)),
+            "{path}: {limit}"
+        );
+    }
+    let upto = parameter(&doc, "/v1/welcomes", "delete", "upto");
+    assert_eq!(upto["maximum"].as_u64(), Some(u64::MAX), "{upto}");
+    assert_eq!(
+        upto["format"], "uint64",
+        "cursors are not limited to int64: {upto}"
+    );
+
+    let bytes = schema_at(
+        &doc,
+        &format!("{schemas}/PostMessageRequest/properties/data"),
+    );
+    assert_eq!(bytes["pattern"], patterns::BASE64, "{bytes}");
+    assert_eq!(
+        bytes["minLength"].as_u64(),
+        Some(4),
+        "empty data is refused: {bytes}"
+    );
+    let raw = schema_at(
+        &doc,
+        "/paths/~1v1~1groups~1{owner}~1{group_id}~1messages/post/requestBody/content/application~1octet-stream/schema",
+    );
+    assert_eq!(raw["minLength"].as_u64(), Some(1), "{raw}");
+
+    let claim = schema_at(
+        &doc,
+        &format!("{schemas}/ClaimKeyPackagesRequest/properties/client_ids"),
+    );
+    assert_eq!(
+        (claim["maxItems"].as_u64(), claim["uniqueItems"].as_bool()),
+        (Some(1000), Some(true)),
+        "{claim}"
+    );
+    assert_eq!(
+        schema_at(
+            &doc,
+            &format!("{schemas}/ClaimKeyPackagesRequest/properties/client_ids/items")
+        )["pattern"],
+        patterns::CLIENT_ID
+    );
+    let members = schema_at(
+        &doc,
+        &format!("{schemas}/PutGroupRequest/properties/members"),
+    );
+    assert_eq!(
+        (
+            members["maxItems"].as_u64(),
+            members["uniqueItems"].as_bool()
+        ),
+        (Some(10_000), Some(true)),
+        "{members}"
+    );
+    let welcomes = schema_at(
+        &doc,
+        &format!("{schemas}/PostWelcomesRequest/properties/welcomes"),
+    );
+    assert_eq!(welcomes["maxItems"].as_u64(), Some(1000), "{welcomes}");
+    assert_eq!(
+        schema_at(&doc, &format!("{schemas}/OutgoingWelcome/properties/to"))["pattern"],
+        patterns::CLIENT_ID
+    );
+
+    let sync = schema_at(&doc, &format!("{schemas}/SyncRequest"));
+    let limit = &sync["properties"]["limit"];
+    assert_eq!(
+        (limit["minimum"].as_u64(), limit["maximum"].as_u64()),
+        (Some(1), Some(5000)),
+        "{limit}"
+    );
+    assert_eq!(
+        sync["properties"]["wait_ms"]["maximum"].as_u64(),
+        Some(30_000),
+        "{sync}"
+    );
+    assert_eq!(
+        sync["properties"]["groups"]["maxItems"].as_u64(),
+        Some(10_000),
+        "{sync}"
+    );
+    assert_eq!(
+        schema_at(
+            &doc,
+            &format!("{schemas}/SyncGroupCursor/properties/group_id")
+        )["pattern"],
+        patterns::GROUP_ID
+    );
+}
+
+/// Whole numbers written as floats (`2.0`) are the same integers in JSON Schema, so the relay
+/// takes them in request bodies; fractions are still 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_takes_whole_numbers_in_float_spelling() {
+    let db = Db::sqlite();
+    let relay = db.relay().await;
+    let alice = relay.register("alice").await;
+    alice.create_group(&gid(1), &[]).await;
+    alice.post_message("alice", &gid(1), b"one").await;
+    alice.post_message("alice", &gid(1), b"two").await;
+    let body = r#"{"groups": [{"owner": "alice", "group_id": "GID", "after": 1.0}], "limit": 10.0, "wait_ms": 0.0, "welcomes_after": 0.0}"#
+        .replace("GID", &gid(1));
+    let resp = alice
+        .post("/v1/sync")
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: dmls_api::SyncResponse = resp.json().await.unwrap();
+    assert_eq!(answer.groups.len(), 1);
+    assert_eq!(
+        answer.groups[0]
+            .messages
+            .iter()
+            .map(|m| m.seq)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(answer.welcomes_next_after, Some(0));
+    let fraction = alice
+        .post("/v1/sync")
+        .header("content-type", "application/json")
+        .body(body.replace("10.0", "10.5"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(fraction, StatusCode::BAD_REQUEST).await;
+}
+
 /// When the database goes away, `/readyz` and every route that needs it answer 503 (a problem,
 /// never a hang or a 500), while `/healthz` stays 200. Dropping a database under a running relay
 /// is only possible on PostgreSQL.
