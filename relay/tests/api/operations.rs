@@ -281,10 +281,33 @@ async fn openapi_json_states_the_constraints_the_relay_enforces() {
         &format!("{schemas}/PostWelcomesRequest/properties/welcomes"),
     );
     assert_eq!(welcomes["maxItems"].as_u64(), Some(1000), "{welcomes}");
+    // A welcome is `{"to", "data"}` or `{"to_all", "data"}`, nothing else.
+    let one = schema_at(&doc, &format!("{schemas}/OutgoingWelcome/oneOf/0"));
     assert_eq!(
-        schema_at(&doc, &format!("{schemas}/OutgoingWelcome/properties/to"))["pattern"],
-        patterns::CLIENT_ID
+        one["properties"]["to"]["pattern"],
+        patterns::CLIENT_ID,
+        "{one}"
     );
+    assert_eq!(one["required"], serde_json::json!(["to", "data"]), "{one}");
+    assert_eq!(one["additionalProperties"], false, "{one}");
+    let all = schema_at(&doc, &format!("{schemas}/OutgoingWelcome/oneOf/1"));
+    let to_all = &all["properties"]["to_all"];
+    assert_eq!(to_all["items"]["pattern"], patterns::CLIENT_ID, "{all}");
+    assert_eq!(
+        (
+            to_all["minItems"].as_u64(),
+            to_all["maxItems"].as_u64(),
+            to_all["uniqueItems"].as_bool()
+        ),
+        (Some(1), Some(1000), Some(true)),
+        "{all}"
+    );
+    assert_eq!(
+        all["required"],
+        serde_json::json!(["to_all", "data"]),
+        "{all}"
+    );
+    assert_eq!(all["additionalProperties"], false, "{all}");
 
     let sync = schema_at(&doc, &format!("{schemas}/SyncRequest"));
     let limit = &sync["properties"]["limit"];
