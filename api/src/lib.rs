@@ -634,6 +634,49 @@ wire! {
     }
 }
 
+// ---------------------------------------------------------------- stream
+
+wire! {
+    /// `POST /v1/stream`: the groups and inbox to push, from these cursors on.
+    #[serde(deny_unknown_fields)]
+    pub struct StreamRequest {
+        /// At most 10,000 groups.
+        #[serde(default)]
+        #[cfg_attr(feature = "openapi", schema(max_items = 10000))]
+        pub groups: Vec<SyncGroupCursor>,
+        /// Null or absent: the welcome inbox is not pushed.
+        #[serde(default, deserialize_with = "whole::opt_u64")]
+        #[cfg_attr(feature = "openapi", schema(format = "uint64", maximum = 18446744073709551615usize))]
+        pub welcomes_after: Option<u64>,
+        /// Most group messages per `sync` event (default 500, at most 5,000).
+        #[serde(default, deserialize_with = "whole::opt_u32")]
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 5000))]
+        pub limit: Option<u32>,
+    }
+}
+
+/// Event names of `POST /v1/stream` (the `event:` field of each server-sent event).
+pub mod stream_events {
+    /// News: `data` is a [`SyncResponse`](super::SyncResponse).
+    pub const SYNC: &str = "sync";
+    /// Sent once, when everything stored before the stream opened has been sent: the client is
+    /// caught up. `data` is `{}`.
+    pub const READY: &str = "ready";
+    /// The last event: `data` is a [`StreamEnd`](super::StreamEnd).
+    pub const END: &str = "end";
+    /// The last event after a failure: `data` is a [`Problem`](super::Problem).
+    pub const ERROR: &str = "error";
+}
+
+wire! {
+    /// `data` of the `end` event: why the relay closes the stream.
+    pub struct StreamEnd {
+        /// `shutdown` (the relay process stops) or `replaced` (a newer stream or long poll of the
+        /// same client went over its cap of waiting requests).
+        pub reason: String,
+    }
+}
+
 // ---------------------------------------------------------------- errors
 
 wire! {

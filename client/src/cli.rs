@@ -78,8 +78,9 @@ pub enum Command {
     Groups,
     /// Fetch and process everything new from the relay (messages, welcomes, commits).
     ///
-    /// Without --follow it returns when the relay has nothing more. With --follow it keeps a
-    /// long poll open and prints messages as they arrive (Ctrl-C to stop).
+    /// Without --follow it returns when the relay has nothing more. With --follow it keeps the
+    /// relay's push stream open (long polls with a relay that has none) and prints messages as
+    /// they arrive (Ctrl-C to stop).
     Sync(SyncArgs),
     /// Send a text message to GROUP.
     ///
@@ -137,10 +138,12 @@ pub enum GroupCommand {
 /// Options of `dmls sync`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Keep going: long-poll the relay and print messages as they come.
+    /// Keep going: follow the relay's push stream and print messages as they come. A stream
+    /// that breaks is reopened from where it stopped, so nothing is missed or shown twice.
     #[arg(long)]
     pub follow: bool,
-    /// How long one long poll may wait for news, in milliseconds (at most 30000).
+    /// With --follow on a relay without push streams: how long one long poll may wait for
+    /// news, in milliseconds (at most 30000).
     #[arg(long, default_value_t = 25_000)]
     pub wait_ms: u64,
     /// Evict silent members: once caught up, remove from your Send Groups every member that

@@ -11,9 +11,9 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dmls_api::{SyncGroupCursor, SyncRequest, SyncResponse};
+use dmls_api::{StreamRequest, SyncGroupCursor, SyncRequest, SyncResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::drive::{ClaimAnswer, OutboxEngine, OutboxError, Transport, perform_outbox};
@@ -21,7 +21,7 @@ use crate::engine::{
     DGroupId, DGroupStatus, DGroupSummary, DutyPolicy, Engine, EngineError, Event, Input,
     OutboxItem, ReceivedMessage,
 };
-use crate::relay::{RelayClient, RelayError, Token};
+use crate::relay::{RelayClient, RelayError, StreamItem, Token};
 
 /// File name of the engine database inside the home directory.
 pub const STATE_FILE: &str = "state.db";
@@ -468,10 +468,20 @@ impl Client {
         if step.messages + step.welcomes >= u64::from(self.sync_limit) {
             step.more = true;
         }
-        // The clock-driven duties: pending removals after messages; overdue acknowledgements
-        // and eviction only once caught up (the relay has nothing newer, so every commit there
-        // counted); late-add retries.
         let caught_up = !step.more;
+        self.after_feed(&mut step, caught_up).await?;
+        Ok(step)
+    }
+
+    /// What follows feeding the engine: the clock-driven duties (pending removals after
+    /// messages; overdue acknowledgements and eviction only once `caught_up`, that is the relay
+    /// has nothing newer, so every commit there counted; late-add retries), the outbox, and the
+    /// key-package stock after welcomes (others claimed our key packages to make them).
+    async fn after_feed(
+        &mut self,
+        step: &mut SyncStep,
+        caught_up: bool,
+    ) -> Result<(), ClientError> {
         let due = self
             .with_engine(move |e| {
                 e.set_caught_up(caught_up);
@@ -481,10 +491,9 @@ impl Client {
         step.events.extend(due);
         step.events.extend(self.flush_outbox().await?);
         if step.welcomes > 0 {
-            // Others claimed our key packages to make those welcomes.
             self.upkeep_key_packages().await?;
         }
-        Ok(step)
+        Ok(())
     }
 
     /// Feeds one sync answer to the engine in one batch (one transaction), welcomes first
@@ -559,30 +568,155 @@ impl Client {
         }
     }
 
-    /// Follows the relay with long polls of `wait_ms`, calling `on_event` for every event as it
-    /// comes, until `on_event` breaks. Network failures are retried with a pause.
+    /// Follows the relay until `on_event` breaks, calling it for every event as it comes: over
+    /// the relay's push stream (`POST /v1/stream`), or with long polls of `wait_ms` where the
+    /// relay has none (or the client follows more groups than one stream carries). Before each
+    /// stream opens, plain syncs catch up; a stream that ends or breaks is opened again from
+    /// the cursors of the last event processed, so nothing is missed or processed twice.
+    /// Network failures are retried with a pause.
     pub async fn sync_follow(
         &mut self,
         wait_ms: u64,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<(), ClientError> {
         self.upkeep_key_packages().await?;
+        let mut streams = true;
         loop {
-            let step = match self.sync_step(wait_ms).await {
-                Ok(s) => s,
+            let followed = if streams {
+                let opened = Instant::now();
+                let result = self.follow_stream(&mut on_event).await;
+                if matches!(result, Ok(Follow::Reopen)) && opened.elapsed() < STREAM_MIN_LIFE {
+                    // A stream that ends at once (say, replaced by another follower of this
+                    // client) is not reopened in a busy loop.
+                    tokio::time::sleep(STREAM_MIN_LIFE).await;
+                }
+                result
+            } else {
+                self.follow_long_poll(wait_ms, &mut on_event).await
+            };
+            match followed {
+                Ok(Follow::Stop) => return Ok(()),
+                Ok(Follow::Reopen) => {}
+                Ok(Follow::NoStreams) => {
+                    tracing::info!(
+                        "the relay has no push stream for us: following with long polls"
+                    );
+                    streams = false;
+                }
                 Err(ClientError::Relay(e @ RelayError::Network { .. })) => {
                     tracing::warn!(error = %e, "relay unreachable; trying again in 5 s");
                     tokio::time::sleep(Duration::from_secs(5)).await;
-                    continue;
                 }
                 Err(e) => return Err(e),
-            };
-            for e in &step.events {
-                if on_event(e).is_break() {
-                    return Ok(());
-                }
             }
         }
+    }
+
+    /// One long poll of [`Client::sync_follow`].
+    async fn follow_long_poll(
+        &mut self,
+        wait_ms: u64,
+        on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Follow, ClientError> {
+        let step = self.sync_step(wait_ms).await?;
+        Ok(emit(&step.events, on_event))
+    }
+
+    /// Catches up with plain syncs, then follows one push stream until it ends, breaks, or
+    /// the set of groups to follow changes (after a welcome, say).
+    async fn follow_stream(
+        &mut self,
+        on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Follow, ClientError> {
+        loop {
+            let step = self.sync_step(0).await?;
+            if let Follow::Stop = emit(&step.events, on_event) {
+                return Ok(Follow::Stop);
+            }
+            if !step.more {
+                break;
+            }
+        }
+        let limit = self.sync_limit;
+        let Some(request) = self.with_engine(move |e| stream_request(e, limit)).await? else {
+            return Ok(Follow::NoStreams);
+        };
+        let mut stream = match self.relay.open_stream(&request).await {
+            Ok(stream) => stream,
+            Err(e) if matches!(e.status(), Some(404 | 405)) => return Ok(Follow::NoStreams),
+            Err(e) => return Err(e.into()),
+        };
+        let mut ready = false;
+        loop {
+            // Wake for the engine's next duty (a late-add retry, say) as a long poll would.
+            let due_in = self
+                .with_engine(|e| Ok::<_, EngineError>(e.poll_timeout()))
+                .await?
+                .map(|due| Duration::from_millis(due.saturating_sub(now_ms()).max(1)));
+            let next = match due_in {
+                // Elapsed: the duty is due (`None`).
+                Some(wait) => tokio::time::timeout(wait, stream.next()).await.ok(),
+                None => Some(stream.next().await),
+            };
+            let mut step = SyncStep::default();
+            let mut reopen = false;
+            match next {
+                None => {}
+                Some(Ok(Some(StreamItem::Sync(response)))) => {
+                    self.feed(response, &mut step).await?;
+                    // Messages past the event's limit follow at once; a welcome makes new
+                    // Send Groups to follow, and a removal closes some.
+                    let streamed = group_names(&request.groups);
+                    reopen = self
+                        .with_engine(move |e| {
+                            let now = e.followed_groups()?;
+                            Ok::<_, EngineError>(
+                                now.len() != streamed.len()
+                                    || now
+                                        .into_iter()
+                                        .any(|g| !streamed.contains(&(g.owner, g.group_id))),
+                            )
+                        })
+                        .await?;
+                    if reopen {
+                        return self.finish_stream_step(step, ready, on_event).await;
+                    }
+                }
+                Some(Ok(Some(StreamItem::Ready))) => ready = true,
+                Some(Ok(Some(StreamItem::End(end)))) => {
+                    tracing::debug!(reason = %end.reason, "the relay ended the push stream");
+                    reopen = true;
+                }
+                Some(Ok(None)) => reopen = true,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the push stream broke; opening another");
+                    reopen = true;
+                }
+            }
+            if let Follow::Stop = self.finish_stream_step(step, ready, on_event).await? {
+                return Ok(Follow::Stop);
+            }
+            if reopen {
+                return Ok(Follow::Reopen);
+            }
+        }
+    }
+
+    /// Duties, outbox and events after one stream event (or a duty's time).
+    async fn finish_stream_step(
+        &mut self,
+        mut step: SyncStep,
+        ready: bool,
+        on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Follow, ClientError> {
+        let mut events = std::mem::take(&mut self.pending_events);
+        let caught_up = ready && !step.more;
+        self.after_feed(&mut step, caught_up).await?;
+        events.append(&mut step.events);
+        Ok(match emit(&events, on_event) {
+            Follow::Stop => Follow::Stop,
+            _ => Follow::Reopen,
+        })
     }
 
     // ------------------------------------------------------------ commands
@@ -800,6 +934,59 @@ fn sync_requests(
             wait_ms: (single && wait_ms > 0).then_some(wait_ms.min(dmls_api::limits::WAIT_MS_MAX)),
         })
         .collect())
+}
+
+/// How [`Client::sync_follow`] goes on after one stream or long poll.
+enum Follow {
+    /// `on_event` broke.
+    Stop,
+    /// Go on: open the next stream (or make the next long poll).
+    Reopen,
+    /// The relay has no push stream (or one cannot carry every group): use long polls.
+    NoStreams,
+}
+
+/// A push stream ended this soon is not reopened before this much time has passed.
+const STREAM_MIN_LIFE: Duration = Duration::from_secs(1);
+
+/// Calls `on_event` for each event until it breaks.
+fn emit(events: &[Event], on_event: &mut impl FnMut(&Event) -> ControlFlow<()>) -> Follow {
+    for e in events {
+        if on_event(e).is_break() {
+            return Follow::Stop;
+        }
+    }
+    Follow::Reopen
+}
+
+/// The push stream request for every Send Group `engine` follows and its welcome inbox, or
+/// `None` when they are more than one stream carries.
+fn stream_request(engine: &Engine, limit: u32) -> Result<Option<StreamRequest>, EngineError> {
+    let groups: Vec<SyncGroupCursor> = engine
+        .followed_groups()?
+        .into_iter()
+        .map(|g| SyncGroupCursor {
+            owner: g.owner,
+            group_id: g.group_id,
+            after: g.after_seq,
+        })
+        .collect();
+    if groups.len() > dmls_api::limits::MAX_SYNC_GROUPS {
+        return Ok(None);
+    }
+    Ok(Some(StreamRequest {
+        groups,
+        welcomes_after: Some(engine.welcome_cursor()?),
+        limit: Some(limit),
+    }))
+}
+
+/// The (owner, group id) of each cursor.
+fn group_names(cursors: &[SyncGroupCursor]) -> std::collections::HashSet<(String, String)> {
+    cursors
+        .iter()
+        .map(|c| (c.owner.clone(), c.group_id.clone()))
+        .collect()
 }
 
 /// The engine inputs of one sync answer, welcomes first, each with a label for reports;

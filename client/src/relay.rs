@@ -11,9 +11,11 @@ use dmls_api::{
     Bytes, ClaimKeyPackagesRequest, ClaimKeyPackagesResponse, ClientInfo, GroupInfo,
     IDEMPOTENCY_KEY_HEADER, MessagesPage, OutgoingWelcome, PostMessageResponse,
     PostWelcomesRequest, PostWelcomesResponse, Problem, PutGroupRequest, RegisterRequest,
-    RegisterResponse, SyncRequest, SyncResponse, UploadKeyPackagesRequest,
-    UploadKeyPackagesResponse, WelcomesPage,
+    RegisterResponse, StreamEnd, StreamRequest, SyncRequest, SyncResponse,
+    UploadKeyPackagesRequest, UploadKeyPackagesResponse, WelcomesPage, stream_events,
 };
+use eventsource_stream::Eventsource as _;
+use futures::StreamExt as _;
 use rand::Rng as _;
 use reqwest::{Method, RequestBuilder, StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -22,6 +24,9 @@ use serde::de::DeserializeOwned;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time a long poll may take beyond its `wait_ms` (the relay answers at `wait_ms`).
 const LONG_POLL_SLACK: Duration = Duration::from_secs(15);
+/// A push stream silent for this long is taken for a dead connection (the relay sends a comment
+/// line every 15 s while idle).
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// Longest `Retry-After` we honour; a relay asking for more is treated as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -494,6 +499,80 @@ impl RelayClient {
         .await
     }
 
+    /// Opens a push stream (`POST /v1/stream`) of the groups and inbox of `request`, from its
+    /// cursors on. Opening is retried as any request; a stream that breaks later is not: open
+    /// a new one with the cursors of the last event processed. A relay without push streams
+    /// answers 404 or 405 ([`RelayError::status`]).
+    pub async fn open_stream(&self, request: &StreamRequest) -> Result<EventStream, RelayError> {
+        if request.groups.len() > dmls_api::limits::MAX_SYNC_GROUPS {
+            return Err(RelayError::InvalidInput(format!(
+                "at most {} groups per stream",
+                dmls_api::limits::MAX_SYNC_GROUPS
+            )));
+        }
+        let route = route_of(&Method::POST, "/v1/stream");
+        let url = format!("{}/v1/stream", self.base);
+        let token = self.token.as_ref().ok_or(RelayError::NoToken)?;
+        let body = json(request)?;
+        let attempts = self.retry.max_attempts.max(1);
+        let mut attempt = 0u32;
+        let resp = loop {
+            attempt += 1;
+            let last = attempt >= attempts;
+            let sent = self
+                .http
+                .post(&url)
+                .bearer_auth(token.expose())
+                .header(header::ACCEPT, "text/event-stream")
+                .json(&body)
+                .send()
+                .await;
+            let delay = match sent {
+                Ok(resp) if resp.status().is_success() => break resp,
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retryable =
+                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                    if !retryable || last {
+                        return Err(problem_of(route, resp).await);
+                    }
+                    retry_after(&resp)
+                        .unwrap_or_else(|| self.retry.backoff(attempt - 1))
+                        .min(MAX_RETRY_AFTER)
+                }
+                Err(source) => {
+                    if last {
+                        return Err(RelayError::Network {
+                            url: self.base.clone(),
+                            route,
+                            source,
+                        });
+                    }
+                    self.retry.backoff(attempt - 1)
+                }
+            };
+            tracing::debug!(%route, attempt, ?delay, "stream not opened, retrying");
+            tokio::time::sleep(delay).await;
+        };
+        let is_event_stream = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_event_stream {
+            return Err(RelayError::BadAnswer {
+                route,
+                detail: "the answer is not text/event-stream".into(),
+            });
+        }
+        Ok(EventStream {
+            events: resp.bytes_stream().eventsource().boxed(),
+            url: self.base.clone(),
+            route,
+            ended: false,
+        })
+    }
+
     // ------------------------------------------------------------ plumbing
 
     async fn call_empty(
@@ -604,6 +683,105 @@ impl RelayClient {
                 continue;
             }
             return Err(problem_of(route, resp).await);
+        }
+    }
+}
+
+/// What a push stream carries (API.md "Push stream").
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// News, as a sync answer: its cursors are where to resume after processing it.
+    Sync(SyncResponse),
+    /// Everything stored before the stream opened has been sent: caught up.
+    Ready,
+    /// The relay closes the stream (`shutdown` or `replaced`); nothing follows.
+    End(StreamEnd),
+}
+
+type RawEvents = futures::stream::BoxStream<
+    'static,
+    Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+>;
+
+/// An open push stream; see [`RelayClient::open_stream`].
+pub struct EventStream {
+    events: RawEvents,
+    url: String,
+    route: String,
+    ended: bool,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("url", &self.url)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventStream {
+    /// The next item; `Ok(None)` after [`StreamItem::End`]. A connection that breaks, or stays
+    /// silent for 45 s, is [`RelayError::Network`] or [`RelayError::BadAnswer`]; an `error`
+    /// event of the relay is [`RelayError::Problem`]. Events of unknown names are skipped.
+    pub async fn next(&mut self) -> Result<Option<StreamItem>, RelayError> {
+        while !self.ended {
+            let raw = match tokio::time::timeout(STREAM_IDLE_TIMEOUT, self.events.next()).await {
+                Err(_elapsed) => return Err(self.broken("the relay sent nothing for 45 s")),
+                Ok(None) => {
+                    return Err(self.broken("the relay closed the stream without an end event"));
+                }
+                Ok(Some(Err(eventsource_stream::EventStreamError::Transport(source)))) => {
+                    self.ended = true;
+                    return Err(RelayError::Network {
+                        url: self.url.clone(),
+                        route: self.route.clone(),
+                        source,
+                    });
+                }
+                Ok(Some(Err(e))) => return Err(self.broken(&format!("not an event stream: {e}"))),
+                Ok(Some(Ok(event))) => event,
+            };
+            match raw.event.as_str() {
+                stream_events::SYNC => {
+                    return self.parse(&raw.data).map(|s| Some(StreamItem::Sync(s)));
+                }
+                stream_events::READY => return Ok(Some(StreamItem::Ready)),
+                stream_events::END => {
+                    self.ended = true;
+                    return self.parse(&raw.data).map(|e| Some(StreamItem::End(e)));
+                }
+                stream_events::ERROR => {
+                    self.ended = true;
+                    let problem: Problem = self.parse(&raw.data)?;
+                    return Err(RelayError::Problem {
+                        route: self.route.clone(),
+                        status: problem.status,
+                        title: problem.title,
+                        detail: problem.detail,
+                    });
+                }
+                other => tracing::debug!(event = other, "skipping an unknown stream event"),
+            }
+        }
+        Ok(None)
+    }
+
+    fn parse<T: DeserializeOwned>(&mut self, data: &str) -> Result<T, RelayError> {
+        serde_json::from_str(data).map_err(|e| {
+            self.ended = true;
+            RelayError::BadAnswer {
+                route: self.route.clone(),
+                detail: format!("invalid event data: {e}"),
+            }
+        })
+    }
+
+    fn broken(&mut self, detail: &str) -> RelayError {
+        self.ended = true;
+        RelayError::BadAnswer {
+            route: self.route.clone(),
+            detail: detail.to_owned(),
         }
     }
 }

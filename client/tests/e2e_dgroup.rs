@@ -578,3 +578,92 @@ async fn the_executor_keeps_running_other_tasks_while_engines_work() {
     assert_eq!(texts(&c, "trio").await.len() as u64, sent_a + sent_b);
     relay.shutdown().await.unwrap();
 }
+
+/// Whether the relay at `url` has `n` push streams open (its `/` page says so).
+async fn streams_open(url: &str, n: usize) -> bool {
+    let page = reqwest::get(format!("{url}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    page.contains(&format!("Push streams open: {n}<"))
+}
+
+async fn until_streams_open(url: &str, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !streams_open(url, n).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never had {n} push streams open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_client_is_pushed_messages_and_reopens_a_stream_the_relay_ends() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dmls_relay::testing::sqlite_test_url(dir.path());
+    // One waiting request per client: any long poll of bob's ends his stream.
+    let relay = dmls_relay::start(dmls_relay::Config::parse_from([
+        "dmls-relay",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        db.as_str(),
+        "--rate-limit-per-second",
+        "0",
+        "--registrations-per-minute",
+        "0",
+        "--max-waiting-per-client",
+        "1",
+    ]))
+    .await
+    .unwrap();
+    let url = relay.url();
+    let (mut a, mut b, _c) = trio(dir.path(), &url).await;
+    let bob_relay = b.relay().clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn(async move {
+        b.sync_follow(20_000, move |e| {
+            if let Event::Message(m) = e {
+                let _ = tx.send(String::from_utf8_lossy(&m.body).into_owned());
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .await
+    });
+    until_streams_open(&url, 1).await;
+    a.send_text("trio", "one").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert_eq!(got.unwrap().as_deref(), Some("one"));
+
+    // A long poll with bob's token takes his stream's place; his client opens a new stream,
+    // which ends that long poll in turn.
+    let long_poll = dmls_api::SyncRequest {
+        groups: Vec::new(),
+        welcomes_after: None,
+        limit: None,
+        wait_ms: Some(20_000),
+    };
+    let poll = bob_relay.sync(&long_poll);
+    let answered = tokio::time::timeout(Duration::from_secs(10), poll).await;
+    assert!(
+        answered.unwrap().is_ok(),
+        "the long poll is answered when bob's client reopens its stream"
+    );
+    until_streams_open(&url, 1).await;
+    a.send_text("trio", "two").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert_eq!(
+        got.unwrap().as_deref(),
+        Some("two"),
+        "nothing repeated, nothing lost"
+    );
+    assert!(!follower.is_finished(), "still following");
+    follower.abort();
+    assert!(rx.try_recv().is_err(), "nothing else arrived");
+    relay.shutdown().await.unwrap();
+}

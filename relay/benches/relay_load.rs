@@ -59,11 +59,20 @@ struct Args {
     /// Time a waiter gets to reach the relay before its poster posts, in milliseconds.
     #[arg(long, default_value_t = 25)]
     settle_ms: u64,
+    /// Requests of the HTTP ceiling phase: `GET /healthz` from `--clients` concurrent
+    /// clients, the same load generator as the append phase (0: skip). Later phases print their
+    /// throughput as a share of it.
+    #[arg(long, default_value_t = 50_000)]
+    ceiling_requests: u64,
     /// Clients that each keep one idle long poll open during the wake-up phase (0: none).
     #[arg(long, default_value_t = 0)]
     idle_waiters: usize,
-    /// Process id of the relay at `--url`, whose resident memory is read from /proc (Linux)
-    /// before and with the idle long polls waiting.
+    /// The idle clients of `--idle-waiters` keep a push stream (`POST /v1/stream`) open
+    /// instead of a long poll.
+    #[arg(long)]
+    idle_streams: bool,
+    /// Process id of the relay at `--url`, whose resident memory is read from /proc (Linux):
+    /// its peak during the append and sync phases, and before and with the idle waiters.
     #[arg(long)]
     relay_pid: Option<u32>,
     /// Longest time of each phase, in seconds (a phase stops early when it is reached).
@@ -126,6 +135,8 @@ async fn main() -> anyhow::Result<()> {
         url,
         tag: run_tag(),
         max_phase: Duration::from_secs(args.max_phase_secs),
+        ceiling: std::sync::Mutex::new(None),
+        pid: args.relay_pid,
     };
     println!(
         "cores: {}",
@@ -135,6 +146,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // A count of 0 skips its phase.
+    if args.ceiling_requests > 0 {
+        bench.ceiling_phase(&args).await?;
+    }
     if args.appends > 0 {
         bench.append_phase(&args).await?;
     }
@@ -191,6 +205,10 @@ struct Bench {
     url: String,
     tag: String,
     max_phase: Duration,
+    /// Requests per second of the ceiling phase, once measured.
+    ceiling: std::sync::Mutex<Option<f64>>,
+    /// The relay's process (`--relay-pid`), for its memory.
+    pid: Option<u32>,
 }
 
 impl Bench {
@@ -285,6 +303,88 @@ impl Bench {
         )
     }
 
+    /// `GET /healthz` from `--clients` concurrent clients as fast as answers come back: what the
+    /// HTTP stack and this load generator reach without storage.
+    async fn ceiling_phase(&self, args: &Args) -> anyhow::Result<()> {
+        let issued = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + self.max_phase;
+        let started = Instant::now();
+        let url = format!("{}/healthz", self.url);
+        let workers = (0..args.clients).map(|_| {
+            let issued = issued.clone();
+            let url = &url;
+            async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while issued.fetch_add(1, Ordering::Relaxed) < args.ceiling_requests
+                    && Instant::now() < deadline
+                {
+                    let t0 = Instant::now();
+                    let answered = async {
+                        let resp = self.http.get(url).send().await.ok()?;
+                        let ok = resp.status().is_success();
+                        resp.bytes().await.ok().filter(|_| ok)
+                    };
+                    match answered.await {
+                        Some(_) => latencies.push(t0.elapsed()),
+                        None => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            }
+        });
+        let results = futures::future::join_all(workers).await;
+        let elapsed = started.elapsed();
+        let errors: u64 = results.iter().map(|r| r.1).sum();
+        let mut latencies: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
+        let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+        self.report(
+            &format!(
+                "HTTP ceiling, GET /healthz, {} concurrent clients",
+                args.clients
+            ),
+            &mut latencies,
+            elapsed,
+            errors,
+        );
+        if let Ok(mut ceiling) = self.ceiling.lock() {
+            *ceiling = Some(rate);
+        }
+        Ok(())
+    }
+
+    /// [`report`], plus the throughput as a share of the HTTP ceiling when it was measured.
+    fn report(&self, what: &str, latencies: &mut [Duration], elapsed: Duration, errors: u64) {
+        report(what, latencies, elapsed, errors);
+        let ceiling = self.ceiling.lock().ok().and_then(|c| *c);
+        if let Some(ceiling) = ceiling.filter(|c| *c > 0.0) {
+            let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+            println!(
+                "  ({:.2} of the HTTP ceiling of {ceiling:.0}/s)",
+                rate / ceiling
+            );
+        }
+    }
+
+    /// Samples the relay's resident memory every 100 ms until `done` resolves; returns the peak.
+    async fn peak_memory<T>(&self, done: impl std::future::Future<Output = T>) -> (T, Option<u64>) {
+        let Some(pid) = self.pid else {
+            return (done.await, None);
+        };
+        let mut peak = resident_kib(pid).ok();
+        let mut done = std::pin::pin!(done);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                out = &mut done => {
+                    let last = resident_kib(pid).ok();
+                    return (out, peak.max(last));
+                }
+                _ = tick.tick() => peak = peak.max(resident_kib(pid).ok()),
+            }
+        }
+    }
+
     /// Each client appends 1 KiB messages into its own group as fast as answers come back.
     async fn append_phase(&self, args: &Args) -> anyhow::Result<()> {
         let clients = self.register_many("a", args.clients).await?;
@@ -318,11 +418,11 @@ impl Bench {
                 (latencies, errors)
             }
         });
-        let results = futures::future::join_all(workers).await;
+        let (results, peak) = self.peak_memory(futures::future::join_all(workers)).await;
         let elapsed = started.elapsed();
         let errors: u64 = results.iter().map(|r| r.1).sum();
         let mut latencies: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
-        report(
+        self.report(
             &format!(
                 "append {} B, {} concurrent clients",
                 args.message_bytes, args.clients
@@ -331,6 +431,7 @@ impl Bench {
             elapsed,
             errors,
         );
+        print_peak(peak);
         Ok(())
     }
 
@@ -398,11 +499,11 @@ impl Bench {
                 (latencies, errors)
             }
         });
-        let results = futures::future::join_all(workers).await;
+        let (results, peak) = self.peak_memory(futures::future::join_all(workers)).await;
         let elapsed = started.elapsed();
         let errors: u64 = results.iter().map(|r| r.1).sum();
         let mut latencies: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
-        report(
+        self.report(
             &format!(
                 "sync {} groups, nothing new, {} concurrent clients",
                 args.sync_groups, args.sync_clients
@@ -411,6 +512,7 @@ impl Bench {
             elapsed,
             errors,
         );
+        print_peak(peak);
         Ok(())
     }
 
@@ -537,8 +639,8 @@ impl IdleWaiters {
 }
 
 impl Bench {
-    /// Waiting long polls on the relay, as its index page shows them.
-    async fn relay_waiting(&self) -> anyhow::Result<usize> {
+    /// Waiting long polls (or open push streams) on the relay, as its index page shows them.
+    async fn relay_waiting(&self, streams: bool) -> anyhow::Result<usize> {
         let page = self
             .http
             .get(format!("{}/", self.url))
@@ -546,10 +648,15 @@ impl Bench {
             .await?
             .text()
             .await?;
+        let label = if streams {
+            "Push streams open: "
+        } else {
+            "Long polls waiting: "
+        };
         let rest = page
-            .split("Long polls waiting: ")
+            .split(label)
             .nth(1)
-            .context("the index page shows no waiting long polls")?;
+            .with_context(|| format!("the index page shows no {label:?}"))?;
         Ok(rest[..rest.find('<').unwrap_or(rest.len())]
             .trim()
             .parse()?)
@@ -566,7 +673,13 @@ impl Bench {
         if pid.is_none() {
             println!("  (no --relay-pid: the relay's memory is not measured)");
         }
-        let waiting_before = self.relay_waiting().await?;
+        let streams = args.idle_streams;
+        let what = if streams {
+            "push streams"
+        } else {
+            "long polls"
+        };
+        let waiting_before = self.relay_waiting(streams).await?;
         let before_kib = pid.map(resident_kib).transpose()?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         // Their own connection pool, so the wake-up phase's connections stay apart.
@@ -579,17 +692,37 @@ impl Bench {
             .into_iter()
             .map(|c| {
                 let http = http.clone();
-                let url = format!("{}/v1/sync", self.url);
+                let url = format!(
+                    "{}/v1/{}",
+                    self.url,
+                    if streams { "stream" } else { "sync" }
+                );
                 let mut stopped = stopped.clone();
                 tokio::spawn(async move {
                     let mut errors = 0u64;
-                    let request = json!({ "groups": [], "welcomes_after": 0, "wait_ms": 30_000 });
+                    let request = if streams {
+                        json!({ "groups": [], "welcomes_after": 0 })
+                    } else {
+                        json!({ "groups": [], "welcomes_after": 0, "wait_ms": 30_000 })
+                    };
                     while !*stopped.borrow_and_update() {
-                        let poll = http.post(&url).bearer_auth(&c.token).json(&request).send();
+                        let poll = async {
+                            let mut resp = http
+                                .post(&url)
+                                .bearer_auth(&c.token)
+                                .json(&request)
+                                .send()
+                                .await?;
+                            if resp.status().is_success() {
+                                // A stream: read it until it ends.
+                                while resp.chunk().await?.is_some() {}
+                            }
+                            Ok::<_, reqwest::Error>(resp.status())
+                        };
                         tokio::select! {
                             _ = stopped.changed() => break,
                             answer = poll => match answer {
-                                Ok(resp) if resp.status().is_success() => {}
+                                Ok(status) if status.is_success() => {}
                                 _ => {
                                     errors += 1;
                                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -602,19 +735,22 @@ impl Bench {
             })
             .collect();
         loop {
-            let waiting = self.relay_waiting().await?.saturating_sub(waiting_before);
+            let waiting = self
+                .relay_waiting(streams)
+                .await?
+                .saturating_sub(waiting_before);
             if waiting >= n {
                 break;
             }
             ensure!(
                 started.elapsed() < self.max_phase,
-                "only {waiting} of {n} idle long polls waited after {:?}",
+                "only {waiting} of {n} idle {what} waited after {:?}",
                 self.max_phase
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         println!(
-            "  ({n} idle long polls waiting after {:.1?})",
+            "  ({n} idle {what} waiting after {:.1?})",
             started.elapsed()
         );
         // Let allocations settle, then measure.
@@ -622,7 +758,7 @@ impl Bench {
         if let (Some(pid), Some(before)) = (pid, before_kib) {
             let after = resident_kib(pid)?;
             println!(
-                "idle long polls: {n} waiting; relay resident {before} KiB -> {after} KiB: {:.1} KiB per waiter",
+                "idle {what}: {n} waiting; relay resident {before} KiB -> {after} KiB: {:.1} KiB per waiter",
                 after.saturating_sub(before) as f64 / n as f64
             );
         }
@@ -633,6 +769,15 @@ impl Bench {
             before_kib,
             n,
         })
+    }
+}
+
+fn print_peak(peak_kib: Option<u64>) {
+    if let Some(kib) = peak_kib {
+        println!(
+            "  (relay resident memory during the phase: peak {:.1} MiB)",
+            kib as f64 / 1024.0
+        );
     }
 }
 

@@ -11,12 +11,11 @@
 //! - in all (`--max-waiting`): beyond it, registering fails and the request is answered 503
 //!   with Retry-After; waiters already registered are not disturbed.
 //!
-//! Only `POST /v1/sync` long polls register now. Nothing here is specific to them: a push
-//! stream endpoint would register each open stream the same way, share the same caps, and
-//! close the stream when its slot is evicted.
+//! `POST /v1/sync` long polls register while they wait; `POST /v1/stream` push streams register
+//! for as long as they are open. Both share the same caps; an evicted stream ends.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -76,10 +75,7 @@ impl Waiters {
 
     /// Registers a waiter of `client_id`, evicting the client's oldest ones beyond its cap.
     /// `Err(Full)` (and nothing changed) when the global cap is reached.
-    pub(crate) fn register<'a>(
-        &'a self,
-        client_id: &'a str,
-    ) -> Result<(Slot<'a>, Registered), Full> {
+    pub(crate) fn register(self: &Arc<Self>, client_id: &str) -> Result<(Slot, Registered), Full> {
         let mut state = self.lock();
         let mut evicted = 0;
         if let Some(queue) = state.clients.get_mut(client_id)
@@ -111,8 +107,8 @@ impl Waiters {
             .push_back(Entry { id, evict });
         Ok((
             Slot {
-                waiters: self,
-                client_id,
+                waiters: Arc::clone(self),
+                client_id: client_id.to_owned(),
                 id,
                 evicted: evicted_rx,
             },
@@ -162,23 +158,23 @@ impl Waiters {
 }
 
 /// A registered waiter; deregisters when dropped.
-pub(crate) struct Slot<'a> {
-    waiters: &'a Waiters,
-    client_id: &'a str,
+pub(crate) struct Slot {
+    waiters: Arc<Waiters>,
+    client_id: String,
     id: u64,
     evicted: oneshot::Receiver<()>,
 }
 
-impl Slot<'_> {
+impl Slot {
     /// Resolves when this waiter was evicted by a newer one of the same client. Cancel-safe.
     pub(crate) async fn evicted(&mut self) {
         let _ = (&mut self.evicted).await;
     }
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.waiters.deregister(self.client_id, self.id);
+        self.waiters.deregister(&self.client_id, self.id);
     }
 }
 
@@ -200,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_client_over_its_cap_evicts_its_oldest_waiter_only() {
-        let w = Waiters::new(2, 0);
+        let w = Arc::new(Waiters::new(2, 0));
         let (mut a1, r) = w.register("alice").unwrap();
         assert_eq!(r.evicted, 0);
         let (mut a2, _) = w.register("alice").unwrap();
@@ -223,7 +219,7 @@ mod tests {
 
     #[test]
     fn the_global_cap_refuses_new_waiters_and_frees_with_them() {
-        let w = Waiters::new(0, 2);
+        let w = Arc::new(Waiters::new(0, 2));
         let (a, _) = w.register("alice").unwrap();
         let (_b, _) = w.register("bob").unwrap();
         assert!(w.register("carol").is_err());
@@ -234,7 +230,7 @@ mod tests {
 
     #[test]
     fn zero_turns_the_per_client_cap_off() {
-        let w = Waiters::new(0, 0);
+        let w = Arc::new(Waiters::new(0, 0));
         let slots: Vec<_> = (0..100).map(|_| w.register("alice").unwrap()).collect();
         assert_eq!(w.total(), 100);
         assert_eq!(w.clients_by_waiting(), [0, 0, 0, 1]);

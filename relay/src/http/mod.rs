@@ -16,6 +16,7 @@ pub(crate) mod key_packages;
 pub(crate) mod metrics;
 pub(crate) mod ops;
 pub(crate) mod rate_limit;
+pub(crate) mod stream;
 pub(crate) mod sync;
 pub(crate) mod welcomes;
 
@@ -60,8 +61,10 @@ pub(crate) struct Ctx {
     /// Turns true when the relay shuts down; long polls watch it to answer at once.
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) started: Instant,
-    /// Waiting long polls, per client and in all, with their caps.
-    pub(crate) waiters: Waiters,
+    /// Waiting long polls and open push streams, per client and in all, with their caps.
+    pub(crate) waiters: Arc<Waiters>,
+    /// Push streams open now (`/metrics`).
+    pub(crate) streams_open: Arc<std::sync::atomic::AtomicUsize>,
     clock: Clock,
 }
 
@@ -84,7 +87,11 @@ impl Ctx {
         };
         Ctx {
             rate_limits: rate_limit::RateLimits::new(&config),
-            waiters: Waiters::new(config.max_waiting_per_client, config.max_waiting),
+            waiters: Arc::new(Waiters::new(
+                config.max_waiting_per_client,
+                config.max_waiting,
+            )),
+            streams_open: Arc::default(),
             clock: clock.unwrap_or_else(|| Arc::new(now_millis)),
             auth_cache: auth::AuthCache::new(),
             store,
@@ -100,6 +107,16 @@ impl Ctx {
     /// storage quota.
     pub(crate) fn now(&self) -> Millis {
         (self.clock)()
+    }
+
+    /// Push streams open now.
+    pub(crate) fn streams_open(&self) -> usize {
+        self.streams_open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Long polls waiting now: the waiting requests that are not push streams.
+    pub(crate) fn long_polls_waiting(&self) -> usize {
+        self.waiters.total().saturating_sub(self.streams_open())
     }
 
     /// The 429 for a store over the daily quota `what`, counted in the metrics; Retry-After is
@@ -141,7 +158,7 @@ pub(crate) fn now_millis() -> Millis {
         (name = "key-packages", description = "Key package stock and claims"),
         (name = "welcomes", description = "Per-client welcome inbox"),
         (name = "groups", description = "Groups, their member lists and messages"),
-        (name = "sync", description = "One long-polling read of everything a client follows"),
+        (name = "sync", description = "One long-polling read of everything a client follows, or a push stream of it"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -176,6 +193,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::put, groups::get, groups::delete))
         .routes(routes!(groups::post_message, groups::list_messages))
         .routes(routes!(sync::sync))
+        .routes(routes!(stream::stream))
         .routes(routes!(ops::index))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
@@ -306,7 +324,7 @@ mod tests {
             }
         }
         assert_eq!(
-            operations, 19,
+            operations, 20,
             "every route of API.md and the operations routes"
         );
     }

@@ -36,6 +36,7 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
          <li>Storage: {backend}</li>\n\
          <li>Uptime: {days} d {hours} h {minutes} min {seconds} s</li>\n\
          <li>Long polls waiting: {waiting}</li>\n\
+         <li>Push streams open: {streams}</li>\n\
          <li>Database connections: {in_use} in use, {idle} idle</li>\n\
          <li>Registration: {registration}</li>\n\
          </ul>\n<p>API: <a href=\"/openapi.json\">/openapi.json</a> · \
@@ -47,7 +48,8 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
         hours = uptime / 3600 % 24,
         minutes = uptime / 60 % 60,
         seconds = uptime % 60,
-        waiting = state.waiters.total(),
+        waiting = state.long_polls_waiting(),
+        streams = state.streams_open(),
         registration = match state.config.registration {
             crate::config::RegistrationMode::Open => "open",
             crate::config::RegistrationMode::Token => "by token",
@@ -87,7 +89,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<&'static str
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     // Gauges of this relay's state are sampled when scraped.
-    ::metrics::gauge!(m::LONG_POLLS_WAITING).set(state.waiters.total() as f64);
+    ::metrics::gauge!(m::LONG_POLLS_WAITING).set(state.long_polls_waiting() as f64);
+    ::metrics::gauge!(m::STREAMS_OPEN).set(state.streams_open() as f64);
     for (bucket, clients) in crate::waiters::BUCKETS
         .iter()
         .zip(state.waiters.clients_by_waiting())

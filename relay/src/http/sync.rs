@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use dmls_api::limits::{MAX_SYNC_GROUPS, SYNC_LIMIT_DEFAULT, SYNC_LIMIT_MAX, WAIT_MS_MAX};
-use dmls_api::{GroupRef, Problem, SyncGroupMessages, SyncRequest, SyncResponse};
+use dmls_api::{GroupRef, Problem, SyncGroupCursor, SyncGroupMessages, SyncRequest, SyncResponse};
 use tokio::time::Instant;
 
 use super::AppState;
@@ -49,35 +49,13 @@ pub(crate) async fn sync(
     caller: Caller,
     Json(request): Json<SyncRequest>,
 ) -> Result<axum::Json<SyncResponse>, Error> {
-    if request.groups.len() > MAX_SYNC_GROUPS {
-        return Err(Error::bad_request(format!(
-            "at most {MAX_SYNC_GROUPS} groups per sync"
-        )));
-    }
-    let limit = request.limit.unwrap_or(SYNC_LIMIT_DEFAULT);
-    if !(1..=SYNC_LIMIT_MAX).contains(&limit) {
-        return Err(Error::bad_request(format!(
-            "limit must be 1 to {SYNC_LIMIT_MAX}"
-        )));
-    }
+    let (cursors, limit) = checked_cursors(request.groups, request.limit)?;
     let wait_ms = request.wait_ms.unwrap_or(0);
     if wait_ms > WAIT_MS_MAX {
         return Err(Error::bad_request(format!(
             "wait_ms must be 0 to {WAIT_MS_MAX}"
         )));
     }
-    for g in &request.groups {
-        super::check_group_name(&g.owner, &g.group_id)?;
-    }
-    let cursors: Vec<SyncCursor> = request
-        .groups
-        .into_iter()
-        .map(|g| SyncCursor {
-            owner: g.owner,
-            group_id: g.group_id,
-            after: g.after,
-        })
-        .collect();
     let welcomes_after = request.welcomes_after;
 
     if wait_ms == 0 {
@@ -89,18 +67,7 @@ pub(crate) async fn sync(
     }
 
     // Subscribe before the first read: see the module comment.
-    let mut keys: Vec<EventKey> = cursors
-        .iter()
-        .map(|c| EventKey::Group {
-            owner: c.owner.clone(),
-            group_id: c.group_id.clone(),
-        })
-        .collect();
-    if welcomes_after.is_some() {
-        keys.push(EventKey::Inbox {
-            client_id: caller.client_id.clone(),
-        });
-    }
+    let keys = event_keys(&cursors, welcomes_after.map(|_| caller.client_id.as_str()));
     let events = state.notifier.subscribe(keys);
     let mut shutdown = state.shutdown.clone();
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
@@ -156,9 +123,57 @@ pub(crate) async fn sync(
     Ok(axum::Json(answer(&cursors, welcomes_after, found)))
 }
 
+/// Checks the groups and limit of a sync or stream request (API.md "Sync") and names the
+/// groups by cursor; returns them with the limit to use.
+pub(super) fn checked_cursors(
+    groups: Vec<SyncGroupCursor>,
+    limit: Option<u32>,
+) -> Result<(Vec<SyncCursor>, u32), Error> {
+    if groups.len() > MAX_SYNC_GROUPS {
+        return Err(Error::bad_request(format!(
+            "at most {MAX_SYNC_GROUPS} groups per sync"
+        )));
+    }
+    let limit = limit.unwrap_or(SYNC_LIMIT_DEFAULT);
+    if !(1..=SYNC_LIMIT_MAX).contains(&limit) {
+        return Err(Error::bad_request(format!(
+            "limit must be 1 to {SYNC_LIMIT_MAX}"
+        )));
+    }
+    for g in &groups {
+        super::check_group_name(&g.owner, &g.group_id)?;
+    }
+    let cursors = groups
+        .into_iter()
+        .map(|g| SyncCursor {
+            owner: g.owner,
+            group_id: g.group_id,
+            after: g.after,
+        })
+        .collect();
+    Ok((cursors, limit))
+}
+
+/// What a reader of `cursors` (and of the inbox of `inbox_of`, if any) waits for.
+pub(super) fn event_keys(cursors: &[SyncCursor], inbox_of: Option<&str>) -> Vec<EventKey> {
+    let mut keys: Vec<EventKey> = cursors
+        .iter()
+        .map(|c| EventKey::Group {
+            owner: c.owner.clone(),
+            group_id: c.group_id.clone(),
+        })
+        .collect();
+    if let Some(client_id) = inbox_of {
+        keys.push(EventKey::Inbox {
+            client_id: client_id.to_owned(),
+        });
+    }
+    keys
+}
+
 /// Retry-After of the 503 beyond `--max-waiting`: long enough that refused clients do not
 /// come back all at once, short against a long poll's 30 s.
-const OVERLOADED_RETRY_AFTER_SECS: u64 = 5;
+pub(super) const OVERLOADED_RETRY_AFTER_SECS: u64 = 5;
 
 enum Wake {
     /// Something of interest may have been stored: read again.
@@ -169,7 +184,7 @@ enum Wake {
 
 /// Is there anything to hand out? Forbidden groups alone are not news: the caller learns of them
 /// in the answer when the wait ends, without turning its long poll into a busy loop.
-fn has_news(read: &SyncRead) -> bool {
+pub(super) fn has_news(read: &SyncRead) -> bool {
     read.groups
         .iter()
         .any(|g| matches!(g, SyncGroupResult::Messages { messages, .. } if !messages.is_empty()))
@@ -180,7 +195,11 @@ fn has_news(read: &SyncRead) -> bool {
 }
 
 /// Turns the store's read into the wire answer, naming groups by the caller's cursors.
-fn answer(cursors: &[SyncCursor], welcomes_after: Option<u64>, read: SyncRead) -> SyncResponse {
+pub(super) fn answer(
+    cursors: &[SyncCursor],
+    welcomes_after: Option<u64>,
+    read: SyncRead,
+) -> SyncResponse {
     let mut groups = Vec::new();
     let mut forbidden = Vec::new();
     for result in read.groups {

@@ -20,6 +20,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/groups/{owner}/{group_id}/messages"),
     ("get", "/v1/groups/{owner}/{group_id}/messages"),
     ("post", "/v1/sync"),
+    ("post", "/v1/stream"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

@@ -197,6 +197,15 @@ impl Relay {
         }
     }
 
+    /// A relay running elsewhere (another process) at `url`.
+    pub fn remote(url: &str, http: reqwest::Client) -> Relay {
+        Relay {
+            url: url.to_owned(),
+            http,
+            running: None,
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await.unwrap();
@@ -466,4 +475,87 @@ pub async fn expect_problem(resp: Response, expected: StatusCode) -> Problem {
         "{url}: {text}"
     );
     problem
+}
+
+/// An open push stream (`POST /v1/stream`) read as a third-party client would: the bytes
+/// through a server-sent-events parser.
+pub struct Stream {
+    events: futures::stream::BoxStream<
+        'static,
+        Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+    >,
+}
+
+/// One event of a push stream: its name and its data as JSON.
+#[derive(Debug)]
+pub struct StreamEvent {
+    pub name: String,
+    pub data: Value,
+}
+
+impl StreamEvent {
+    /// The data of a `sync` event.
+    pub fn sync(&self) -> SyncResponse {
+        assert_eq!(self.name, "sync", "{self:?}");
+        serde_json::from_value(self.data.clone()).unwrap()
+    }
+}
+
+impl Stream {
+    /// The next event within `within`, or `None` when the stream ended; panics on a transport
+    /// error or when nothing came in time.
+    pub async fn next_within(&mut self, within: Duration) -> Option<StreamEvent> {
+        use futures::StreamExt as _;
+        let next = tokio::time::timeout(within, self.events.next())
+            .await
+            .expect("a stream event in time")?;
+        let event = next.expect("a well-formed event stream");
+        let data = serde_json::from_str(&event.data).expect("event data is JSON");
+        Some(StreamEvent {
+            name: event.event,
+            data,
+        })
+    }
+
+    /// The next event (within 5 s), which must exist.
+    pub async fn next(&mut self) -> StreamEvent {
+        self.next_within(Duration::from_secs(5))
+            .await
+            .expect("the stream goes on")
+    }
+
+    /// Nothing arrives within `within`.
+    pub async fn assert_quiet(&mut self, within: Duration) {
+        use futures::StreamExt as _;
+        if let Ok(next) = tokio::time::timeout(within, self.events.next()).await {
+            panic!("expected no event, got {next:?}");
+        }
+    }
+}
+
+impl Client {
+    pub async fn try_stream(&self, request: &Value) -> Response {
+        self.post("/v1/stream")
+            .header("accept", "text/event-stream")
+            .json(request)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Opens a push stream (expecting 200 text/event-stream).
+    pub async fn stream(&self, request: &Value) -> Stream {
+        use eventsource_stream::Eventsource as _;
+        use futures::StreamExt as _;
+        let resp = self.try_stream(request).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        Stream {
+            events: resp.bytes_stream().eventsource().boxed(),
+        }
+    }
 }
