@@ -127,7 +127,8 @@ pub enum Command {
     /// Type /help for the commands (/update, /remove NAME, /status, /quit). Enter sends,
     /// Alt-Enter starts a new line, PageUp/PageDown scroll, Ctrl-C quits.
     ///
-    /// Needs a terminal: in scripts use `dmls sync --follow` and `dmls send`.
+    /// Needs a terminal: in scripts use `dmls sync --follow` and `dmls send`. Logs only
+    /// when RUST_LOG is set (then redirect standard error, e.g. `2>chat.log`).
     Chat {
         /// Group name, or its id (hex; a unique prefix is enough).
         group: String,
