@@ -4,6 +4,7 @@
 //! (`sync --follow --json` prints one JSON object per line instead). Errors carry context and
 //! say what to do next.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -118,6 +119,68 @@ pub enum Command {
         /// Group name, or its id (hex; a unique prefix is enough).
         group: String,
     },
+    /// Chat in GROUP on a full-screen terminal: messages arrive while you type.
+    ///
+    /// The scrollback shows each message with its sender and time (UTC); yours are marked
+    /// "sending…" until the relay has them, and "queued" while the relay cannot be reached
+    /// (they go out by themselves when it is back). The side panel (the header on narrow
+    /// terminals) lists the members: * up to date, ? not joined yet, ! behind, x removed.
+    /// Type /help for the commands (/update, /remove NAME, /status, /quit). Enter sends,
+    /// Alt-Enter starts a new line, PageUp/PageDown scroll, Ctrl-C quits.
+    ///
+    /// Needs a terminal: in scripts use `dmls sync --follow` and `dmls send`. Logs only
+    /// when RUST_LOG is set (then redirect standard error, e.g. `2>chat.log`).
+    Chat {
+        /// Group name, or its id (hex; a unique prefix is enough).
+        group: String,
+    },
+    /// Draw GROUP's dependencies as a Graphviz DOT graph on standard output.
+    ///
+    /// Each Send Group is a lane (a cluster) of the epochs you saw it reach, left to right.
+    /// A blue "import" edge goes from an epoch of one Send Group to the commit of another that
+    /// imported it (its PSK). Messages waiting to be processed are red, with a dashed edge from
+    /// the epoch they wait for. Lanes of removed members are grey and dashed; a commit that
+    /// removed members names them. For a picture, pipe it into Graphviz:
+    /// `dmls graph GROUP | dot -Tsvg > group.svg`.
+    Graph {
+        /// Group name, or its id (hex; a unique prefix is enough).
+        group: String,
+        /// Output format. Only dot is produced by dmls itself; for SVG, pipe the DOT output
+        /// into Graphviz (`dot -Tsvg`).
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        /// Show only the latest N commits of each Send Group.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+    },
+    /// Print a shell completion script for dmls to standard output.
+    ///
+    /// bash: `dmls completions bash > ~/.local/share/bash-completion/completions/dmls`;
+    /// zsh: `dmls completions zsh > ~/.zfunc/_dmls` (with ~/.zfunc in $fpath);
+    /// fish: `dmls completions fish > ~/.config/fish/completions/dmls.fish`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page of dmls (roff) to standard output, or write one per command.
+    ///
+    /// Read it with `dmls man | man -l -`. `dmls man --dir ~/.local/share/man/man1` writes
+    /// dmls.1 and a page for every subcommand (dmls-chat.1, ...), so that `man dmls-chat`
+    /// works too.
+    Man {
+        /// Write dmls.1 and one page per subcommand into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Formats of `dmls graph`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphFormat {
+    /// Graphviz DOT text.
+    Dot,
+    /// SVG: not drawn by dmls; the command says how to get it with Graphviz.
+    Svg,
 }
 
 /// `dmls group ...`
@@ -161,6 +224,13 @@ pub struct SyncArgs {
 
 /// Runs the parsed command line: one function per command.
 pub async fn run(cli: Cli) -> Result<()> {
+    // These print text generated from the command line itself and need no identity.
+    match &cli.command {
+        Command::Completions { shell } => return print_completions(*shell),
+        Command::Man { dir: None } => return print_man_page(),
+        Command::Man { dir: Some(dir) } => return write_man_pages(dir),
+        _ => {}
+    }
     let home = match cli.home.clone() {
         Some(h) => h,
         None => default_home()?,
@@ -182,7 +252,96 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Update { group } => cmd_update(&ctx, &group).await,
         Command::Remove { group, member } => cmd_remove(&ctx, &group, &member).await,
         Command::Status { group } => cmd_status(&ctx, &group).await,
+        Command::Graph {
+            group,
+            format,
+            last,
+        } => cmd_graph(&ctx, &group, format, last).await,
+        Command::Chat { group } => cmd_chat(&ctx, &group).await,
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
+}
+
+/// `dmls chat`
+async fn cmd_chat(ctx: &Ctx, group: &str) -> Result<()> {
+    if ctx.json {
+        bail!("dmls chat is interactive and has no --json output; use `dmls sync --follow --json`");
+    }
+    crate::chat::require_terminal()?;
+    let client = ctx.open_and_flush().await?;
+    crate::chat::run(client, group)
+        .await
+        .with_context(|| format!("chat in {group:?} ended"))
+}
+
+/// `dmls graph`
+async fn cmd_graph(ctx: &Ctx, group: &str, format: GraphFormat, last: Option<usize>) -> Result<()> {
+    if format == GraphFormat::Svg {
+        bail!(
+            "dmls does not lay out graphs itself: no maintained Rust crate lays out DOT clusters \
+             well. Pipe the DOT output into Graphviz instead: `dmls graph {group} | dot -Tsvg > group.svg`"
+        );
+    }
+    if last == Some(0) {
+        bail!("--last must be at least 1");
+    }
+    let client = ctx.open_and_flush().await?;
+    let graph = client
+        .graph(group)
+        .await
+        .with_context(|| format!("cannot read {group:?}"))?;
+    let dot = crate::graph::to_dot(&graph, &crate::graph::GraphOptions { last });
+    if ctx.json {
+        emit(&json!({ "group": group, "dot": dot }));
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout();
+    stdout
+        .write_all(dot.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("cannot write the graph to standard output")
+}
+
+/// `dmls completions SHELL`
+fn print_completions(shell: clap_complete::Shell) -> Result<()> {
+    let mut out = Vec::new();
+    write_completions(shell, &mut out);
+    std::io::stdout()
+        .write_all(&out)
+        .context("cannot write the completion script to standard output")
+}
+
+/// The completion script of `dmls` for `shell`.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut impl std::io::Write) {
+    use clap::CommandFactory as _;
+    clap_complete::generate(shell, &mut Cli::command(), "dmls", out);
+}
+
+/// `dmls man`
+fn print_man_page() -> Result<()> {
+    let mut out = Vec::new();
+    write_man_page(&mut out)?;
+    std::io::stdout()
+        .write_all(&out)
+        .context("cannot write the manual page to standard output")
+}
+
+/// `dmls man --dir DIR`
+fn write_man_pages(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+    println!("Wrote the manual pages of dmls into {}.", dir.display());
+    Ok(())
+}
+
+/// The manual page of `dmls` (roff), with every subcommand and its options.
+pub fn write_man_page(out: &mut impl std::io::Write) -> Result<()> {
+    use clap::CommandFactory as _;
+    clap_mangen::Man::new(Cli::command())
+        .render(out)
+        .context("cannot render the manual page")
 }
 
 /// What every command needs from the global options.
@@ -422,8 +581,20 @@ fn print_event_lines(events: &[Event], names: &[(String, String)]) {
 /// an error whose message already contains its cause's message (as many wrappers do, for
 /// readers that print only the outer message) does not repeat it.
 pub fn error_text(e: &anyhow::Error) -> String {
+    chain_text(e.chain())
+}
+
+/// [`error_text`] of an error of the client facade.
+pub(crate) fn client_error_text(e: &ClientError) -> String {
+    chain_text(std::iter::successors(
+        Some(e as &(dyn std::error::Error + 'static)),
+        |e| e.source(),
+    ))
+}
+
+fn chain_text<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
     let mut text = String::new();
-    for cause in e.chain() {
+    for cause in chain {
         let msg = cause.to_string();
         if text.contains(&msg) {
             continue;
@@ -635,6 +806,11 @@ fn format_time(ms: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}")
 }
 
+/// The line `dmls sync` prints for an event (none for some), for the chat screen too.
+pub(crate) fn event_text(e: &Event, names: &[(String, String)]) -> Option<String> {
+    event_line(e, names)
+}
+
 fn event_line(e: &Event, names: &[(String, String)]) -> Option<String> {
     Some(match e {
         Event::Message(m) => message_line(m, Some(&label(names, &m.dgroup))),
@@ -821,59 +997,75 @@ fn status_json(s: &DGroupStatus) -> Value {
 }
 
 fn print_status(s: &DGroupStatus) {
+    print!("{}", status_text(s));
+}
+
+/// What `dmls status` prints (also shown by the chat's /status).
+pub(crate) fn status_text(s: &DGroupStatus) -> String {
+    let mut out = String::new();
     let g = &s.summary;
-    println!("Group {} ({})", g.name, dgroup_hex(&g.id));
-    println!("  members: {}", g.members.join(", "));
+    let _ = writeln!(out, "Group {} ({})", g.name, dgroup_hex(&g.id));
+    let _ = writeln!(out, "  members: {}", g.members.join(", "));
     if g.we_are_removed {
-        println!("  you were removed from this group");
+        let _ = writeln!(out, "  you were removed from this group");
     }
     if !g.removed.is_empty() {
-        println!("  removed: {}", g.removed.join(", "));
+        let _ = writeln!(out, "  removed: {}", g.removed.join(", "));
     }
-    println!("  Send Groups:");
+    let _ = writeln!(out, "  Send Groups:");
     for sg in &s.send_groups {
         let epoch = match (sg.joined, sg.epoch) {
             (true, Some(e)) => format!("epoch {e}"),
             _ => "not joined yet (waiting for its Welcome)".into(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "    {:<16} {epoch}, read up to seq {}",
             sg.owner, sg.after_seq
         );
         if sg.joined && !sg.members.is_empty() {
-            println!("      members: {}", sg.members.join(", "));
+            let _ = writeln!(out, "      members: {}", sg.members.join(", "));
         }
         if let Some(t) = sg.behind_since_ms {
-            println!(
+            let _ = writeln!(
+                out,
                 "      has not acknowledged updates since {} UTC",
                 format_time(t)
             );
         }
         if sg.last_resort_leaf {
-            println!(
+            let _ = writeln!(
+                out,
                 "      your leaf here is still your last-resort key package's (refresh proposed, not committed yet)"
             );
         }
         for w in &sg.waiting {
             let (_, what) = wait_reason(&w.waits_for);
             let kind = if w.is_commit { "commit" } else { "message" };
-            println!("      waiting: {kind} of epoch {} needs {what}", w.epoch);
+            let _ = writeln!(
+                out,
+                "      waiting: {kind} of epoch {} needs {what}",
+                w.epoch
+            );
         }
         if !sg.psk_deletion_holders.is_empty() {
-            println!(
+            let _ = writeln!(
+                out,
                 "      old keys kept for: {}",
                 sg.psk_deletion_holders.join(", ")
             );
         }
     }
     if !s.pending_removals.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "  to remove in your next commit: {}",
             s.pending_removals.join(", ")
         );
     }
     if !s.unimported.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "  updates of others to import in your next commit: {}",
             s.unimported
                 .iter()
@@ -882,6 +1074,7 @@ fn print_status(s: &DGroupStatus) {
                 .join(", ")
         );
     }
+    out
 }
 
 #[cfg(test)]

@@ -857,6 +857,13 @@ impl Client {
         self.with_engine(move |e| e.status(&id)).await
     }
 
+    /// The dependency graph of `group`: every Send Group's recent commits, what each
+    /// imported, waiting messages (read-only; see [`crate::graph`] for drawing it).
+    pub async fn graph(&self, group: &str) -> Result<crate::engine::DGroupGraph, ClientError> {
+        let id = self.resolve_group(group).await?;
+        self.with_engine(move |e| e.graph(&id)).await
+    }
+
     /// Finds a DGroup by exact name, else by id or unique id prefix (hex).
     pub async fn resolve_group(&self, query: &str) -> Result<DGroupId, ClientError> {
         pick_group(&self.groups().await?, query)

@@ -3,16 +3,22 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use dmls_client::cli::{Cli, error_text, run};
+use dmls_client::cli::{Cli, Command, error_text, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go to stderr, quiet unless RUST_LOG asks; they never contain tokens or keys.
+    // Logs go to stderr, quiet unless RUST_LOG asks; they never contain tokens or keys. The
+    // chat draws on the terminal that stderr usually is too: there it shows problems itself
+    // and logs nothing unless RUST_LOG asks (then redirect stderr, e.g. `2>chat.log`).
+    let default_filter = match cli.command {
+        Command::Chat { .. } => "off",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
     let json = cli.json;

@@ -361,6 +361,28 @@ pub struct DGroupStatus {
     pub unimported: Vec<PskId>,
 }
 
+/// The dependency graph of one DGroup ([`Engine::graph`]): every Send Group's recent
+/// commits and what each imported, for drawing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DGroupGraph {
+    /// The DGroup's status ([`Engine::status`]).
+    pub status: DGroupStatus,
+    /// The commits we merged in each Send Group, in the order of `status.send_groups`
+    /// (oldest first; only the latest 256 epochs of each are kept).
+    pub commits: Vec<Vec<GraphCommit>>,
+}
+
+/// One commit merged in a Send Group ([`DGroupGraph`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphCommit {
+    /// The epoch the commit started.
+    pub epoch: u64,
+    /// The epochs of other Send Groups it imported (their PSKs).
+    pub imports: Vec<PskId>,
+    /// The members it removed.
+    pub removed: Vec<String>,
+}
+
 /// A Send Group to poll on the relay ([`Engine::followed_groups`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowedGroup {
@@ -810,6 +832,12 @@ impl Engine {
     /// Detailed status of one DGroup.
     pub fn status(&self, dgroup: &DGroupId) -> Result<DGroupStatus, EngineError> {
         self.read(|c| c.status(dgroup))
+    }
+
+    /// The dependency graph of one DGroup: its status and the commits merged in each of its
+    /// Send Groups with the epochs they imported. Read-only.
+    pub fn graph(&self, dgroup: &DGroupId) -> Result<DGroupGraph, EngineError> {
+        self.read(|c| c.graph(dgroup))
     }
 
     /// The last `limit` application messages of `dgroup` (ours and others'), oldest first.

@@ -3,11 +3,12 @@
 use super::ctx::{Ctx, credential_identity};
 use super::ids::DGroupId;
 use super::store::{
-    acks, dgroups, history, last_resort, members, meta, outbox, psks, send_groups, waiting,
+    acks, commit_log, dgroups, history, last_resort, members, meta, outbox, psks, send_groups,
+    waiting,
 };
 use super::{
-    DGroupStatus, DGroupSummary, EngineError, FollowedGroup, OutboxItem, ReceivedMessage,
-    SendGroupStatus,
+    DGroupGraph, DGroupStatus, DGroupSummary, EngineError, FollowedGroup, GraphCommit, OutboxItem,
+    ReceivedMessage, SendGroupStatus,
 };
 
 impl Ctx<'_> {
@@ -106,6 +107,25 @@ impl Ctx<'_> {
             pending_removals,
             unimported: self.unimported(d)?,
         })
+    }
+
+    pub(crate) fn graph(&self, d: &DGroupId) -> Result<DGroupGraph, EngineError> {
+        let status = self.status(d)?;
+        let mut commits = Vec::with_capacity(status.send_groups.len());
+        for sg in &status.send_groups {
+            let gid = super::ids::send_group_id(d, &sg.owner);
+            commits.push(
+                commit_log::of_group(self.conn, &gid)?
+                    .into_iter()
+                    .map(|c| GraphCommit {
+                        epoch: c.epoch,
+                        imports: c.imports,
+                        removed: c.removed,
+                    })
+                    .collect(),
+            );
+        }
+        Ok(DGroupGraph { status, commits })
     }
 
     pub(crate) fn history(

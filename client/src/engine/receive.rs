@@ -13,7 +13,7 @@ use super::ids::{PskId, send_group_id};
 use super::store::meta::{self, Key as MetaKey};
 use super::store::send_groups::{self, SendGroupRow};
 use super::store::waiting::{self, Trigger};
-use super::store::{Savepoint, dgroups, history, last_resort, members, psks, seen};
+use super::store::{Savepoint, commit_log, dgroups, history, last_resort, members, psks, seen};
 use super::{EngineError, Event, ReceivedMessage, WaitReason};
 
 /// Up to this many deferred leaf refreshes of an epoch are processed before a commit of that
@@ -526,6 +526,13 @@ impl Ctx<'_> {
             .merge_staged_commit(&self.provider, staged)
             .map_err(|e| EngineError::mls("merging commit", e))?;
         if !beyond_stop {
+            commit_log::record(
+                self.conn,
+                &sg.group_id,
+                group.epoch().as_u64(),
+                &imported,
+                &removed,
+            )?;
             self.ack(&sg.dgroup_id, &sg.owner, &imported)?;
             self.ack_joined(&sg.dgroup_id, &sg.group_id, epoch, &added)?;
             // Pruned once at the end of the operation (one batch of inputs), not

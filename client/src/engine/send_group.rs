@@ -14,7 +14,7 @@ use super::envelope::DmlsEnvelope;
 use super::identity::{DmlsSigner, validate_client_id};
 use super::ids::{DGroupId, MessageId, PskId, send_group_id};
 use super::store::send_groups::{self, OwnState, SendGroupRow};
-use super::store::{acks, dgroups, history, members, outbox, psks, seen};
+use super::store::{acks, commit_log, dgroups, history, members, outbox, psks, seen};
 use super::{Effect, EngineError, Event, ReceivedMessage};
 
 /// [`Effect::PostWelcomes`] of one Welcome to each of `added`.
@@ -539,11 +539,15 @@ impl Ctx<'_> {
             .filter(|r| r.1)
             .map(|r| r.0)
             .collect();
-        let leaves: Vec<LeafNodeIndex> = group
+        let (leaves, removed): (Vec<LeafNodeIndex>, Vec<String>) = group
             .members()
-            .filter(|m| credential_identity(&m.credential).is_ok_and(|id| pending.contains(&id)))
-            .map(|m| m.index)
-            .collect();
+            .filter_map(|m| {
+                credential_identity(&m.credential)
+                    .ok()
+                    .filter(|id| pending.contains(id))
+                    .map(|id| (m.index, id))
+            })
+            .unzip();
         let (commit, welcome) =
             self.build_commit_in_psk_order(&mut group, &signer, &mut imports, &leaves, &kps)?;
         let imports: Vec<PskId> = imports.into_iter().map(|(p, _)| p).collect();
@@ -552,6 +556,7 @@ impl Ctx<'_> {
             .merge_pending_commit(&self.provider)
             .map_err(|e| EngineError::mls("merging our commit", e))?;
         self.export_psk(&group, &gid)?;
+        commit_log::record(self.conn, &gid, group.epoch().as_u64(), &imports, &removed)?;
         self.ack(d, &me, &imports)?;
         self.ack_joined(d, &gid, left, &added)?;
         if !imports.is_empty() {

@@ -7,6 +7,7 @@
 //! running them.
 
 pub(crate) mod acks;
+pub(crate) mod commit_log;
 pub(crate) mod dgroups;
 pub(crate) mod history;
 pub(crate) mod last_resort;

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "last_resort_leaf",
         include_str!("migrations/0006_last_resort_leaf.sql"),
     ),
+    ("commit_log", include_str!("migrations/0007_commit_log.sql")),
 ];
 
 /// The schema version this code writes.
