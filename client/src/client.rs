@@ -914,15 +914,7 @@ fn sync_requests(
         Some(due) if wait_ms > 0 => wait_ms.min(due.saturating_sub(now_ms()).max(1)),
         _ => wait_ms,
     };
-    let cursors: Vec<SyncGroupCursor> = engine
-        .followed_groups()?
-        .into_iter()
-        .map(|g| SyncGroupCursor {
-            owner: g.owner,
-            group_id: g.group_id,
-            after: g.after_seq,
-        })
-        .collect();
+    let cursors = followed_cursors(engine)?;
     let mut chunks: Vec<Vec<SyncGroupCursor>> = cursors
         .chunks(dmls_api::limits::MAX_SYNC_GROUPS)
         .map(<[SyncGroupCursor]>::to_vec)
@@ -969,15 +961,7 @@ fn emit(events: &[Event], on_event: &mut impl FnMut(&Event) -> ControlFlow<()>) 
 /// The push stream request for every Send Group `engine` follows and its welcome inbox, or
 /// `None` when they are more than one stream carries.
 fn stream_request(engine: &Engine, limit: u32) -> Result<Option<StreamRequest>, EngineError> {
-    let groups: Vec<SyncGroupCursor> = engine
-        .followed_groups()?
-        .into_iter()
-        .map(|g| SyncGroupCursor {
-            owner: g.owner,
-            group_id: g.group_id,
-            after: g.after_seq,
-        })
-        .collect();
+    let groups = followed_cursors(engine)?;
     if groups.len() > dmls_api::limits::MAX_SYNC_GROUPS {
         return Ok(None);
     }
@@ -986,6 +970,19 @@ fn stream_request(engine: &Engine, limit: u32) -> Result<Option<StreamRequest>, 
         welcomes_after: Some(engine.welcome_cursor()?),
         limit: Some(limit),
     }))
+}
+
+/// A cursor for every Send Group `engine` follows, where it has read up to.
+fn followed_cursors(engine: &Engine) -> Result<Vec<SyncGroupCursor>, EngineError> {
+    Ok(engine
+        .followed_groups()?
+        .into_iter()
+        .map(|g| SyncGroupCursor {
+            owner: g.owner,
+            group_id: g.group_id,
+            after: g.after_seq,
+        })
+        .collect())
 }
 
 /// The (owner, group id) of each cursor.

@@ -31,8 +31,8 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{AuthedErrors, Error};
 use super::extract::Json;
-use super::metrics::{LIMIT_WAITING, LIMIT_WAITING_PER_CLIENT, STREAM_EVENTS, refused};
-use super::sync::{OVERLOADED_RETRY_AFTER_SECS, answer, checked_cursors, event_keys};
+use super::metrics::STREAM_EVENTS;
+use super::sync::{answer, checked_cursors, event_keys, register_waiter};
 use crate::notify::Subscription;
 use crate::store::{SyncCursor, SyncGroupResult, SyncRead};
 use crate::waiters::Slot;
@@ -72,20 +72,7 @@ pub(crate) async fn stream(
         .store
         .sync_read(&client_id, &cursors, welcomes_after, limit)
         .await?;
-    let slot = match state.waiters.register(&client_id) {
-        Ok((slot, registered)) => {
-            if registered.evicted > 0 {
-                refused(LIMIT_WAITING_PER_CLIENT, registered.evicted as u64);
-            }
-            slot
-        }
-        Err(_full) => {
-            refused(LIMIT_WAITING, 1);
-            return Err(Error::Overloaded {
-                retry_after_secs: OVERLOADED_RETRY_AFTER_SECS,
-            });
-        }
-    };
+    let slot = register_waiter(&state, &client_id)?;
     let feed = Feed {
         shutdown: state.shutdown.clone(),
         _open: OpenStream::new(&state.streams_open),

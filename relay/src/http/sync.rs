@@ -29,6 +29,7 @@ use crate::notify::EventKey;
 #[cfg(doc)]
 use crate::notify::StoreEvent;
 use crate::store::{SyncCursor, SyncGroupResult, SyncRead};
+use crate::waiters::Slot;
 
 /// Reads new messages of many groups and the caller's inbox; optionally waits for news.
 #[utoipa::path(
@@ -80,20 +81,7 @@ pub(crate) async fn sync(
         return Ok(axum::Json(answer(&cursors, welcomes_after, found)));
     }
     // It waits: count it against the caps.
-    let mut slot = match state.waiters.register(&caller.client_id) {
-        Ok((slot, registered)) => {
-            if registered.evicted > 0 {
-                refused(LIMIT_WAITING_PER_CLIENT, registered.evicted as u64);
-            }
-            slot
-        }
-        Err(_full) => {
-            refused(LIMIT_WAITING, 1);
-            return Err(Error::Overloaded {
-                retry_after_secs: OVERLOADED_RETRY_AFTER_SECS,
-            });
-        }
-    };
+    let mut slot = register_waiter(&state, &caller.client_id)?;
     while !has_news(&found) {
         if *shutdown.borrow_and_update() {
             break;
@@ -171,9 +159,28 @@ pub(super) fn event_keys(cursors: &[SyncCursor], inbox_of: Option<&str>) -> Vec<
     keys
 }
 
+/// Registers a waiting request of `client_id` under the caps (counting what they refuse or
+/// end early): 503 when the relay holds `--max-waiting` already.
+pub(super) fn register_waiter(state: &AppState, client_id: &str) -> Result<Slot, Error> {
+    match state.waiters.register(client_id) {
+        Ok((slot, registered)) => {
+            if registered.evicted > 0 {
+                refused(LIMIT_WAITING_PER_CLIENT, registered.evicted as u64);
+            }
+            Ok(slot)
+        }
+        Err(_full) => {
+            refused(LIMIT_WAITING, 1);
+            Err(Error::Overloaded {
+                retry_after_secs: OVERLOADED_RETRY_AFTER_SECS,
+            })
+        }
+    }
+}
+
 /// Retry-After of the 503 beyond `--max-waiting`: long enough that refused clients do not
 /// come back all at once, short against a long poll's 30 s.
-pub(super) const OVERLOADED_RETRY_AFTER_SECS: u64 = 5;
+const OVERLOADED_RETRY_AFTER_SECS: u64 = 5;
 
 enum Wake {
     /// Something of interest may have been stored: read again.
