@@ -316,3 +316,15 @@ async fn the_graph_of_three_members_with_updates_and_a_removal() {
     );
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn chat_without_a_terminal_says_so_and_fails() {
+    let home = tempfile::tempdir().unwrap();
+    // `output()` pipes standard output: not a terminal.
+    let out = run(home.path(), &["chat", "room"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs a terminal"), "{stderr}");
+    assert!(stderr.contains("dmls sync --follow"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing drawn on a pipe");
+}
