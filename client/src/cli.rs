@@ -119,14 +119,26 @@ pub enum Command {
         /// Group name, or its id (hex; a unique prefix is enough).
         group: String,
     },
+    /// Show who you are: your client id, your relay and your identity key's fingerprint.
+    Whoami,
+    /// Show the safety number you share with MEMBER, to compare out of band.
+    ///
+    /// Read it to each other in person or over a call you trust (not through the relay): it
+    /// is the same on both sides only if each client uses the other's real identity key. A
+    /// relay that slipped its own key in for one of you makes the numbers differ. Also fails
+    /// when MEMBER's leaves carry different keys in different Send Groups.
+    Verify {
+        /// The member's client id (someone you share a group with).
+        member: String,
+    },
     /// Chat in GROUP on a full-screen terminal: messages arrive while you type.
     ///
     /// The scrollback shows each message with its sender and time (UTC); yours are marked
     /// "sending…" until the relay has them, and "queued" while the relay cannot be reached
     /// (they go out by themselves when it is back). The side panel (the header on narrow
     /// terminals) lists the members: * up to date, ? not joined yet, ! behind, x removed.
-    /// Type /help for the commands (/update, /remove NAME, /status, /quit). Enter sends,
-    /// Alt-Enter starts a new line, PageUp/PageDown scroll, Ctrl-C quits.
+    /// Type /help for the commands (/update, /remove NAME, /status, /verify NAME, /quit).
+    /// Enter sends, Alt-Enter starts a new line, PageUp/PageDown scroll, Ctrl-C quits.
     ///
     /// Needs a terminal: in scripts use `dmls sync --follow` and `dmls send`. Logs only
     /// when RUST_LOG is set (then redirect standard error, e.g. `2>chat.log`).
@@ -252,6 +264,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Update { group } => cmd_update(&ctx, &group).await,
         Command::Remove { group, member } => cmd_remove(&ctx, &group, &member).await,
         Command::Status { group } => cmd_status(&ctx, &group).await,
+        Command::Whoami => cmd_whoami(&ctx).await,
+        Command::Verify { member } => cmd_verify(&ctx, &member).await,
         Command::Graph {
             group,
             format,
@@ -564,6 +578,131 @@ async fn cmd_status(ctx: &Ctx, group: &str) -> Result<()> {
         emit(&status_json(&status));
     } else {
         print_status(&status);
+    }
+    Ok(())
+}
+
+/// `dmls whoami`
+async fn cmd_whoami(ctx: &Ctx) -> Result<()> {
+    let client = ctx.open()?;
+    let key = client
+        .identity_key()
+        .await
+        .context("cannot read your identity key")?;
+    let fingerprint = crate::engine::fingerprint(&key);
+    if ctx.json {
+        emit(&json!({
+            "client_id": client.client_id(),
+            "relay": client.relay_url(),
+            "identity_key": hex::encode(&key),
+            "fingerprint": fingerprint,
+        }));
+    } else {
+        println!("You are {} on {}.", client.client_id(), client.relay_url());
+        println!("Identity key fingerprint: {fingerprint}");
+    }
+    Ok(())
+}
+
+/// What `dmls verify` (and the chat's `/verify`) found for one member.
+pub(crate) struct Verification {
+    /// The member's client id.
+    pub(crate) member: String,
+    /// Our identity key.
+    pub(crate) ours: Vec<u8>,
+    /// The member's distinct keys, each with where it was seen (Send Group owner, DGroup name).
+    pub(crate) keys: Vec<(Vec<u8>, Vec<String>)>,
+}
+
+/// The keys `member` carries in the Send Groups `client` holds, for `dmls verify`.
+pub(crate) async fn verification(client: &Client, member: &str) -> Result<Verification> {
+    if member == client.client_id() {
+        bail!("{member} is you; verifying compares your key with another member's");
+    }
+    let ours = client
+        .identity_key()
+        .await
+        .context("cannot read your identity key")?;
+    let seen = client
+        .identity_keys_of(member)
+        .await
+        .with_context(|| format!("cannot read {member}'s keys"))?;
+    let mut keys: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
+    for s in seen {
+        let place = format!("{}'s Send Group of {}", s.send_group_owner, s.dgroup_name);
+        match keys.iter_mut().find(|(k, _)| *k == s.key) {
+            Some((_, places)) => places.push(place),
+            None => keys.push((s.key, vec![place])),
+        }
+    }
+    match keys.len() {
+        0 => bail!(
+            "you hold no leaf of {member} yet: share a group with them (and run `dmls sync`) first"
+        ),
+        1 => Ok(Verification {
+            member: member.to_owned(),
+            ours,
+            keys,
+        }),
+        n => {
+            let listed: Vec<String> = keys
+                .iter()
+                .map(|(k, places)| {
+                    format!(
+                        "{} (in {})",
+                        crate::engine::fingerprint(k),
+                        places.join(", ")
+                    )
+                })
+                .collect();
+            bail!(
+                "{member} appears with {n} different identity keys: {}; a relay may have slipped its own key in, so there is no single safety number",
+                listed.join("; ")
+            )
+        }
+    }
+}
+
+impl Verification {
+    fn theirs(&self) -> &[u8] {
+        self.keys.first().map_or(&[], |(k, _)| k.as_slice())
+    }
+
+    /// The safety number of `me` and the member.
+    pub(crate) fn safety_number(&self, me: &str) -> String {
+        crate::engine::safety_number(me, &self.ours, &self.member, self.theirs())
+    }
+
+    /// What `dmls verify` prints.
+    pub(crate) fn text(&self, me: &str) -> String {
+        let member = &self.member;
+        format!(
+            "Safety number with {member}:\n\n    {}\n\n\
+             Compare it with the one `dmls verify {me}` shows {member}, in person or on a call you trust.\n\
+             Equal: your clients use each other's real keys. Different: do not trust this conversation.\n\
+             {member}'s fingerprint: {}\nYour fingerprint: {}",
+            self.safety_number(me),
+            crate::engine::fingerprint(self.theirs()),
+            crate::engine::fingerprint(&self.ours),
+        )
+    }
+}
+
+/// `dmls verify MEMBER`
+async fn cmd_verify(ctx: &Ctx, member: &str) -> Result<()> {
+    let client = ctx.open()?;
+    let v = verification(&client, member).await?;
+    let me = client.client_id();
+    if ctx.json {
+        emit(&json!({
+            "member": member,
+            "safety_number": v.safety_number(me),
+            "their_fingerprint": crate::engine::fingerprint(v.theirs()),
+            "your_fingerprint": crate::engine::fingerprint(&v.ours),
+            "seen_in": v.keys.first().map(|(_, places)| places.clone()).unwrap_or_default(),
+        }));
+    } else {
+        println!("{}", v.text(me));
     }
     Ok(())
 }

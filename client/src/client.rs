@@ -864,6 +864,20 @@ impl Client {
         self.with_engine(move |e| e.graph(&id)).await
     }
 
+    /// Our identity key (see [`crate::engine::fingerprint`]).
+    pub async fn identity_key(&self) -> Result<Vec<u8>, ClientError> {
+        self.with_engine(|e| e.identity_key()).await
+    }
+
+    /// The identity keys `member`'s leaves carry in the Send Groups we hold.
+    pub async fn identity_keys_of(
+        &self,
+        member: &str,
+    ) -> Result<Vec<crate::engine::SeenKey>, ClientError> {
+        let member = member.to_owned();
+        self.with_engine(move |e| e.identity_keys_of(&member)).await
+    }
+
     /// Finds a DGroup by exact name, else by id or unique id prefix (hex).
     pub async fn resolve_group(&self, query: &str) -> Result<DGroupId, ClientError> {
         pick_group(&self.groups().await?, query)

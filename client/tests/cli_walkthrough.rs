@@ -210,6 +210,22 @@ async fn a_killed_dmls_sync_restarts_with_every_message_exactly_once() {
     assert_eq!(got.len(), 30, "{got:?}");
     assert_eq!(unique.len(), 30, "{got:?}");
 
+    // Both sides see the same safety number; each sees the other's real key.
+    let a_verifies = ok(&h.a, &["verify", "bob"]).await;
+    let b_verifies = ok(&h.b, &["verify", "alice"]).await;
+    assert_eq!(a_verifies["safety_number"], b_verifies["safety_number"]);
+    let a_who = ok(&h.a, &["whoami"]).await;
+    let b_who = ok(&h.b, &["whoami"]).await;
+    assert_eq!(a_who["client_id"], "alice");
+    assert_eq!(a_verifies["their_fingerprint"], b_who["fingerprint"]);
+    assert_eq!(b_verifies["their_fingerprint"], a_who["fingerprint"]);
+    assert_ne!(a_who["fingerprint"], b_who["fingerprint"]);
+    let me = run(&h.a, &["verify", "alice"]).await;
+    assert!(!me.status.success(), "verifying oneself is refused");
+    let stranger = run(&h.a, &["verify", "nobody"]).await;
+    assert!(!stranger.status.success());
+    assert!(String::from_utf8_lossy(&stranger.stderr).contains("no leaf of nobody"));
+
     // `sync --follow --json` prints one JSON object per line as messages come.
     let mut follow = dmls(&h.c);
     follow

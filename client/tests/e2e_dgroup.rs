@@ -667,3 +667,74 @@ async fn a_following_client_is_pushed_messages_and_reopens_a_stream_the_relay_en
     assert!(rx.try_recv().is_err(), "nothing else arrived");
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_sees_the_same_key_of_each_other_and_the_same_safety_number() {
+    use dmls_client::engine::{fingerprint, safety_number};
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let (a, b, c) = trio(dir.path(), &relay.url()).await;
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &c), (&c, &a)] {
+        let seen = x.identity_keys_of(y.client_id()).await.unwrap();
+        // One leaf of y in each of the three Send Groups x holds, all with y's own key.
+        assert_eq!(seen.len(), 3, "{}: {seen:?}", x.client_id());
+        let theirs = y.identity_key().await.unwrap();
+        assert!(
+            seen.iter()
+                .all(|s| s.key == theirs && s.dgroup_name == "trio")
+        );
+        let ours = x.identity_key().await.unwrap();
+        assert_eq!(
+            safety_number(x.client_id(), &ours, y.client_id(), &seen[0].key),
+            safety_number(y.client_id(), &theirs, x.client_id(), &ours),
+        );
+        assert_ne!(fingerprint(&ours), fingerprint(&theirs));
+    }
+    assert!(a.identity_keys_of("nobody").await.unwrap().is_empty());
+    relay.shutdown().await.unwrap();
+}
+
+/// What the operator of a hostile relay can do at first contact: it empties bob's stock and
+/// puts key packages there that it made for the name "bob" with keys of its own. alice's new
+/// group then takes its key as bob's; `dmls verify` (the same check) shows bob with two keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_relay_slipped_in_for_a_member_shows_as_a_second_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path()).await;
+    let (mut a, b, c) = trio(dir.path(), &relay.url()).await;
+    // The operator drains bob's stock (claims as carol, any client would do)...
+    loop {
+        let claimed = c
+            .relay()
+            .claim_key_packages(&["bob".to_string()])
+            .await
+            .unwrap();
+        if claimed.key_packages.iter().all(|k| k.last_resort) {
+            break;
+        }
+    }
+    // ...and stocks key packages of its own "bob", uploaded with bob's account as it can.
+    let mut fake =
+        dmls_client::engine::Engine::open(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
+    fake.create_identity("bob").unwrap();
+    let forged = fake.generate_key_packages(2).unwrap();
+    b.relay().upload_key_packages(forged, None).await.unwrap();
+
+    a.create_group("second", &["bob".to_string()])
+        .await
+        .unwrap();
+    let seen = a.identity_keys_of("bob").await.unwrap();
+    let real = b.identity_key().await.unwrap();
+    let fake_key = fake.identity_key().unwrap();
+    assert!(
+        seen.iter()
+            .any(|s| s.key == real && s.dgroup_name == "trio")
+    );
+    assert!(
+        seen.iter().any(|s| s.key == fake_key
+            && s.dgroup_name == "second"
+            && s.send_group_owner == "alice"),
+        "{seen:?}"
+    );
+    relay.shutdown().await.unwrap();
+}

@@ -48,6 +48,7 @@ enum Command {
     Update,
     Remove(String),
     Status,
+    Verify(String),
 }
 
 /// What the client task reports to the screen.
@@ -150,6 +151,7 @@ async fn screen_loop(
                     Action::Update => Command::Update,
                     Action::Remove(m) => Command::Remove(m),
                     Action::Status => Command::Status,
+                    Action::Verify(m) => Command::Verify(m),
                 };
                 if commands.send(command).is_err() {
                     app.note("the connection to the relay stopped; /quit and start again", true);
@@ -291,6 +293,13 @@ async fn command(
                 "You removed {member}; the others follow when they sync."
             )));
         }),
+        Command::Verify(member) => {
+            match crate::cli::verification(client, &member).await {
+                Ok(v) => report(Report::Note(v.text(client.client_id()))),
+                Err(e) => report(Report::Error(crate::cli::error_text(&e))),
+            }
+            return None;
+        }
         Command::Status => {
             match client.status(group).await {
                 Ok(s) => {

@@ -106,6 +106,8 @@ pub enum Action {
     Remove(String),
     /// Show the group's status.
     Status,
+    /// Show the safety number with this member.
+    Verify(String),
 }
 
 /// The help of the slash commands.
@@ -114,6 +116,7 @@ pub const HELP: &[&str] = &[
     "  /update        make a DMLS Update (a fresh key; imports the others' updates)",
     "  /remove NAME   remove NAME from the group",
     "  /status        show members, epochs and waiting messages",
+    "  /verify NAME   show the safety number with NAME, to compare out of band",
     "  /help          this help",
     "  /quit          leave (Ctrl-C too); queued messages go out with your next dmls command",
     "Keys: Enter sends, PageUp/PageDown scroll, Ctrl-U clears the line, Ctrl-W deletes a word.",
@@ -355,6 +358,11 @@ impl App {
                 ("remove", [member]) => Action::Remove((*member).to_string()),
                 ("remove", _) => {
                     self.note("usage: /remove NAME", true);
+                    Action::None
+                }
+                ("verify", [member]) => Action::Verify((*member).to_string()),
+                ("verify", _) => {
+                    self.note("usage: /verify NAME", true);
                     Action::None
                 }
                 _ => {
@@ -862,6 +870,8 @@ mod tests {
             ("/update", Action::Update),
             ("/status", Action::Status),
             ("/remove bob", Action::Remove("bob".into())),
+            ("/verify bob", Action::Verify("bob".into())),
+            ("/verify", Action::None),
             ("/quit", Action::Quit),
             ("/remove", Action::None),
             ("/nonsense", Action::None),

@@ -28,12 +28,14 @@ mod receive;
 mod send_group;
 mod storage;
 mod store;
+mod verify;
 
 pub use config::{DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
 pub use duties::DutyPolicy;
 pub use envelope::{DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN};
 pub use error::EngineError;
 pub use ids::{DGroupId, MessageId, PskId, send_group_id};
+pub use verify::{SeenKey, fingerprint, safety_number};
 
 /// The default eviction threshold, PROTOCOL.md "Acknowledgement and key deletion": 30 days
 /// in milliseconds (see [`Engine::evict_silent_members`]).
@@ -832,6 +834,19 @@ impl Engine {
     /// Detailed status of one DGroup.
     pub fn status(&self, dgroup: &DGroupId) -> Result<DGroupStatus, EngineError> {
         self.read(|c| c.status(dgroup))
+    }
+
+    /// Our identity key: the Ed25519 public key of our credential, in every key package and
+    /// leaf of ours ([`fingerprint`] shows it).
+    pub fn identity_key(&self) -> Result<Vec<u8>, EngineError> {
+        self.read(|c| c.identity_key())
+    }
+
+    /// The identity keys that `client_id`'s leaves carry in the Send Groups we hold, one entry
+    /// per Send Group. More than one distinct key means the member is not who it was
+    /// everywhere (a relay may have slipped its own key in somewhere).
+    pub fn identity_keys_of(&self, client_id: &str) -> Result<Vec<SeenKey>, EngineError> {
+        self.read(|c| c.identity_keys_of(client_id))
     }
 
     /// The dependency graph of one DGroup: its status and the commits merged in each of its
