@@ -148,15 +148,20 @@ impl From<StoreError> for Error {
     }
 }
 
-/// A problem+json response with this status and detail; also used for errors raised outside
-/// handlers (unknown routes, timeouts).
-pub(crate) fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
-    let body = Problem {
+/// The problem details of this status and detail (API.md "Errors").
+pub(crate) fn problem_body(status: StatusCode, detail: impl Into<String>) -> Problem {
+    Problem {
         kind: "about:blank".into(),
         title: status.canonical_reason().unwrap_or("Error").into(),
         status: status.as_u16(),
         detail: detail.into(),
-    };
+    }
+}
+
+/// A problem+json response with this status and detail; also used for errors raised outside
+/// handlers (unknown routes, timeouts).
+pub(crate) fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+    let body = problem_body(status, detail);
     // Serialising four plain fields cannot fail; an empty object is still valid problem+json.
     let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
     (

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::{AuthedErrors, Error};
+use super::error::{AuthedErrors, Error, problem_body};
 use super::extract::Json;
 use super::metrics::STREAM_EVENTS;
 use super::sync::{answer, checked_cursors, event_keys, register_waiter};
@@ -261,13 +261,7 @@ impl Feed {
 
     fn error(&mut self, error: Error) -> Event {
         self.finished = true;
-        let status = error.status();
-        let problem = Problem {
-            kind: "about:blank".into(),
-            title: status.canonical_reason().unwrap_or("Error").into(),
-            status: status.as_u16(),
-            detail: error.to_string(),
-        };
+        let problem = problem_body(error.status(), error.to_string());
         match Event::default().event(ERROR).json_data(&problem) {
             Ok(event) => counted(ERROR, event),
             Err(_) => counted(ERROR, Event::default().event(ERROR).data("{}")),
