@@ -529,17 +529,10 @@ impl RelayClient {
                 .await;
             let delay = match sent {
                 Ok(resp) if resp.status().is_success() => break resp,
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retryable =
-                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                    if !retryable || last {
-                        return Err(problem_of(route, resp).await);
-                    }
-                    retry_after(&resp)
-                        .unwrap_or_else(|| self.retry.backoff(attempt - 1))
-                        .min(MAX_RETRY_AFTER)
-                }
+                Ok(resp) => match self.busy_delay(&resp, attempt) {
+                    Some(delay) if !last => delay,
+                    _ => return Err(problem_of(route, resp).await),
+                },
                 Err(source) => {
                     if last {
                         return Err(RelayError::Network {
@@ -673,11 +666,7 @@ impl RelayClient {
                     }
                 }
             }
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-            if retryable && !last {
-                let delay = retry_after(&resp)
-                    .unwrap_or_else(|| self.retry.backoff(attempt - 1))
-                    .min(MAX_RETRY_AFTER);
+            if let Some(delay) = self.busy_delay(&resp, attempt).filter(|_| !last) {
                 tracing::debug!(%route, attempt, %status, ?delay, "relay busy, retrying");
                 tokio::time::sleep(delay).await;
                 continue;
@@ -783,6 +772,20 @@ impl EventStream {
             route: self.route.clone(),
             detail: detail.to_owned(),
         }
+    }
+}
+
+impl RelayClient {
+    /// For an error answer worth retrying (429 or 5xx) after attempt number `attempt` (1 for
+    /// the first), how long to wait: the relay's `Retry-After` (at most a minute), else the
+    /// backoff. `None` for any other answer.
+    fn busy_delay(&self, resp: &reqwest::Response, attempt: u32) -> Option<Duration> {
+        let status = resp.status();
+        (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()).then(|| {
+            retry_after(resp)
+                .unwrap_or_else(|| self.retry.backoff(attempt - 1))
+                .min(MAX_RETRY_AFTER)
+        })
     }
 }
 
