@@ -43,6 +43,17 @@ pub fn epoch_node(owner: &str, epoch: u64) -> String {
     format!("{owner}@{epoch}")
 }
 
+/// A message we hold but cannot process yet, as a node.
+struct Wait {
+    /// The owner of the Send Group it came through (its lane).
+    lane: String,
+    /// Its DOT id.
+    id: String,
+    label: String,
+    /// The epoch it waits for, as (owner, epoch), when it waits for one.
+    from: Option<(String, u64)>,
+}
+
 /// One lane's nodes: epoch -> extra label lines and whether it is a commit we saw.
 type LaneNodes = BTreeMap<u64, (Vec<String>, bool)>;
 
@@ -65,7 +76,8 @@ pub fn to_dot(graph: &DGroupGraph, options: &GraphOptions) -> String {
     };
 
     let mut lanes: BTreeMap<String, LaneNodes> = BTreeMap::new();
-    let mut imports: Vec<(String, String)> = Vec::new();
+    // (imported epoch, importing commit), each as (owner, epoch).
+    let mut imports: Vec<((String, u64), (String, u64))> = Vec::new();
     for (sg, commits) in status.send_groups.iter().zip(&graph.commits) {
         let lane = lanes.entry(sg.owner.clone()).or_default();
         let skip = options.last.map_or(0, |n| commits.len().saturating_sub(n));
@@ -76,10 +88,7 @@ pub fn to_dot(graph: &DGroupGraph, options: &GraphOptions) -> String {
                 entry.0.push(format!("removed {}", c.removed.join(", ")));
             }
             for p in &c.imports {
-                imports.push((
-                    epoch_node(&owner_of(p), p.epoch),
-                    epoch_node(&sg.owner, c.epoch),
-                ));
+                imports.push(((owner_of(p), p.epoch), (sg.owner.clone(), c.epoch)));
             }
         }
         if let Some(e) = sg.epoch {
@@ -87,32 +96,26 @@ pub fn to_dot(graph: &DGroupGraph, options: &GraphOptions) -> String {
         }
     }
     // Imported epochs are nodes of their lanes too, whether or not we saw their commit.
-    for (from, _) in &imports {
-        if let Some((owner, epoch)) = from.rsplit_once('@')
-            && let Ok(epoch) = epoch.parse::<u64>()
-        {
-            lanes
-                .entry(owner.to_string())
-                .or_default()
-                .entry(epoch)
-                .or_default();
-        }
+    for ((owner, epoch), _) in &imports {
+        lanes
+            .entry(owner.clone())
+            .or_default()
+            .entry(*epoch)
+            .or_default();
     }
 
     // Waiting messages and the epochs they wait for.
-    let mut waits: Vec<(String, String, String)> = Vec::new(); // (node id, label, from)
+    let mut waits: Vec<Wait> = Vec::new();
     for sg in &status.send_groups {
         for (i, w) in sg.waiting.iter().enumerate() {
             let kind = if w.is_commit { "commit" } else { "message" };
             let (needs, from) = match &w.waits_for {
-                WaitReason::Epoch(e) => {
-                    (format!("needs epoch {e}"), Some(epoch_node(&sg.owner, *e)))
-                }
+                WaitReason::Epoch(e) => (format!("needs epoch {e}"), Some((sg.owner.clone(), *e))),
                 WaitReason::Psk(p) => {
                     let owner = owner_of(p);
                     (
                         format!("needs {owner}'s epoch {}", p.epoch),
-                        Some(epoch_node(&owner, p.epoch)),
+                        Some((owner, p.epoch)),
                     )
                 }
                 WaitReason::Welcome => ("needs the Welcome".into(), None),
@@ -120,21 +123,19 @@ pub fn to_dot(graph: &DGroupGraph, options: &GraphOptions) -> String {
                 WaitReason::Commit(e) => (format!("waits for a commit of epoch {e}"), None),
                 WaitReason::Stopped => ("beyond the removal; kept".into(), None),
             };
-            if let Some(from) = &from
-                && let Some((owner, epoch)) = from.rsplit_once('@')
-                && let Ok(epoch) = epoch.parse::<u64>()
-            {
+            if let Some((owner, epoch)) = &from {
                 lanes
-                    .entry(owner.to_string())
+                    .entry(owner.clone())
                     .or_default()
-                    .entry(epoch)
+                    .entry(*epoch)
                     .or_default();
             }
-            waits.push((
-                format!("waiting {}#{i}", sg.owner),
-                format!("waiting {kind}\nof epoch {}\n{needs}", w.epoch),
-                from.unwrap_or_default(),
-            ));
+            waits.push(Wait {
+                lane: sg.owner.clone(),
+                id: format!("waiting {}#{i}", sg.owner),
+                label: format!("waiting {kind}\nof epoch {}\n{needs}", w.epoch),
+                from,
+            });
         }
     }
 
@@ -206,15 +207,12 @@ pub fn to_dot(graph: &DGroupGraph, options: &GraphOptions) -> String {
             }
             previous = Some(*epoch);
         }
-        for (id, label, _) in waits
-            .iter()
-            .filter(|(id, _, _)| id.starts_with(&format!("waiting {}#", sg.owner)))
-        {
+        for w in waits.iter().filter(|w| w.lane == sg.owner) {
             let _ = writeln!(
                 out,
                 "    {} [label={}, color=red, fontcolor=red, style=filled, fillcolor=mistyrose];",
-                quote(id),
-                quote(label)
+                quote(&w.id),
+                quote(&w.label)
             );
         }
         if !sg.joined && lane.is_none_or(BTreeMap::is_empty) {
@@ -241,7 +239,10 @@ pub fn to_dot(graph: &DGroupGraph, options: &GraphOptions) -> String {
             );
         }
     }
-    let edges: BTreeSet<(String, String)> = imports.into_iter().collect();
+    let edges: BTreeSet<(String, String)> = imports
+        .into_iter()
+        .map(|((from, e), (to, c))| (epoch_node(&from, e), epoch_node(&to, c)))
+        .collect();
     for (from, to) in &edges {
         let _ = writeln!(
             out,
@@ -250,13 +251,13 @@ pub fn to_dot(graph: &DGroupGraph, options: &GraphOptions) -> String {
             quote(to)
         );
     }
-    for (id, _, from) in &waits {
-        if !from.is_empty() {
+    for w in &waits {
+        if let Some((owner, epoch)) = &w.from {
             let _ = writeln!(
                 out,
                 "  {} -> {} [color=red, style=dashed, label=\"waits for\", fontcolor=red];",
-                quote(from),
-                quote(id)
+                quote(&epoch_node(owner, *epoch)),
+                quote(&w.id)
             );
         }
     }
