@@ -14,6 +14,10 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
+mod contacts;
+
+pub use contacts::ContactsCommand;
+
 use crate::client::{Client, ClientError, Delivery, Durability, dgroup_hex};
 use crate::engine::{DGroupStatus, DGroupSummary, Event, ReceivedMessage, WaitReason};
 
@@ -130,6 +134,21 @@ pub enum Command {
     Verify {
         /// The member's client id (someone you share a group with).
         member: String,
+        /// Record that you compared the safety number and it was equal: the member's key is
+        /// then marked verified (in `dmls contacts` and `dmls status`).
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// List your contacts and their identity keys, trust a contact's new key, or require
+    /// verified contacts in groups.
+    ///
+    /// The first identity key your client accepts for a member is pinned. A key package,
+    /// Welcome or leaf that later carries another key for that member is refused and reported
+    /// as a key change; nothing is sent to the new key until you trust it with `dmls contacts
+    /// trust NAME --fingerprint FP` after checking it with NAME out of band.
+    Contacts {
+        #[command(subcommand)]
+        command: Option<ContactsCommand>,
     },
     /// Chat in GROUP on a full-screen terminal: messages arrive while you type.
     ///
@@ -207,6 +226,10 @@ pub enum GroupCommand {
         /// Client ids of the other members.
         #[arg(required = true)]
         members: Vec<String>,
+        /// Refuse unless every member is a verified contact (`dmls verify NAME --confirm`).
+        /// `dmls contacts require-verified on` makes this the rule for every group.
+        #[arg(long)]
+        require_verified: bool,
     },
 }
 
@@ -254,9 +277,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Init { relay, name } => cmd_init(&ctx, &relay, &name).await,
-        Command::Group(GroupCommand::Create { name, members }) => {
-            cmd_group_create(&ctx, &name, &members).await
-        }
+        Command::Group(GroupCommand::Create {
+            name,
+            members,
+            require_verified,
+        }) => cmd_group_create(&ctx, &name, &members, require_verified).await,
         Command::Groups => cmd_groups(&ctx).await,
         Command::Sync(args) => cmd_sync(&ctx, &args).await,
         Command::Send { group, text } => cmd_send(&ctx, &group, text.as_deref()).await,
@@ -265,7 +290,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Remove { group, member } => cmd_remove(&ctx, &group, &member).await,
         Command::Status { group } => cmd_status(&ctx, &group).await,
         Command::Whoami => cmd_whoami(&ctx).await,
-        Command::Verify { member } => cmd_verify(&ctx, &member).await,
+        Command::Verify { member, confirm } => cmd_verify(&ctx, &member, confirm).await,
+        Command::Contacts { command } => contacts::run(&ctx, command).await,
         Command::Graph {
             group,
             format,
@@ -411,8 +437,18 @@ async fn cmd_init(ctx: &Ctx, relay: &str, name: &str) -> Result<()> {
 }
 
 /// `dmls group create`
-async fn cmd_group_create(ctx: &Ctx, name: &str, members: &[String]) -> Result<()> {
+async fn cmd_group_create(
+    ctx: &Ctx,
+    name: &str,
+    members: &[String],
+    require_verified: bool,
+) -> Result<()> {
     let mut client = ctx.open()?;
+    if require_verified {
+        contacts::check_all_verified(&client, members)
+            .await
+            .with_context(|| format!("cannot create the group {name:?}"))?;
+    }
     let id = client
         .create_group(name, members)
         .await
@@ -610,8 +646,11 @@ pub(crate) struct Verification {
     pub(crate) member: String,
     /// Our identity key.
     pub(crate) ours: Vec<u8>,
-    /// The member's distinct keys, each with where it was seen (Send Group owner, DGroup name).
+    /// The member's distinct keys, each with where it was seen (Send Group owner, DGroup name):
+    /// the pinned one first; any other is a leaf that does not carry the pinned key.
     pub(crate) keys: Vec<(Vec<u8>, Vec<String>)>,
+    /// Whether the member's pinned key is verified.
+    pub(crate) verified: bool,
 }
 
 /// The keys `member` carries in the Send Groups `client` holds, for `dmls verify`.
@@ -628,6 +667,15 @@ pub(crate) async fn verification(client: &Client, member: &str) -> Result<Verifi
         .await
         .with_context(|| format!("cannot read {member}'s keys"))?;
     let mut keys: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
+    let pinned = client
+        .contacts()
+        .await
+        .context("cannot read your contacts")?
+        .into_iter()
+        .find(|c| c.client_id == member);
+    if let Some(p) = &pinned {
+        keys.push((p.key.clone(), vec!["your contacts (pinned)".to_string()]));
+    }
     for s in seen {
         let place = format!("{}'s Send Group of {}", s.send_group_owner, s.dgroup_name);
         match keys.iter_mut().find(|(k, _)| *k == s.key) {
@@ -635,14 +683,24 @@ pub(crate) async fn verification(client: &Client, member: &str) -> Result<Verifi
             None => keys.push((s.key, vec![place])),
         }
     }
+    let verified = pinned.as_ref().is_some_and(|p| p.verified_ms.is_some());
     match keys.len() {
         0 => bail!(
             "you hold no leaf of {member} yet: share a group with them (and run `dmls sync`) first"
         ),
+        // With a pinned key the safety number is the pinned key's; leaves with other keys
+        // are named (those groups are unsafe, see `dmls status`).
         1 => Ok(Verification {
             member: member.to_owned(),
             ours,
             keys,
+            verified,
+        }),
+        _ if pinned.is_some() => Ok(Verification {
+            member: member.to_owned(),
+            ours,
+            keys,
+            verified,
         }),
         n => {
             let listed: Vec<String> = keys
@@ -684,25 +742,58 @@ impl Verification {
             self.safety_number(me),
             crate::engine::fingerprint(self.theirs()),
             crate::engine::fingerprint(&self.ours),
-        )
+        ) + &self
+            .keys
+            .iter()
+            .skip(1)
+            .map(|(k, places)| {
+                format!(
+                    "\nWARNING: {member}'s leaves in {} carry another key, {}: those groups are \
+                     unsafe (`dmls status`).",
+                    places.join(", "),
+                    crate::engine::fingerprint(k)
+                )
+            })
+            .collect::<String>()
     }
 }
 
 /// `dmls verify MEMBER`
-async fn cmd_verify(ctx: &Ctx, member: &str) -> Result<()> {
+async fn cmd_verify(ctx: &Ctx, member: &str, confirm: bool) -> Result<()> {
     let client = ctx.open()?;
-    let v = verification(&client, member).await?;
+    let mut v = verification(&client, member).await?;
+    if confirm {
+        let key = client
+            .confirm_verified(member)
+            .await
+            .with_context(|| format!("cannot record {member} as verified"))?;
+        v.verified = key == v.theirs();
+    }
     let me = client.client_id();
     if ctx.json {
         emit(&json!({
             "member": member,
+            "verified": v.verified,
             "safety_number": v.safety_number(me),
             "their_fingerprint": crate::engine::fingerprint(v.theirs()),
             "your_fingerprint": crate::engine::fingerprint(&v.ours),
             "seen_in": v.keys.first().map(|(_, places)| places.clone()).unwrap_or_default(),
+            "other_keys": v.keys.iter().skip(1).map(|(k, places)| json!({
+                "fingerprint": crate::engine::fingerprint(k),
+                "seen_in": places,
+            })).collect::<Vec<_>>(),
         }));
     } else {
         println!("{}", v.text(me));
+        if confirm {
+            println!("Recorded: {member}'s key is verified.");
+        } else if v.verified {
+            println!("{member}'s key is verified.");
+        } else {
+            println!(
+                "When the numbers are equal, record it with `dmls verify {member} --confirm`."
+            );
+        }
     }
     Ok(())
 }
@@ -1004,6 +1095,14 @@ fn event_line(e: &Event, names: &[(String, String)]) -> Option<String> {
             label(names, dgroup),
             format_time(*behind_since_ms)
         ),
+        Event::KeyChanged { dgroup, change } => match dgroup {
+            Some(d) => format!(
+                "[{}] {}",
+                label(names, d),
+                contacts::key_change_text(change)
+            ),
+            None => contacts::key_change_text(change),
+        },
         Event::Ignored { reason } => format!("note: {reason}"),
     })
 }
@@ -1072,6 +1171,16 @@ fn event_json(e: &Event, names: &[(String, String)]) -> Value {
             let (hex, name) = group(dgroup);
             json!({"event": "member_evicted", "dgroup": hex, "group": name, "member": member, "behind_since_ms": behind_since_ms})
         }
+        Event::KeyChanged { dgroup, change } => {
+            let mut v = contacts::key_change_json(change);
+            v["event"] = json!("key_changed");
+            if let Some(d) = dgroup {
+                let (hex, name) = group(d);
+                v["dgroup"] = json!(hex);
+                v["group"] = json!(name);
+            }
+            v
+        }
         Event::Ignored { reason } => json!({"event": "ignored", "reason": reason}),
     }
 }
@@ -1132,6 +1241,9 @@ fn status_json(s: &DGroupStatus) -> Value {
         .collect();
     v["pending_removals"] = json!(s.pending_removals);
     v["unimported"] = s.unimported.iter().map(|p| json!(p.to_string())).collect();
+    v["key_mismatches"] = contacts::mismatches_json(&s.key_mismatches);
+    v["unverified"] = json!(s.unverified);
+    v["safe"] = json!(s.key_mismatches.is_empty());
     v
 }
 
@@ -1147,6 +1259,9 @@ pub(crate) fn status_text(s: &DGroupStatus) -> String {
     let _ = writeln!(out, "  members: {}", g.members.join(", "));
     if g.we_are_removed {
         let _ = writeln!(out, "  you were removed from this group");
+    }
+    for line in contacts::status_lines(&s.key_mismatches, &s.unverified) {
+        let _ = writeln!(out, "{line}");
     }
     if !g.removed.is_empty() {
         let _ = writeln!(out, "  removed: {}", g.removed.join(", "));

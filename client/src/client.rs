@@ -878,6 +878,46 @@ impl Client {
         self.with_engine(move |e| e.identity_keys_of(&member)).await
     }
 
+    /// Every contact and its pinned identity key (docs/PROTOCOL.md "Pinning").
+    pub async fn contacts(&self) -> Result<Vec<crate::engine::Contact>, ClientError> {
+        self.with_engine(|e| e.contacts()).await
+    }
+
+    /// Key changes not resolved yet: keys seen for contacts that are not their pinned keys.
+    pub async fn key_changes(&self) -> Result<Vec<crate::engine::KeyChange>, ClientError> {
+        self.with_engine(|e| e.key_changes()).await
+    }
+
+    /// Accepts the new key of `member` whose fingerprint is `fingerprint` (checked out of
+    /// band): joins the Welcomes held for it and claims key packages again where `member` is
+    /// missing, then sends what that queued. Events are kept for [`Client::take_events`].
+    pub async fn trust(&mut self, member: &str, fingerprint: &str) -> Result<(), ClientError> {
+        let (member, fingerprint) = (member.to_owned(), fingerprint.to_owned());
+        let events = self
+            .with_engine(move |e| e.trust(&member, &fingerprint, now_ms()))
+            .await?;
+        self.pending_events.extend(events);
+        self.try_flush_outbox().await.map(|_| ())
+    }
+
+    /// Records the safety number with `member` as compared: its pinned key is verified.
+    /// Returns that key.
+    pub async fn confirm_verified(&self, member: &str) -> Result<Vec<u8>, ClientError> {
+        let member = member.to_owned();
+        self.with_engine(move |e| e.confirm_verified(&member, now_ms()))
+            .await
+    }
+
+    /// Whether only verified contacts may be added to groups (kept in the state database).
+    pub async fn require_verified(&self) -> Result<bool, ClientError> {
+        self.with_engine(|e| e.require_verified()).await
+    }
+
+    /// See [`Client::require_verified`].
+    pub async fn set_require_verified(&self, on: bool) -> Result<(), ClientError> {
+        self.with_engine(move |e| e.set_require_verified(on)).await
+    }
+
     /// Finds a DGroup by exact name, else by id or unique id prefix (hex).
     pub async fn resolve_group(&self, query: &str) -> Result<DGroupId, ClientError> {
         pick_group(&self.groups().await?, query)

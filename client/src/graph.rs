@@ -313,6 +313,8 @@ mod tests {
                 send_groups: vec![lane(&d, "alice", 3), bob, lane(&d, "carol", 1)],
                 pending_removals: vec![],
                 unimported: vec![],
+                key_mismatches: vec![],
+                unverified: vec![],
             },
             commits: vec![
                 vec![

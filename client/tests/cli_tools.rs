@@ -5,29 +5,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output};
 
 use graphviz_rust::dot_structures::{
     Attribute, EdgeTy, Graph, GraphAttributes, Id, Node, NodeId, Stmt, Vertex,
 };
 use serde_json::Value;
 
-fn dmls(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dmls"));
-    c.arg("--home")
-        .arg(home)
-        .env_remove("DMLS_HOME")
-        .env("RUST_LOG", "warn");
-    c
-}
+mod support;
 
-async fn run(home: &Path, args: &[&str]) -> Output {
-    let mut cmd = dmls(home);
-    cmd.args(args);
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
+use support::run;
 
 async fn ok_text(home: &Path, args: &[&str]) -> String {
     let out = run(home, args).await;

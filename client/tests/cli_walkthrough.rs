@@ -9,29 +9,20 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-async fn start_relay(dir: &Path) -> dmls_relay::RunningRelay {
-    dmls_relay::testing::start_sqlite_relay(dir)
-        .await
-        .expect("relay starts")
-}
+mod support;
 
+use support::{run_command, start_relay};
+
+/// `dmls --home home --json`.
 fn dmls(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dmls"));
-    c.arg("--home")
-        .arg(home)
-        .arg("--json")
-        .env_remove("DMLS_HOME")
-        .env("RUST_LOG", "warn");
+    let mut c = support::dmls(home);
+    c.arg("--json");
     c
 }
 
-/// Runs `dmls` off the async runtime (the relay runs on it) and returns its output.
+/// Runs `dmls --json` off the async runtime (the relay runs on it) and returns its output.
 async fn run(home: &Path, args: &[&str]) -> Output {
-    let mut cmd = dmls(home);
-    cmd.args(args);
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    run_command(dmls(home), args).await
 }
 
 /// Runs `dmls` and parses its single JSON document; panics with stderr on failure.

@@ -9,26 +9,9 @@ use clap::Parser as _;
 use dmls_client::client::{Client, now_ms};
 use dmls_client::engine::{DGroupStatus, EngineError, Event, Input, TEXT_PLAIN};
 
-async fn start_relay(dir: &Path) -> dmls_relay::RunningRelay {
-    dmls_relay::testing::start_sqlite_relay(dir)
-        .await
-        .expect("relay starts")
-}
+mod support;
 
-/// Everyone syncs, `rounds` times, so that welcomes, joins and commits propagate.
-async fn settle(clients: &mut [&mut Client], rounds: usize) -> Vec<Vec<Event>> {
-    let mut events = vec![Vec::new(); clients.len()];
-    for _ in 0..rounds {
-        for (i, c) in clients.iter_mut().enumerate() {
-            let r = c
-                .sync_once()
-                .await
-                .unwrap_or_else(|e| panic!("{} sync: {e}", c.client_id()));
-            events[i].extend(r.events);
-        }
-    }
-    events
-}
+use support::{settle, start_relay};
 
 async fn trio(dir: &Path, url: &str) -> (Client, Client, Client) {
     let mut a = Client::init(&dir.join("alice"), url, "alice")
@@ -691,50 +674,5 @@ async fn every_member_sees_the_same_key_of_each_other_and_the_same_safety_number
         assert_ne!(fingerprint(&ours), fingerprint(&theirs));
     }
     assert!(a.identity_keys_of("nobody").await.unwrap().is_empty());
-    relay.shutdown().await.unwrap();
-}
-
-/// What the operator of a hostile relay can do at first contact: it empties bob's stock and
-/// puts key packages there that it made for the name "bob" with keys of its own. alice's new
-/// group then takes its key as bob's; `dmls verify` (the same check) shows bob with two keys.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_the_relay_slipped_in_for_a_member_shows_as_a_second_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(dir.path()).await;
-    let (mut a, b, c) = trio(dir.path(), &relay.url()).await;
-    // The operator drains bob's stock (claims as carol, any client would do)...
-    loop {
-        let claimed = c
-            .relay()
-            .claim_key_packages(&["bob".to_string()])
-            .await
-            .unwrap();
-        if claimed.key_packages.iter().all(|k| k.last_resort) {
-            break;
-        }
-    }
-    // ...and stocks key packages of its own "bob", uploaded with bob's account as it can.
-    let mut fake =
-        dmls_client::engine::Engine::open(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
-    fake.create_identity("bob").unwrap();
-    let forged = fake.generate_key_packages(2).unwrap();
-    b.relay().upload_key_packages(forged, None).await.unwrap();
-
-    a.create_group("second", &["bob".to_string()])
-        .await
-        .unwrap();
-    let seen = a.identity_keys_of("bob").await.unwrap();
-    let real = b.identity_key().await.unwrap();
-    let fake_key = fake.identity_key().unwrap();
-    assert!(
-        seen.iter()
-            .any(|s| s.key == real && s.dgroup_name == "trio")
-    );
-    assert!(
-        seen.iter().any(|s| s.key == fake_key
-            && s.dgroup_name == "second"
-            && s.send_group_owner == "alice"),
-        "{seen:?}"
-    );
     relay.shutdown().await.unwrap();
 }

@@ -364,6 +364,8 @@ fn event_note(
     names: &[(String, String)],
 ) -> Option<String> {
     let dgroup = match e {
+        // A key change is a warning for every open chat: it may concern a member of this one.
+        EngineEvent::KeyChanged { .. } => return crate::cli::event_text(e, names),
         EngineEvent::Message(_) | EngineEvent::SendGroupAdvanced { .. } => return None,
         EngineEvent::JoinedDGroup { .. } | EngineEvent::Ignored { .. } => return None,
         EngineEvent::JoinedSendGroup { dgroup, .. }

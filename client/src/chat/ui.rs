@@ -728,6 +728,8 @@ mod tests {
                 })
                 .collect(),
             pending_removals: vec![],
+            key_mismatches: vec![],
+            unverified: vec![],
             unimported: vec![],
         }
     }

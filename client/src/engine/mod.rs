@@ -13,6 +13,7 @@
 mod acks;
 mod codec;
 mod config;
+mod contacts;
 mod ctx;
 mod deferred;
 mod duties;
@@ -31,6 +32,7 @@ mod store;
 mod verify;
 
 pub use config::{DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
+pub use contacts::{Contact, KeyChange, KeyMismatch};
 pub use duties::DutyPolicy;
 pub use envelope::{DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN};
 pub use error::EngineError;
@@ -156,6 +158,17 @@ pub enum Event {
         member: String,
         /// See [`SendGroupStatus::behind_since_ms`].
         behind_since_ms: u64,
+    },
+    /// A key package, Welcome or leaf carried another identity key for `change.client_id` than
+    /// the one pinned for it (docs/PROTOCOL.md "Pinning"). A key package with it was not added
+    /// to our Send Group and a Welcome signed with it was not joined (it is held): nothing is
+    /// encrypted to the new key until the user trusts it ([`Engine::trust`]). A leaf with it in
+    /// another member's Send Group makes the DGroup unsafe ([`DGroupStatus::key_mismatches`]).
+    KeyChanged {
+        /// The DGroup where it was seen, if any.
+        dgroup: Option<DGroupId>,
+        /// The change.
+        change: KeyChange,
     },
     /// An input was rejected or ignored without changing state, but that is worth telling
     /// (e.g. a Welcome for a DGroup we were removed from). Errors are returned as
@@ -361,6 +374,13 @@ pub struct DGroupStatus {
     pub pending_removals: Vec<String>,
     /// Other members' epochs we have seen but not imported into our Send Group yet.
     pub unimported: Vec<PskId>,
+    /// Leaves in the Send Groups we hold whose identity key is not their member's pinned key
+    /// (docs/PROTOCOL.md "Pinning"): when not empty, the DGroup is unsafe, someone may read
+    /// what is sent in those Send Groups.
+    pub key_mismatches: Vec<KeyMismatch>,
+    /// Members (not us, not removed) whose identity key is not verified
+    /// ([`Engine::confirm_verified`]).
+    pub unverified: Vec<String>,
 }
 
 /// The dependency graph of one DGroup ([`Engine::graph`]): every Send Group's recent
@@ -536,7 +556,7 @@ impl Engine {
                 storage::STATE_CODEC_NAME,
             )?,
         }
-        Ok(Engine {
+        let mut engine = Engine {
             conn,
             rand,
             crypto: openmls_rust_crypto::RustCrypto::default(),
@@ -544,7 +564,11 @@ impl Engine {
             counters: Counters::default(),
             groups: ctx::GroupCache::new(),
             duties: duties::Duties::default(),
-        })
+        };
+        if store::meta::get(&engine.conn, store::meta::Key::ContactsBackfilled)?.is_none() {
+            engine.write(|c| c.backfill_contacts())?;
+        }
+        Ok(engine)
     }
 
     /// Sets the update policy used by [`Engine::send`] (not persisted).
@@ -847,6 +871,59 @@ impl Engine {
     /// everywhere (a relay may have slipped its own key in somewhere).
     pub fn identity_keys_of(&self, client_id: &str) -> Result<Vec<SeenKey>, EngineError> {
         self.read(|c| c.identity_keys_of(client_id))
+    }
+
+    /// Every contact: the identity key pinned for each client id we met (docs/PROTOCOL.md
+    /// "Pinning"), by client id.
+    pub fn contacts(&self) -> Result<Vec<Contact>, EngineError> {
+        self.read(|c| c.contacts())
+    }
+
+    /// The key changes not resolved yet: keys seen for a contact that are not its pinned key.
+    pub fn key_changes(&self) -> Result<Vec<KeyChange>, EngineError> {
+        self.read(|c| c.key_changes())
+    }
+
+    /// The user checked the fingerprint `fingerprint` of a new key of `client_id` out of band
+    /// and accepts it: it becomes the pinned key (not verified), the Welcomes held for it are
+    /// joined (their events are returned) and key packages are claimed again for the DGroups
+    /// that miss the member. Refused unless a key change with that fingerprint was recorded.
+    pub fn trust(
+        &mut self,
+        client_id: &str,
+        fingerprint: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Event>, EngineError> {
+        self.write_at(Some(now_ms), |c| c.trust(client_id, fingerprint, now_ms))
+    }
+
+    /// The user compared the safety number with `client_id` out of band: its pinned key is
+    /// recorded as verified, and returned. Refused when it has no pin or an unresolved key
+    /// change.
+    pub fn confirm_verified(
+        &mut self,
+        client_id: &str,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, EngineError> {
+        self.write_at(Some(now_ms), |c| c.confirm_verified(client_id, now_ms))
+    }
+
+    /// When on, [`Engine::create_dgroup`] refuses members that are not verified contacts, and
+    /// key packages claimed later are added only for verified contacts with their verified key.
+    /// Kept in the state database.
+    pub fn set_require_verified(&mut self, on: bool) -> Result<(), EngineError> {
+        self.write(|c| {
+            if on {
+                store::meta::set(c.conn, store::meta::Key::RequireVerified, &[1])
+            } else {
+                store::meta::delete(c.conn, store::meta::Key::RequireVerified)
+            }
+        })
+    }
+
+    /// See [`Engine::set_require_verified`].
+    pub fn require_verified(&self) -> Result<bool, EngineError> {
+        self.read(|c| c.require_verified())
     }
 
     /// The dependency graph of one DGroup: its status and the commits merged in each of its

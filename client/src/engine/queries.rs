@@ -106,6 +106,8 @@ impl Ctx<'_> {
             send_groups,
             pending_removals,
             unimported: self.unimported(d)?,
+            key_mismatches: self.key_mismatches(d)?,
+            unverified: self.unverified_members(d)?,
         })
     }
 

@@ -6,6 +6,7 @@ use openmls_traits::storage::StorageProvider as _;
 use tls_codec::Deserialize as _;
 
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
+use super::contacts::{KeyChange, KeyCheck};
 use super::ctx::{Ctx, credential_identity, external_psk_id, join_config, message_hash};
 use super::deferred::Refresh;
 use super::envelope::DmlsEnvelope;
@@ -13,7 +14,9 @@ use super::ids::{PskId, send_group_id};
 use super::store::meta::{self, Key as MetaKey};
 use super::store::send_groups::{self, SendGroupRow};
 use super::store::waiting::{self, Trigger};
-use super::store::{Savepoint, commit_log, dgroups, history, last_resort, members, psks, seen};
+use super::store::{
+    Savepoint, commit_log, contacts, dgroups, history, last_resort, members, psks, seen,
+};
 use super::{EngineError, Event, ReceivedMessage, WaitReason};
 
 /// Up to this many deferred leaf refreshes of an epoch are processed before a commit of that
@@ -350,6 +353,7 @@ impl Ctx<'_> {
                         "only a member's own Update proposal is accepted, got another proposal from {sender_id}"
                     )));
                 }
+                refresh_keeps_key(group, &qp)?;
                 group
                     .store_pending_proposal(&self.provider.storage, *qp)
                     .map_err(|e| EngineError::mls("storing proposal", e))?;
@@ -518,6 +522,7 @@ impl Ctx<'_> {
         }
         let self_removed = staged.self_removed();
         self.removals_merged |= !removed.is_empty();
+        let new_leaves = changed_leaves(&staged);
         // A removed owner's commit beyond the epoch we stopped at is merged only for
         // the PSK it lets us export (docs/PROTOCOL.md "Removal race"): none of its
         // other effects (acks, removals, events) apply.
@@ -543,6 +548,17 @@ impl Ctx<'_> {
         let mut events = self.commit_merged(group, sg, self_removed, beyond_stop)?;
         if beyond_stop {
             removed.clear();
+        } else {
+            // docs/PROTOCOL.md "Pinning": the leaves the commit brought in or changed.
+            let name = dgroups::name(self.conn, &sg.dgroup_id)?.unwrap_or_default();
+            for (id, key) in new_leaves {
+                let check = self.check_key(&id, &key, Some(sg.dgroup_id), || {
+                    format!("a leaf in {}'s Send Group of DGroup {name:?}", sg.owner)
+                })?;
+                if let KeyCheck::Changed(e) = check {
+                    events.push(*e);
+                }
+            }
         }
         for x in removed {
             if self.note_removed(&sg.dgroup_id, &x)? {
@@ -819,6 +835,7 @@ impl Ctx<'_> {
         if owner_sent || !matches!(qp.proposal(), Proposal::Update(_)) {
             return reject("only a member's own Update proposal is accepted");
         }
+        refresh_keeps_key(group, &qp)?;
         group
             .store_pending_proposal(&self.provider.storage, *qp)
             .map_err(|e| EngineError::mls("storing proposal", e))?;
@@ -844,6 +861,8 @@ struct CheckedWelcome {
     staged: StagedWelcome,
     gid: [u8; 32],
     owner: String,
+    /// The identity key of the owner's leaf, which signed the Welcome.
+    owner_key: Vec<u8>,
     config: DGroupConfig,
     config_bytes: Vec<u8>,
 }
@@ -874,7 +893,47 @@ impl Ctx<'_> {
             return Ok(Vec::new());
         }
         let last_resort = self.last_resort_addressed(&welcome)?;
-        let w = self.check_welcome(welcome, from, &me)?;
+        // docs/PROTOCOL.md "Pinning": a Welcome signed with another key than its owner's
+        // pinned one is not joined but held until the user trusts that key. Staging it
+        // consumed the key package it is addressed to: that is undone, for a later join.
+        Savepoint::Staging.begin(self.conn)?;
+        let staged = self.check_welcome(welcome, from, &me).and_then(|w| {
+            let check = self.check_key(&w.owner, &w.owner_key, Some(w.config.dgroup_id), || {
+                format!(
+                    "the Welcome to {}'s Send Group of DGroup {:?}",
+                    w.owner, w.config.name
+                )
+            })?;
+            Ok((w, check))
+        });
+        let w = match staged {
+            Ok((w, KeyCheck::Changed(e))) => {
+                Savepoint::Staging.rollback(self.conn)?;
+                self.provider.storage.forget_cached();
+                let KeyChange {
+                    client_id,
+                    new_key,
+                    seen_ms,
+                    seen_where,
+                    ..
+                } = match &*e {
+                    Event::KeyChanged { change, .. } => change.clone(),
+                    _ => return Err(EngineError::Internal("key check event".into())),
+                };
+                contacts::record_change(self.conn, &client_id, &new_key, seen_ms, &seen_where)?;
+                contacts::hold_welcome(self.conn, &w.owner, &w.owner_key, from, data)?;
+                return Ok(vec![*e]);
+            }
+            Ok((w, _)) => {
+                Savepoint::Staging.release(self.conn)?;
+                w
+            }
+            Err(e) => {
+                Savepoint::Staging.rollback(self.conn)?;
+                self.provider.storage.forget_cached();
+                return Err(e);
+            }
+        };
         let (gid, d) = (w.gid, w.config.dgroup_id);
         let mut events = Vec::new();
         // Removal race, never-joined case (docs/PROTOCOL.md "Removal race"): the owner is
@@ -916,6 +975,8 @@ impl Ctx<'_> {
                 });
             }
         }
+        // docs/PROTOCOL.md "Pinning", place 3: the leaves of the group we join.
+        events.extend(self.check_leaves(w.staged.members(), &d, &w.owner)?);
         let epoch = self.join_send_group(w.staged, gid, removed_owner)?;
         seen::insert(self.conn, &hash)?;
         if let Some(hash_ref) = last_resort {
@@ -1018,6 +1079,7 @@ impl Ctx<'_> {
             .welcome_sender()
             .map_err(|e| EngineError::mls("Welcome sender", e))?;
         let owner = credential_identity(owner_leaf.credential())?;
+        let owner_key = owner_leaf.signature_key().as_slice().to_vec();
         if owner != from {
             return Err(EngineError::Rejected(format!(
                 "Welcome posted by {from} but its group is owned by {owner}"
@@ -1047,6 +1109,7 @@ impl Ctx<'_> {
             staged,
             gid,
             owner,
+            owner_key,
             config,
             config_bytes,
         })
@@ -1077,4 +1140,43 @@ impl Ctx<'_> {
         }
         Ok(epoch)
     }
+}
+
+/// The identity keys of the leaves a commit brings in or changes: its adds, its Update
+/// proposals and its committer's path leaf, as `(client id, key)`.
+fn changed_leaves(staged: &StagedCommit) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut push = |leaf: &LeafNode| {
+        if let Ok(id) = credential_identity(leaf.credential()) {
+            out.push((id, leaf.signature_key().as_slice().to_vec()));
+        }
+    };
+    for a in staged.add_proposals() {
+        push(a.add_proposal().key_package().leaf_node());
+    }
+    for u in staged.update_proposals() {
+        push(u.update_proposal().leaf_node());
+    }
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        push(leaf);
+    }
+    out
+}
+
+/// A leaf refresh (a member's own Update proposal) must keep the member's identity key
+/// (docs/PROTOCOL.md "Pinning").
+fn refresh_keeps_key(group: &MlsGroup, qp: &QueuedProposal) -> Result<(), EngineError> {
+    let (Proposal::Update(u), Sender::Member(index)) = (qp.proposal(), qp.sender()) else {
+        return Ok(());
+    };
+    let current = group
+        .members()
+        .find(|m| m.index == *index)
+        .map(|m| m.signature_key);
+    if current.as_deref() != Some(u.leaf_node().signature_key().as_slice()) {
+        return Err(EngineError::Rejected(
+            "a leaf refresh changes the member's identity key".into(),
+        ));
+    }
+    Ok(())
 }

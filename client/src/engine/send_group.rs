@@ -6,6 +6,7 @@ use openmls::schedule::{ExternalPsk, PreSharedKeyId, Psk};
 use tls_codec::{Deserialize as _, Serialize as _};
 
 use super::config::{DEFAULT_CIPHERSUITE, DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
+use super::contacts::KeyCheck;
 use super::ctx::{
     CIPHERSUITE, Ctx, MAX_PAST_EPOCHS, capabilities, credential_identity, external_psk_id,
     join_config, message_hash,
@@ -14,7 +15,7 @@ use super::envelope::DmlsEnvelope;
 use super::identity::{DmlsSigner, validate_client_id};
 use super::ids::{DGroupId, MessageId, PskId, send_group_id};
 use super::store::send_groups::{self, OwnState, SendGroupRow};
-use super::store::{acks, commit_log, dgroups, history, members, outbox, psks, seen};
+use super::store::{acks, commit_log, contacts, dgroups, history, members, outbox, psks, seen};
 use super::{Effect, EngineError, Event, ReceivedMessage};
 
 /// [`Effect::PostWelcomes`] of one Welcome to each of `added`.
@@ -49,6 +50,8 @@ impl Ctx<'_> {
                     "member {o:?} is listed twice (or is us)"
                 )));
             }
+            self.check_verified(o, None)
+                .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
             members.push(o.clone());
         }
         let config = DGroupConfig {
@@ -169,7 +172,26 @@ impl Ctx<'_> {
         } else {
             client_ids
         };
-        let (adds, missing, rejected) = self.sort_claimed(&client_ids, key_packages, missing);
+        let (adds, missing, mut rejected) = self.sort_claimed(&client_ids, key_packages, missing);
+        // docs/PROTOCOL.md "Pinning": only verified keys when that is required, and never a
+        // key other than the pinned one.
+        let name = dgroups::name(self.conn, &dgroup_id)?.unwrap_or_default();
+        let mut changed = Vec::new();
+        let mut checked = Vec::with_capacity(adds.len());
+        for (cid, kp) in adds {
+            let key = kp.leaf_node().signature_key().as_slice().to_vec();
+            if let Err(e) = self.check_verified(&cid, Some(&key)) {
+                rejected.push((cid, e.to_string()));
+                continue;
+            }
+            match self.check_key(&cid, &key, Some(dgroup_id), || {
+                format!("a key package claimed for DGroup {name:?}")
+            })? {
+                KeyCheck::Changed(e) => changed.push((cid, *e)),
+                KeyCheck::Pinned | KeyCheck::FirstSeen => checked.push((cid, kp)),
+            }
+        }
+        let adds = checked;
         let added: Vec<String> = adds.iter().map(|(a, _)| a.clone()).collect();
         if late {
             if !adds.is_empty() {
@@ -181,17 +203,23 @@ impl Ctx<'_> {
         for a in &added {
             members::delete_missing(self.conn, &dgroup_id, a)?;
         }
-        for m in missing.iter().chain(rejected.iter().map(|(m, _)| m)) {
+        for m in missing
+            .iter()
+            .chain(rejected.iter().map(|(m, _)| m))
+            .chain(changed.iter().map(|(m, _)| m))
+        {
             members::insert_missing(self.conn, &dgroup_id, m)?;
         }
-        let mut events: Vec<Event> = rejected
-            .into_iter()
-            .map(|(client_id, reason)| Event::KeyPackageRejected {
-                dgroup: dgroup_id,
-                client_id,
-                reason,
-            })
-            .collect();
+        let mut events: Vec<Event> = changed.into_iter().map(|(_, e)| e).collect();
+        events.extend(
+            rejected
+                .into_iter()
+                .map(|(client_id, reason)| Event::KeyPackageRejected {
+                    dgroup: dgroup_id,
+                    client_id,
+                    reason,
+                }),
+        );
         if !missing.is_empty() {
             events.push(Event::KeyPackagesMissing {
                 dgroup: dgroup_id,
@@ -316,9 +344,13 @@ impl Ctx<'_> {
         } else {
             Vec::new()
         };
+        let changed: Vec<String> = contacts::changes(self.conn)?
+            .into_iter()
+            .map(|c| c.client_id)
+            .collect();
         Ok(recorded
             .into_iter()
-            .filter(|m| !removed.contains(m) && !present.contains(m))
+            .filter(|m| !removed.contains(m) && !present.contains(m) && !changed.contains(m))
             .collect())
     }
 

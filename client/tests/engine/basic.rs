@@ -1,7 +1,7 @@
 //! Basic flows of the engine with a few members and an in-order network.
 
 use crate::common::Net;
-use dmls_client::engine::{DGroupId, Event, TEXT_PLAIN};
+use dmls_client::engine::{DGroupId, Engine, Event, TEXT_PLAIN};
 
 fn messages(net: &Net, i: usize) -> Vec<Vec<u8>> {
     net.events[i]
@@ -1186,4 +1186,55 @@ fn a_missing_member_that_shows_up_is_retried_at_once_not_after_the_retry_interva
         "{:?}",
         &net.events[1][before..]
     );
+}
+
+#[test]
+fn every_member_is_pinned_once_seen_and_a_state_from_before_contacts_pins_its_groups_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut net, d) = three_in(dir.path(), 21);
+    let keys: Vec<Vec<u8>> = (0..3)
+        .map(|i| net.engines[i].identity_key().unwrap())
+        .collect();
+    let contacts = net.engines[1].contacts().unwrap();
+    assert_eq!(
+        contacts
+            .iter()
+            .map(|c| (c.client_id.as_str(), c.key.clone()))
+            .collect::<Vec<_>>(),
+        vec![("m0", keys[0].clone()), ("m2", keys[2].clone())]
+    );
+    assert!(contacts.iter().all(|c| c.first_seen_ms == 1000));
+    let s = net.engines[1].status(&d).unwrap();
+    assert!(s.key_mismatches.is_empty());
+    assert_eq!(s.unverified, vec!["m0".to_string(), "m2".to_string()]);
+    assert_eq!(
+        net.engines[1].confirm_verified("m2", 2000).unwrap(),
+        keys[2]
+    );
+    assert_eq!(
+        net.engines[1].status(&d).unwrap().unverified,
+        vec!["m0".to_string()]
+    );
+    drop(net);
+
+    // A state database of a version without contacts: its held Send Groups are pinned once.
+    let path = dir.path().join("m1.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM dmls_contact; DELETE FROM dmls_meta WHERE key = 'contacts_backfilled';",
+        )
+        .unwrap();
+    }
+    let e = Engine::open(rusqlite::Connection::open(&path).unwrap()).unwrap();
+    let contacts = e.contacts().unwrap();
+    assert_eq!(contacts.len(), 2);
+    assert!(
+        contacts
+            .iter()
+            .all(|c| c.first_seen_ms == 0 && c.verified_ms.is_none())
+    );
+    assert_eq!(contacts[0].key, keys[0]);
+    assert_eq!(contacts[1].key, keys[2]);
+    assert!(e.status(&d).unwrap().key_mismatches.is_empty());
 }

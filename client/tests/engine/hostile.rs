@@ -641,3 +641,26 @@ fn commit_adding_a_client_outside_the_dgroup_config_is_rejected() {
     let err = assert_rejected(&mut net, 2, in_m0_group(gid, data));
     assert!(err.contains("not a member of the DGroup config"), "{err}");
 }
+
+#[test]
+fn leaf_refresh_that_changes_the_identity_key_is_rejected_by_the_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut net, d) = file_setup(dir.path());
+    let gid = send_group_id(&d, "m0");
+    let data = forge_in(dir.path(), "m1", gid, |g, p, s| {
+        let other = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+        let bundle = NewSignerBundle {
+            signer: &other,
+            credential_with_key: CredentialWithKey {
+                credential: BasicCredential::new(b"m1".to_vec()).into(),
+                signature_key: other.public().into(),
+            },
+        };
+        g.propose_self_update_with_new_signer(p, s, bundle, LeafNodeParameters::default())
+            .unwrap()
+            .0
+    });
+    // The owner processes leaf refreshes in its own Send Group at once.
+    let err = assert_rejected(&mut net, 0, in_m0_group(gid, data));
+    assert!(err.contains("changes the member's identity key"), "{err}");
+}

@@ -34,6 +34,17 @@ pub(crate) fn config(
         .optional()?)
 }
 
+/// The name of a DGroup.
+pub(crate) fn name(conn: &Connection, d: &DGroupId) -> Result<Option<String>, EngineError> {
+    Ok(conn
+        .row_cached(
+            "SELECT name FROM dmls_dgroup WHERE dgroup_id = ?1",
+            [d.0.as_slice()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Every DGroup, in the order we learned them.
 pub(crate) fn all(conn: &Connection) -> Result<Vec<DGroupId>, EngineError> {
     ids(conn, "SELECT dgroup_id FROM dmls_dgroup ORDER BY rowid")

@@ -22,6 +22,12 @@ pub(crate) enum Key {
     /// When the relay took our current last-resort key package (big-endian u64, ms since
     /// the Unix epoch on the shell's clock).
     LastResortUploadedMs,
+    /// Present (value 1) when only verified contacts may be added to a DGroup
+    /// ([`crate::engine::Engine::set_require_verified`]).
+    RequireVerified,
+    /// Present once the keys of the members of Send Groups held before contacts were kept
+    /// were pinned (at the first open by a version that keeps contacts).
+    ContactsBackfilled,
 }
 
 impl Key {
@@ -33,6 +39,8 @@ impl Key {
             Key::StateCodec => "state_codec",
             Key::LastResortRef => "last_resort_ref",
             Key::LastResortUploadedMs => "last_resort_uploaded_ms",
+            Key::RequireVerified => "require_verified",
+            Key::ContactsBackfilled => "contacts_backfilled",
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub(crate) mod acks;
 pub(crate) mod commit_log;
+pub(crate) mod contacts;
 pub(crate) mod dgroups;
 pub(crate) mod history;
 pub(crate) mod last_resort;
@@ -83,6 +84,9 @@ pub(crate) enum Savepoint {
     Deferred,
     /// One openmls `process_message` call.
     Process,
+    /// Staging a Welcome until its signer's key is known to be the pinned one (staging
+    /// consumes the key package it is addressed to).
+    Staging,
 }
 
 impl Savepoint {
@@ -113,6 +117,11 @@ impl Savepoint {
                 "SAVEPOINT dmls_process",
                 "RELEASE dmls_process",
                 "ROLLBACK TO dmls_process",
+            ],
+            Savepoint::Staging => [
+                "SAVEPOINT dmls_staging",
+                "RELEASE dmls_staging",
+                "ROLLBACK TO dmls_staging",
             ],
         }
     }

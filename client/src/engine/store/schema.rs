@@ -32,6 +32,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("migrations/0006_last_resort_leaf.sql"),
     ),
     ("commit_log", include_str!("migrations/0007_commit_log.sql")),
+    ("contacts", include_str!("migrations/0008_contacts.sql")),
 ];
 
 /// The schema version this code writes.
