@@ -1243,7 +1243,12 @@ fn status_json(s: &DGroupStatus) -> Value {
     v["unimported"] = s.unimported.iter().map(|p| json!(p.to_string())).collect();
     v["key_mismatches"] = contacts::mismatches_json(&s.key_mismatches);
     v["unverified"] = json!(s.unverified);
-    v["safe"] = json!(s.key_mismatches.is_empty());
+    v["key_changes"] = s
+        .key_changes
+        .iter()
+        .map(contacts::key_change_json)
+        .collect();
+    v["safe"] = json!(s.key_mismatches.is_empty() && s.key_changes.is_empty());
     v
 }
 
@@ -1262,6 +1267,13 @@ pub(crate) fn status_text(s: &DGroupStatus) -> String {
     }
     for line in contacts::status_lines(&s.key_mismatches, &s.unverified) {
         let _ = writeln!(out, "{line}");
+    }
+    for k in &s.key_changes {
+        let _ = writeln!(
+            out,
+            "  {}",
+            contacts::key_change_text(k).replace('\n', "\n  ")
+        );
     }
     if !g.removed.is_empty() {
         let _ = writeln!(out, "  removed: {}", g.removed.join(", "));

@@ -315,6 +315,7 @@ mod tests {
                 unimported: vec![],
                 key_mismatches: vec![],
                 unverified: vec![],
+                key_changes: vec![],
             },
             commits: vec![
                 vec![

@@ -458,6 +458,18 @@ async fn the_dmls_binary_reports_a_substituted_key_and_trusts_a_real_new_one() {
         "{text}"
     );
     let status = json(&ha, &["status", "second"]).await;
+    assert_eq!(status["safe"], false);
+    assert_eq!(status["key_changes"][0]["client_id"], "bob");
+    assert_eq!(
+        status["key_changes"][0]["new_fingerprint"],
+        fake_fp.as_str()
+    );
+    let human = run(&ha, &["status", "second"]).await;
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("WARNING: bob's identity key changed"),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
     let own = status["send_groups"]
         .as_array()
         .unwrap()

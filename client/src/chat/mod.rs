@@ -55,7 +55,7 @@ enum Command {
 #[derive(Debug)]
 enum Report {
     History(Vec<ReceivedMessage>),
-    Status(DGroupStatus),
+    Status(Box<DGroupStatus>),
     Accepted {
         local: u64,
         id: Option<MessageId>,
@@ -304,7 +304,7 @@ async fn command(
             match client.status(group).await {
                 Ok(s) => {
                     report(Report::Note(crate::cli::status_text(&s)));
-                    report(Report::Status(s));
+                    report(Report::Status(Box::new(s)));
                 }
                 Err(e) => report(Report::Error(crate::cli::client_error_text(&e))),
             }
@@ -336,7 +336,7 @@ async fn refresh(client: &Client, group: &str, report: &impl Fn(Report)) {
         Err(e) => report(Report::Error(crate::cli::client_error_text(&e))),
     }
     if let Ok(s) = client.status(group).await {
-        report(Report::Status(s));
+        report(Report::Status(Box::new(s)));
     }
 }
 

@@ -730,6 +730,7 @@ mod tests {
             pending_removals: vec![],
             key_mismatches: vec![],
             unverified: vec![],
+            key_changes: vec![],
             unimported: vec![],
         }
     }

@@ -381,6 +381,10 @@ pub struct DGroupStatus {
     /// Members (not us, not removed) whose identity key is not verified
     /// ([`Engine::confirm_verified`]).
     pub unverified: Vec<String>,
+    /// Unresolved key changes of members of this DGroup ([`Engine::key_changes`]): they are
+    /// not added to our Send Group, and their Welcomes with the new key are held, until the
+    /// user trusts the new key ([`Engine::trust`]).
+    pub key_changes: Vec<KeyChange>,
 }
 
 /// The dependency graph of one DGroup ([`Engine::graph`]): every Send Group's recent

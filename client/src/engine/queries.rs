@@ -96,6 +96,7 @@ impl Ctx<'_> {
                 last_resort_leaf: last_resort::get(self.conn, &gid)?.is_some(),
             });
         }
+        let summary_members = summary.members.clone();
         let pending_removals = members::removed(self.conn, d)?
             .into_iter()
             .filter(|r| r.1)
@@ -108,6 +109,11 @@ impl Ctx<'_> {
             unimported: self.unimported(d)?,
             key_mismatches: self.key_mismatches(d)?,
             unverified: self.unverified_members(d)?,
+            key_changes: self
+                .key_changes()?
+                .into_iter()
+                .filter(|k| summary_members.contains(&k.client_id))
+                .collect(),
         })
     }
 
