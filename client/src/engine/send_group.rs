@@ -344,13 +344,9 @@ impl Ctx<'_> {
         } else {
             Vec::new()
         };
-        let changed: Vec<String> = contacts::changes(self.conn)?
-            .into_iter()
-            .map(|c| c.client_id)
-            .collect();
         Ok(recorded
             .into_iter()
-            .filter(|m| !removed.contains(m) && !present.contains(m) && !changed.contains(m))
+            .filter(|m| !removed.contains(m) && !present.contains(m))
             .collect())
     }
 
@@ -370,6 +366,10 @@ impl Ctx<'_> {
                 _ => None,
             })
             .collect();
+        let changed: Vec<String> = contacts::changes(self.conn)?
+            .into_iter()
+            .map(|c| c.client_id)
+            .collect();
         let mut claimed = Vec::new();
         for d in ids {
             if pending.contains(&d) || self.active_own(&d).is_err() {
@@ -382,6 +382,12 @@ impl Ctx<'_> {
             }
             for m in &still {
                 members::insert_missing(self.conn, &d, m)?;
+            }
+            // A member with an unresolved key change stays missing but is not claimed for
+            // until the user trusts a key (docs/PROTOCOL.md "Pinning").
+            let still: Vec<String> = still.into_iter().filter(|m| !changed.contains(m)).collect();
+            if still.is_empty() {
+                continue;
             }
             outbox::push(
                 self.conn,
