@@ -883,6 +883,34 @@ impl Client {
         self.with_engine(|e| e.contacts()).await
     }
 
+    /// Makes `member` a contact before any group with it: claims one of its key packages from
+    /// the relay (using it up) and pins its key ([`Engine::add_contact`]). Returns the key; a
+    /// key change is kept for [`Client::take_events`].
+    pub async fn add_contact(&mut self, member: &str) -> Result<Vec<u8>, ClientError> {
+        if !dmls_api::is_valid_client_id(member) {
+            return Err(ClientError::InvalidInput(format!(
+                "{member:?} is not a valid client id"
+            )));
+        }
+        let claimed = self.relay.claim_key_packages(&[member.to_string()]).await?;
+        let kp = claimed
+            .key_packages
+            .into_iter()
+            .find(|k| k.client_id == member)
+            .ok_or_else(|| {
+                ClientError::InvalidInput(format!(
+                    "the relay has no key package for {member}: is the name right, and has \
+                     {member} run `dmls init`?"
+                ))
+            })?;
+        let member = member.to_owned();
+        let (key, event) = self
+            .with_engine(move |e| e.add_contact(&member, &kp.key_package.0, now_ms()))
+            .await?;
+        self.pending_events.extend(event);
+        Ok(key)
+    }
+
     /// Key changes not resolved yet: keys seen for contacts that are not their pinned keys.
     pub async fn key_changes(&self) -> Result<Vec<crate::engine::KeyChange>, ClientError> {
         self.with_engine(|e| e.key_changes()).await

@@ -553,6 +553,8 @@ async fn require_verified_refuses_unverified_members_and_a_damaged_contact_is_an
     let (ha, hb) = (dir.path().join("a"), dir.path().join("b"));
     json(&ha, &["init", "--relay", &relay.url(), "--name", "alice"]).await;
     json(&hb, &["init", "--relay", &relay.url(), "--name", "bob"]).await;
+    let hc = dir.path().join("c");
+    json(&hc, &["init", "--relay", &relay.url(), "--name", "carol"]).await;
     // A new contact is not verified.
     let out = run(&ha, &["group", "create", "g", "bob", "--require-verified"]).await;
     assert!(!out.status.success());
@@ -571,6 +573,27 @@ async fn require_verified_refuses_unverified_members_and_a_damaged_contact_is_an
     json(&ha, &["verify", "bob", "--confirm"]).await;
     json(&ha, &["contacts", "require-verified", "on"]).await;
     json(&ha, &["group", "create", "h", "bob", "--require-verified"]).await;
+    // Someone new is made a contact first, verified, then put in a group.
+    let added = json(&ha, &["contacts", "add", "carol"]).await;
+    let carol_fp = json(&hc, &["whoami"]).await["fingerprint"].clone();
+    assert_eq!(added["fingerprint"], carol_fp);
+    let alice_sees = json(&ha, &["verify", "carol"]).await["safety_number"].clone();
+    json(&hc, &["contacts", "add", "alice"]).await;
+    assert_eq!(
+        json(&hc, &["verify", "alice"]).await["safety_number"],
+        alice_sees
+    );
+    json(&ha, &["verify", "carol", "--confirm"]).await;
+    json(&ha, &["group", "create", "with-carol", "carol"]).await;
+    for (who, why) in [
+        ("nobody", "unknown client ids: nobody"),
+        ("alice", "alice is you"),
+    ] {
+        let out = run(&ha, &["contacts", "add", who]).await;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+    }
 
     // A damaged contacts entry: a clear error, and nothing changes.
     let db = ha.join("state.db");
@@ -600,7 +623,7 @@ async fn require_verified_refuses_unverified_members_and_a_damaged_contact_is_an
     let groups: i64 = conn
         .query_row("SELECT count(*) FROM dmls_dgroup", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(groups, 2);
+    assert_eq!(groups, 3);
     relay.shutdown().await.unwrap();
 }
 

@@ -14,6 +14,16 @@ pub enum ContactsCommand {
     /// List your contacts (the default): fingerprint, first seen, verified or not, and any key
     /// change waiting for your decision.
     List,
+    /// Make NAME a contact before any group with them, so that you can compare safety numbers
+    /// first (`dmls verify NAME`, then `dmls verify NAME --confirm`).
+    ///
+    /// Fetches one of NAME's key packages from the relay (using it up) and pins its identity key.
+    /// This is a first contact: only comparing safety numbers tells whether the relay gave you
+    /// NAME's real key.
+    Add {
+        /// The contact's client id.
+        name: String,
+    },
     /// Accept NAME's new identity key, after checking its fingerprint with NAME out of band.
     ///
     /// Only a key that was reported as a key change of NAME can be trusted, by its fingerprint
@@ -43,6 +53,7 @@ pub enum ContactsCommand {
 pub(super) async fn run(ctx: &Ctx, command: Option<ContactsCommand>) -> Result<()> {
     match command.unwrap_or(ContactsCommand::List) {
         ContactsCommand::List => list(ctx).await,
+        ContactsCommand::Add { name } => add(ctx, &name).await,
         ContactsCommand::Trust { name, fingerprint } => trust(ctx, &name, &fingerprint).await,
         ContactsCommand::RequireVerified { setting } => require_verified(ctx, setting).await,
     }
@@ -83,6 +94,32 @@ async fn list(ctx: &Ctx) -> Result<()> {
     for k in &changes {
         println!();
         println!("{}", key_change_text(k));
+    }
+    Ok(())
+}
+
+async fn add(ctx: &Ctx, name: &str) -> Result<()> {
+    let mut client = ctx.open()?;
+    let key = client
+        .add_contact(name)
+        .await
+        .with_context(|| format!("cannot add the contact {name}"))?;
+    let events = client.take_events();
+    let names = super::group_names(&client).await;
+    if ctx.json {
+        emit(&json!({
+            "client_id": name,
+            "fingerprint": fingerprint(&key),
+            "events": events.iter().map(|e| super::event_json(e, &names)).collect::<Vec<_>>(),
+        }));
+    } else {
+        super::print_event_lines(&events, &names);
+        if events.is_empty() {
+            println!(
+                "{name} is a contact, key {}. Compare safety numbers now: `dmls verify {name}`.",
+                fingerprint(&key)
+            );
+        }
     }
     Ok(())
 }

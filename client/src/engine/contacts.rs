@@ -220,6 +220,31 @@ impl Ctx<'_> {
         }
     }
 
+    /// Makes `client_id` a contact from one of its key packages (claimed for that alone,
+    /// before any group with it), so that its safety number can be compared first. Pins its key
+    /// when it has none; a key other than the pinned one is a key change. Returns the key and
+    /// the key change, if any.
+    pub(crate) fn add_contact(
+        &self,
+        client_id: &str,
+        key_package: &[u8],
+    ) -> Result<(Vec<u8>, Option<Event>), EngineError> {
+        if client_id == self.me()? {
+            return Err(EngineError::InvalidArgument(format!(
+                "{client_id} is you: contacts are the others"
+            )));
+        }
+        let kp = self.validate_key_package(client_id, key_package)?;
+        let key = kp.leaf_node().signature_key().as_slice().to_vec();
+        let check = self.check_key(client_id, &key, None, || {
+            "a key package fetched to add the contact".to_string()
+        })?;
+        Ok(match check {
+            KeyCheck::Changed(e) => (key, Some(*e)),
+            KeyCheck::Pinned | KeyCheck::FirstSeen => (key, None),
+        })
+    }
+
     /// Every contact.
     pub(crate) fn contacts(&self) -> Result<Vec<Contact>, EngineError> {
         Ok(contacts::all(self.conn)?

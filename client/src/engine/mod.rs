@@ -883,6 +883,21 @@ impl Engine {
         self.read(|c| c.contacts())
     }
 
+    /// Makes `client_id` a contact from `key_package`, one of its key packages (MLSMessage
+    /// framed, as claimed from the relay), before any group with it, so that the safety number
+    /// can be compared and confirmed first ([`Engine::confirm_verified`]). Its key is pinned if
+    /// none was; another key than the pinned one is recorded as a key change, returned as its
+    /// [`Event::KeyChanged`]. Returns the key. A key package that is not valid for `client_id`
+    /// is refused and changes nothing.
+    pub fn add_contact(
+        &mut self,
+        client_id: &str,
+        key_package: &[u8],
+        now_ms: u64,
+    ) -> Result<(Vec<u8>, Option<Event>), EngineError> {
+        self.write_at(Some(now_ms), |c| c.add_contact(client_id, key_package))
+    }
+
     /// The key changes not resolved yet: keys seen for a contact that are not its pinned key.
     pub fn key_changes(&self) -> Result<Vec<KeyChange>, EngineError> {
         self.read(|c| c.key_changes())

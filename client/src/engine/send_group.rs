@@ -401,7 +401,11 @@ impl Ctx<'_> {
         Ok(claimed)
     }
 
-    fn validate_key_package(&self, cid: &str, bytes: &[u8]) -> Result<KeyPackage, EngineError> {
+    pub(crate) fn validate_key_package(
+        &self,
+        cid: &str,
+        bytes: &[u8],
+    ) -> Result<KeyPackage, EngineError> {
         let msg = MlsMessageIn::tls_deserialize_exact(bytes)
             .map_err(|e| EngineError::Malformed(format!("not an MLS message: {e}")))?;
         let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else {
