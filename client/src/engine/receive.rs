@@ -514,6 +514,18 @@ impl Ctx<'_> {
                 "commit changes the DGroup config".into(),
             ));
         }
+        // One key per identity (docs/PROTOCOL.md): the owner's path leaf keeps its key.
+        if let Some(path_leaf) = staged.update_path_leaf_node() {
+            let current = group
+                .members()
+                .find(|m| m.index == LeafNodeIndex::new(0))
+                .map(|m| m.signature_key);
+            if current.as_deref() != Some(path_leaf.signature_key().as_slice()) {
+                return Err(EngineError::Rejected(
+                    "commit changes its owner's identity key".into(),
+                ));
+            }
+        }
         let mut removed = Vec::new();
         for r in staged.remove_proposals() {
             if let Some(c) = group.member(r.remove_proposal().removed()) {

@@ -664,3 +664,25 @@ fn leaf_refresh_that_changes_the_identity_key_is_rejected_by_the_owner() {
     let err = assert_rejected(&mut net, 0, in_m0_group(gid, data));
     assert!(err.contains("changes the member's identity key"), "{err}");
 }
+
+#[test]
+fn commit_that_changes_its_owners_identity_key_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut net, d) = file_setup(dir.path());
+    let gid = send_group_id(&d, "m0");
+    let data = forge_in(dir.path(), "m0", gid, |g, p, s| {
+        let other = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
+        let bundle = NewSignerBundle {
+            signer: &other,
+            credential_with_key: CredentialWithKey {
+                credential: BasicCredential::new(b"m0".to_vec()).into(),
+                signature_key: other.public().into(),
+            },
+        };
+        g.self_update_with_new_signer(p, s, bundle, LeafNodeParameters::default())
+            .unwrap()
+            .into_commit()
+    });
+    let err = assert_rejected(&mut net, 1, in_m0_group(gid, data));
+    assert!(err.contains("changes its owner's identity key"), "{err}");
+}
