@@ -58,6 +58,16 @@ pub struct KeyMismatch {
     pub pinned_key: Option<Vec<u8>>,
 }
 
+/// What is pinned for a client id.
+enum Pin {
+    /// Nothing yet.
+    None,
+    /// This key.
+    Key(Vec<u8>),
+    /// Our own id, before our identity key is stored: nothing to compare.
+    Own,
+}
+
 /// What [`Ctx::check_key`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeyCheck {
@@ -80,22 +90,14 @@ impl Ctx<'_> {
         seen_where: impl FnOnce() -> String,
     ) -> Result<KeyCheck, EngineError> {
         let now = self.now_ms.unwrap_or(0);
-        let pinned = if client_id == self.me()? {
-            // Our own leaves carry our key; there is nothing to pin for us.
-            match meta::get(self.conn, meta::Key::SignaturePublic)? {
-                Some(own) => Some(own),
-                None => return Ok(KeyCheck::Pinned),
-            }
-        } else {
-            contacts::key(self.conn, client_id)?
-        };
-        match pinned {
-            Some(p) if p == key => Ok(KeyCheck::Pinned),
-            None => {
+        match self.pinned_key(client_id)? {
+            Pin::Own => Ok(KeyCheck::Pinned),
+            Pin::Key(p) if p == key => Ok(KeyCheck::Pinned),
+            Pin::None => {
                 contacts::pin(self.conn, client_id, key, now, &seen_where())?;
                 Ok(KeyCheck::FirstSeen)
             }
-            Some(pinned_key) => {
+            Pin::Key(pinned_key) => {
                 let seen_where = seen_where();
                 contacts::record_change(self.conn, client_id, key, now, &seen_where)?;
                 Ok(KeyCheck::Changed(Box::new(Event::KeyChanged {
@@ -110,6 +112,28 @@ impl Ctx<'_> {
                 })))
             }
         }
+    }
+
+    /// Whether `key` is another key than the one pinned for `client_id` (read-only: a first
+    /// key is not pinned here, see [`Ctx::check_key`]).
+    pub(crate) fn differs_from_pin(
+        &self,
+        client_id: &str,
+        key: &[u8],
+    ) -> Result<bool, EngineError> {
+        Ok(matches!(self.pinned_key(client_id)?, Pin::Key(p) if p != key))
+    }
+
+    /// The key pinned for `client_id`: ours for our own id.
+    fn pinned_key(&self, client_id: &str) -> Result<Pin, EngineError> {
+        if client_id == self.me()? {
+            // Our own leaves carry our key (none before the identity is complete).
+            return Ok(match meta::get(self.conn, meta::Key::SignaturePublic)? {
+                Some(own) => Pin::Key(own),
+                None => Pin::Own,
+            });
+        }
+        Ok(contacts::key(self.conn, client_id)?.map_or(Pin::None, Pin::Key))
     }
 
     /// Checks every leaf of `members` (a Send Group of `dgroup` owned by `owner`) against the

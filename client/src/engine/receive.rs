@@ -6,7 +6,7 @@ use openmls_traits::storage::StorageProvider as _;
 use tls_codec::Deserialize as _;
 
 use super::config::{DGroupConfig, DMLS_EXTENSION_TYPE};
-use super::contacts::{KeyChange, KeyCheck};
+use super::contacts::KeyCheck;
 use super::ctx::{Ctx, credential_identity, external_psk_id, join_config, message_hash};
 use super::deferred::Refresh;
 use super::envelope::DmlsEnvelope;
@@ -910,33 +910,27 @@ impl Ctx<'_> {
         // consumed the key package it is addressed to: that is undone, for a later join.
         Savepoint::Staging.begin(self.conn)?;
         let staged = self.check_welcome(welcome, from, &me).and_then(|w| {
-            let check = self.check_key(&w.owner, &w.owner_key, Some(w.config.dgroup_id), || {
-                format!(
-                    "the Welcome to {}'s Send Group of DGroup {:?}",
-                    w.owner, w.config.name
-                )
-            })?;
-            Ok((w, check))
+            let differs = self.differs_from_pin(&w.owner, &w.owner_key)?;
+            Ok((w, differs))
         });
         let w = match staged {
-            Ok((w, KeyCheck::Changed(e))) => {
+            Ok((w, true)) => {
                 Savepoint::Staging.rollback(self.conn)?;
                 self.provider.storage.forget_cached();
-                let KeyChange {
-                    client_id,
-                    new_key,
-                    seen_ms,
-                    seen_where,
-                    ..
-                } = match &*e {
-                    Event::KeyChanged { change, .. } => change.clone(),
-                    _ => return Err(EngineError::Internal("key check event".into())),
-                };
-                contacts::record_change(self.conn, &client_id, &new_key, seen_ms, &seen_where)?;
+                let check =
+                    self.check_key(&w.owner, &w.owner_key, Some(w.config.dgroup_id), || {
+                        format!(
+                            "the Welcome to {}'s Send Group of DGroup {:?}",
+                            w.owner, w.config.name
+                        )
+                    })?;
                 contacts::hold_welcome(self.conn, &w.owner, &w.owner_key, from, data)?;
-                return Ok(vec![*e]);
+                return Ok(match check {
+                    KeyCheck::Changed(e) => vec![*e],
+                    KeyCheck::Pinned | KeyCheck::FirstSeen => Vec::new(),
+                });
             }
-            Ok((w, _)) => {
+            Ok((w, false)) => {
                 Savepoint::Staging.release(self.conn)?;
                 w
             }
@@ -1154,8 +1148,9 @@ impl Ctx<'_> {
     }
 }
 
-/// The identity keys of the leaves a commit brings in or changes: its adds, its Update
-/// proposals and its committer's path leaf, as `(client id, key)`.
+/// The identity keys of the leaves a commit brings in or changes: its adds and its
+/// committer's path leaf, as `(client id, key)`. Its Update proposals are not looked up again:
+/// each was checked to keep its member's key when it was stored ([`refresh_keeps_key`]).
 fn changed_leaves(staged: &StagedCommit) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut push = |leaf: &LeafNode| {
@@ -1165,9 +1160,6 @@ fn changed_leaves(staged: &StagedCommit) -> Vec<(String, Vec<u8>)> {
     };
     for a in staged.add_proposals() {
         push(a.add_proposal().key_package().leaf_node());
-    }
-    for u in staged.update_proposals() {
-        push(u.update_proposal().leaf_node());
     }
     if let Some(leaf) = staged.update_path_leaf_node() {
         push(leaf);
