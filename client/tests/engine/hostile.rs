@@ -642,6 +642,20 @@ fn commit_adding_a_client_outside_the_dgroup_config_is_rejected() {
     assert!(err.contains("not a member of the DGroup config"), "{err}");
 }
 
+/// `who`'s credential with the key of `signer`: another identity key under the same name.
+fn new_signer<'a>(
+    who: &str,
+    signer: &'a SignatureKeyPair,
+) -> NewSignerBundle<'a, SignatureKeyPair> {
+    NewSignerBundle {
+        signer,
+        credential_with_key: CredentialWithKey {
+            credential: BasicCredential::new(who.as_bytes().to_vec()).into(),
+            signature_key: signer.public().into(),
+        },
+    }
+}
+
 #[test]
 fn leaf_refresh_that_changes_the_identity_key_is_rejected_by_the_owner() {
     let dir = tempfile::tempdir().unwrap();
@@ -649,13 +663,7 @@ fn leaf_refresh_that_changes_the_identity_key_is_rejected_by_the_owner() {
     let gid = send_group_id(&d, "m0");
     let data = forge_in(dir.path(), "m1", gid, |g, p, s| {
         let other = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
-        let bundle = NewSignerBundle {
-            signer: &other,
-            credential_with_key: CredentialWithKey {
-                credential: BasicCredential::new(b"m1".to_vec()).into(),
-                signature_key: other.public().into(),
-            },
-        };
+        let bundle = new_signer("m1", &other);
         g.propose_self_update_with_new_signer(p, s, bundle, LeafNodeParameters::default())
             .unwrap()
             .0
@@ -672,13 +680,7 @@ fn commit_that_changes_its_owners_identity_key_is_rejected() {
     let gid = send_group_id(&d, "m0");
     let data = forge_in(dir.path(), "m0", gid, |g, p, s| {
         let other = SignatureKeyPair::new(SignatureScheme::ED25519).unwrap();
-        let bundle = NewSignerBundle {
-            signer: &other,
-            credential_with_key: CredentialWithKey {
-                credential: BasicCredential::new(b"m0".to_vec()).into(),
-                signature_key: other.public().into(),
-            },
-        };
+        let bundle = new_signer("m0", &other);
         g.self_update_with_new_signer(p, s, bundle, LeafNodeParameters::default())
             .unwrap()
             .into_commit()
