@@ -231,6 +231,15 @@ pub enum GroupCommand {
         #[arg(long)]
         require_verified: bool,
     },
+    /// Leave GROUP: tell the others, then delete the group's keys here.
+    ///
+    /// The others remove you from their Send Groups when they sync, and you cannot read
+    /// anything sent after you left. The messages you already received stay in `dmls log`.
+    /// There is no way back: someone has to create a new group with you.
+    Leave {
+        /// Group name, or its id (hex; a unique prefix is enough).
+        group: String,
+    },
 }
 
 /// Options of `dmls sync`.
@@ -282,6 +291,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             members,
             require_verified,
         }) => cmd_group_create(&ctx, &name, &members, require_verified).await,
+        Command::Group(GroupCommand::Leave { group }) => cmd_group_leave(&ctx, &group).await,
         Command::Groups => cmd_groups(&ctx).await,
         Command::Sync(args) => cmd_sync(&ctx, &args).await,
         Command::Send { group, text } => cmd_send(&ctx, &group, text.as_deref()).await,
@@ -498,7 +508,9 @@ fn summary_line(g: &DGroupSummary) -> String {
         g.name,
         g.members.join(", ")
     );
-    if g.we_are_removed {
+    if g.left_ms.is_some() {
+        line.push_str("  [you left]");
+    } else if g.we_are_removed {
         line.push_str("  [you were removed]");
     } else if !g.removed.is_empty() {
         line.push_str(&format!("  [removed: {}]", g.removed.join(", ")));
@@ -599,6 +611,33 @@ async fn cmd_remove(ctx: &Ctx, group: &str, member: &str) -> Result<()> {
         &delivery,
         json!({"removed": member, "group": group}),
         &format!("Removed {member} from {group}; the others follow when they sync."),
+    );
+    Ok(())
+}
+
+/// `dmls group leave`
+async fn cmd_group_leave(ctx: &Ctx, group: &str) -> Result<()> {
+    let mut client = ctx.open()?;
+    let (announced, delivery) = client
+        .leave(group)
+        .await
+        .with_context(|| format!("cannot leave {group:?}"))?;
+    let done = if announced {
+        format!(
+            "You left {group} and its keys are deleted here; the others remove you when they sync."
+        )
+    } else {
+        format!(
+            "You left {group} and its keys are deleted here. The others were not told (you were \
+             removed already, or your Send Group was never set up): they remove you when their \
+             eviction threshold passes."
+        )
+    };
+    report_delivery(
+        ctx.json,
+        &delivery,
+        json!({"left": group, "announced": announced}),
+        &done,
     );
     Ok(())
 }
@@ -1067,6 +1106,9 @@ fn event_line(e: &Event, names: &[(String, String)]) -> Option<String> {
         Event::MemberRemoved { dgroup, member, by } => {
             format!("[{}] {member} was removed by {by}.", label(names, dgroup))
         }
+        Event::MemberLeft { dgroup, member } => {
+            format!("[{}] {member} left the group.", label(names, dgroup))
+        }
         Event::WeWereRemoved { dgroup, by } => {
             format!(
                 "[{}] you were removed from the group by {by}.",
@@ -1147,6 +1189,10 @@ fn event_json(e: &Event, names: &[(String, String)]) -> Value {
             let (hex, name) = group(dgroup);
             json!({"event": "member_removed", "dgroup": hex, "group": name, "member": member, "by": by})
         }
+        Event::MemberLeft { dgroup, member } => {
+            let (hex, name) = group(dgroup);
+            json!({"event": "member_left", "dgroup": hex, "group": name, "member": member})
+        }
         Event::WeWereRemoved { dgroup, by } => {
             let (hex, name) = group(dgroup);
             json!({"event": "we_were_removed", "dgroup": hex, "group": name, "by": by})
@@ -1192,6 +1238,7 @@ fn summary_json(g: &DGroupSummary) -> Value {
         "members": g.members,
         "removed": g.removed,
         "we_are_removed": g.we_are_removed,
+        "left_ms": g.left_ms,
     })
 }
 
@@ -1262,7 +1309,13 @@ pub(crate) fn status_text(s: &DGroupStatus) -> String {
     let g = &s.summary;
     let _ = writeln!(out, "Group {} ({})", g.name, dgroup_hex(&g.id));
     let _ = writeln!(out, "  members: {}", g.members.join(", "));
-    if g.we_are_removed {
+    if let Some(t) = g.left_ms {
+        let _ = writeln!(
+            out,
+            "  you left this group on {} UTC; its keys are deleted",
+            format_time(t)
+        );
+    } else if g.we_are_removed {
         let _ = writeln!(out, "  you were removed from this group");
     }
     for line in contacts::status_lines(&s.key_mismatches, &s.unverified) {

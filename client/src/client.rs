@@ -794,6 +794,16 @@ impl Client {
             .await
     }
 
+    /// Leaves the DGroup `group` ([`Engine::leave`]): the announcement goes to the relay (or
+    /// stays queued, see [`Delivery`]) and the group's keys are deleted here. Returns whether
+    /// the others were told.
+    pub async fn leave(&mut self, group: &str) -> Result<(bool, Delivery), ClientError> {
+        let id = self.resolve_group(group).await?;
+        self.flush_before().await?;
+        let announced = self.with_engine(move |e| e.leave(&id, now_ms())).await?;
+        Ok((announced, self.try_flush_outbox().await?))
+    }
+
     /// Runs a command of the engine on the DGroup `group` between two drains of the outbox.
     async fn command<F>(&mut self, group: &str, f: F) -> Result<Delivery, ClientError>
     where

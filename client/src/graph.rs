@@ -309,6 +309,7 @@ mod tests {
                     members: vec!["alice".into(), "bob".into(), "carol".into()],
                     removed: vec!["carol".into()],
                     we_are_removed: false,
+                    left_ms: None,
                 },
                 send_groups: vec![lane(&d, "alice", 3), bob, lane(&d, "carol", 1)],
                 pending_removals: vec![],

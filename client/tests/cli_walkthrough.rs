@@ -169,6 +169,93 @@ async fn three_users_talk_through_the_dmls_binary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_leaves_is_removed_by_everyone_and_reads_nothing_after() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(relay_dir.path()).await;
+    let h = three_identities_in_a_group(&relay.url()).await;
+    ok(&h.a, &["send", "friends", "before"]).await;
+    ok(&h.c, &["sync"]).await;
+
+    let v = ok(&h.c, &["group", "leave", "friends"]).await;
+    assert_eq!(v["announced"], true, "{v}");
+    assert_eq!(v["sent"], true, "{v}");
+    let groups = ok(&h.c, &["groups"]).await;
+    assert!(groups[0]["left_ms"].as_u64().is_some(), "{groups}");
+    assert_eq!(groups[0]["we_are_removed"], true);
+    // Every Send Group state and PSK of the group is gone from carol's state.
+    {
+        let db = rusqlite::Connection::open(h.c.join("state.db")).unwrap();
+        for table in [
+            "openmls_group_data",
+            "openmls_psks",
+            "dmls_psk",
+            "dmls_send_group",
+        ] {
+            let n: i64 = db
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 0, "{table} still has rows");
+        }
+    }
+    // Leaving twice, or sending after, is refused with a reason.
+    let out = run(&h.c, &["group", "leave", "friends"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already left"));
+    assert!(!run(&h.c, &["send", "friends", "x"]).await.status.success());
+
+    // The others read the announcement and remove carol from their Send Groups. Whoever
+    // reads another's commit removing carol before the announcement is told of that removal.
+    let mut events = vec![Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        for (i, home) in [&h.a, &h.b].into_iter().enumerate() {
+            let report = ok(home, &["sync"]).await;
+            for e in report["events"].as_array().unwrap() {
+                if e["member"] == "carol" {
+                    events[i].push(e["event"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert_eq!(events[0], ["member_left"], "alice syncs first");
+    assert!(
+        events[1] == ["member_left"] || events[1] == ["member_removed"],
+        "{events:?}"
+    );
+    for home in [&h.a, &h.b] {
+        let status = ok(home, &["status", "friends"]).await;
+        assert_eq!(status["removed"], serde_json::json!(["carol"]), "{status}");
+        assert_eq!(
+            status["pending_removals"],
+            serde_json::json!([]),
+            "{status}"
+        );
+        for sg in status["send_groups"].as_array().unwrap() {
+            if sg["owner"] != "carol" {
+                assert!(
+                    !sg["members"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|m| m == "carol"),
+                    "{sg}"
+                );
+            }
+        }
+    }
+    ok(&h.b, &["send", "friends", "after"]).await;
+    ok(&h.a, &["sync"]).await;
+    ok(&h.c, &["sync"]).await;
+    assert_eq!(
+        texts(&ok(&h.a, &["log", "friends"]).await),
+        ["before", "after"]
+    );
+    assert_eq!(texts(&ok(&h.c, &["log", "friends"]).await), ["before"]);
+    let status = ok(&h.c, &["status", "friends"]).await;
+    assert_eq!(status["send_groups"], serde_json::json!([]), "{status}");
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_dmls_sync_restarts_with_every_message_exactly_once() {
     let relay_dir = tempfile::tempdir().unwrap();
     let relay = start_relay(relay_dir.path()).await;

@@ -370,6 +370,7 @@ fn event_note(
         EngineEvent::JoinedDGroup { .. } | EngineEvent::Ignored { .. } => return None,
         EngineEvent::JoinedSendGroup { dgroup, .. }
         | EngineEvent::MemberRemoved { dgroup, .. }
+        | EngineEvent::MemberLeft { dgroup, .. }
         | EngineEvent::WeWereRemoved { dgroup, .. }
         | EngineEvent::KeyPackagesMissing { dgroup, .. }
         | EngineEvent::KeyPackageRejected { dgroup, .. }

@@ -139,6 +139,8 @@ pub struct App {
     pub members: Vec<Member>,
     /// Whether we were removed from the group.
     pub we_are_removed: bool,
+    /// Whether we left the group (`dmls group leave`).
+    pub we_left: bool,
     /// The relay connection.
     pub connection: Connection,
     /// Lines scrolled up from the bottom.
@@ -157,6 +159,7 @@ impl App {
             input: InputLine::default(),
             members: Vec::new(),
             we_are_removed: false,
+            we_left: false,
             connection: Connection::Connecting,
             scroll: 0,
             next_local: 1,
@@ -279,6 +282,7 @@ impl App {
     pub fn set_status(&mut self, status: &DGroupStatus) {
         let s = &status.summary;
         self.we_are_removed = s.we_are_removed;
+        self.we_left = s.left_ms.is_some();
         self.members = s
             .members
             .iter()
@@ -598,7 +602,11 @@ fn draw_header(frame: &mut Frame<'_>, app: &App, area: Rect, with_members: bool)
     ];
     if app.we_are_removed {
         spans.push(Span::styled(
-            " · you were removed",
+            if app.we_left {
+                " · you left"
+            } else {
+                " · you were removed"
+            },
             Style::default().fg(Color::Red),
         ));
     }
@@ -710,6 +718,7 @@ mod tests {
                 members: members.iter().map(|m| m.to_string()).collect(),
                 removed: removed.iter().map(|m| m.to_string()).collect(),
                 we_are_removed: false,
+                left_ms: None,
             },
             send_groups: members
                 .iter()

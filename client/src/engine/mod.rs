@@ -22,6 +22,7 @@ mod error;
 mod evict;
 mod identity;
 mod ids;
+mod leave;
 mod provider;
 mod prune;
 mod queries;
@@ -37,6 +38,7 @@ pub use duties::DutyPolicy;
 pub use envelope::{DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN};
 pub use error::EngineError;
 pub use ids::{DGroupId, MessageId, PskId, send_group_id};
+pub use leave::{CONTROL_CONTENT_TYPE_PREFIX, LEAVE_CONTENT_TYPE, is_control};
 pub use verify::{SeenKey, fingerprint, safety_number};
 
 /// The default eviction threshold, PROTOCOL.md "Acknowledgement and key deletion": 30 days
@@ -116,6 +118,15 @@ pub enum Event {
         member: String,
         /// The owner whose commit removed it.
         by: String,
+    },
+    /// `member` announced that it left the DGroup (docs/PROTOCOL.md "Leave"): it counts as
+    /// removed from then on, and our next commit removes it from our Send Group, as after a
+    /// [`Event::MemberRemoved`].
+    MemberLeft {
+        /// The DGroup.
+        dgroup: DGroupId,
+        /// The member that left.
+        member: String,
     },
     /// We were removed from the DGroup by a commit of `by`.
     WeWereRemoved {
@@ -288,8 +299,11 @@ pub struct DGroupSummary {
     pub members: Vec<String>,
     /// Members known to be removed.
     pub removed: Vec<String>,
-    /// Whether we were removed.
+    /// Whether we were removed (also true once we left).
     pub we_are_removed: bool,
+    /// When we left the DGroup ([`Engine::leave`]; our clock, milliseconds since the Unix
+    /// epoch), if we did.
+    pub left_ms: Option<u64>,
 }
 
 /// What a waiting message waits for.
@@ -773,7 +787,27 @@ impl Engine {
         body: &[u8],
         now_ms: u64,
     ) -> Result<MessageId, EngineError> {
+        if is_control(content_type) {
+            return Err(EngineError::InvalidArgument(format!(
+                "content type {content_type:?} is reserved for the protocol's control messages"
+            )));
+        }
         self.write_at(Some(now_ms), |c| c.send(dgroup, content_type, body, now_ms))
+    }
+
+    /// Leaves `dgroup` (docs/PROTOCOL.md "Leave"): announces it in our Send Group (committing
+    /// first when the [`UpdatePolicy`] or pending proposals ask for it), then deletes every
+    /// Send Group state, PSK and waiting message of the DGroup and stops following its Send
+    /// Groups. The others remove us when they read the announcement; what is sent after it
+    /// cannot be read here any more. The history of messages already received is kept, and
+    /// [`DGroupSummary::left_ms`] records the leave.
+    ///
+    /// Returns whether the announcement was queued: not when we were removed already, nor
+    /// when our Send Group was never set up (its key-package claim unanswered), since then
+    /// nobody could read it; the others then remove us by eviction. Refused for a DGroup we
+    /// already left.
+    pub fn leave(&mut self, dgroup: &DGroupId, now_ms: u64) -> Result<bool, EngineError> {
+        self.write_at(Some(now_ms), |c| c.leave(dgroup, now_ms))
     }
 
     /// Explicit DMLS Update: commits with a path and all pending imports, removals and

@@ -60,14 +60,19 @@ impl Ctx<'_> {
                 continue;
             };
             for psk_id in psks::older_than(self.conn, &gid, min_ack)? {
-                self.provider
-                    .storage
-                    .delete_psk(&Psk::External(ExternalPsk::new(psk_id.to_bytes().to_vec())))
-                    .map_err(|e| EngineError::mls("deleting PSK", e))?;
-                psks::delete(self.conn, &psk_id)?;
+                self.delete_psk(&psk_id)?;
             }
         }
         Ok(())
+    }
+
+    /// Deletes a stored PSK from both stores (openmls's and ours).
+    pub(crate) fn delete_psk(&self, psk_id: &PskId) -> Result<(), EngineError> {
+        self.provider
+            .storage
+            .delete_psk(&Psk::External(ExternalPsk::new(psk_id.to_bytes().to_vec())))
+            .map_err(|e| EngineError::mls("deleting PSK", e))?;
+        psks::delete(self.conn, psk_id)
     }
 }
 

@@ -30,6 +30,7 @@ impl Ctx<'_> {
             members: config.members,
             removed: members::removed_names(self.conn, d)?,
             we_are_removed,
+            left_ms: dgroups::left_ms(self.conn, d)?,
         })
     }
 
@@ -97,6 +98,12 @@ impl Ctx<'_> {
             });
         }
         let summary_members = summary.members.clone();
+        // Nobody is left to verify in a DGroup we left.
+        let unverified = if summary.left_ms.is_some() {
+            Vec::new()
+        } else {
+            self.unverified_members(d)?
+        };
         let pending_removals = members::removed(self.conn, d)?
             .into_iter()
             .filter(|r| r.1)
@@ -108,7 +115,7 @@ impl Ctx<'_> {
             pending_removals,
             unimported: self.unimported(d)?,
             key_mismatches: self.key_mismatches(d)?,
-            unverified: self.unverified_members(d)?,
+            unverified,
             key_changes: self
                 .key_changes()?
                 .into_iter()

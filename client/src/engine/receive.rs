@@ -11,6 +11,7 @@ use super::ctx::{Ctx, credential_identity, external_psk_id, join_config, message
 use super::deferred::Refresh;
 use super::envelope::DmlsEnvelope;
 use super::ids::{PskId, send_group_id};
+use super::leave::{LEAVE_CONTENT_TYPE, is_control};
 use super::store::meta::{self, Key as MetaKey};
 use super::store::send_groups::{self, SendGroupRow};
 use super::store::waiting::{self, Trigger};
@@ -344,7 +345,7 @@ impl Ctx<'_> {
                         "application message from non-owner {sender_id}"
                     )));
                 }
-                events.push(self.application_message(sg, epoch, app)?);
+                events = self.application_message(sg, epoch, app)?;
             }
             ProcessedMessageContent::ProposalMessage(qp) => {
                 // Only a self-Update proposal from a non-owner (PROTOCOL.md "Leaf refresh").
@@ -457,14 +458,23 @@ impl Ctx<'_> {
         }
     }
 
-    /// An application message of the owner: kept in the history and shown.
+    /// An application message of the owner: kept in the history and shown, unless it is a
+    /// control message (docs/PROTOCOL.md "Application payload"): a leave is applied, others
+    /// are dropped.
     fn application_message(
         &mut self,
         sg: &SendGroupRow,
         epoch: u64,
         app: ApplicationMessage,
-    ) -> Result<Event, EngineError> {
+    ) -> Result<Vec<Event>, EngineError> {
         let env = DmlsEnvelope::decode(&app.into_bytes())?;
+        if is_control(&env.content_type) {
+            return if env.content_type.eq_ignore_ascii_case(LEAVE_CONTENT_TYPE) {
+                self.member_left(sg)
+            } else {
+                Ok(Vec::new())
+            };
+        }
         let m = ReceivedMessage {
             dgroup: sg.dgroup_id,
             sender: sg.owner.clone(),
@@ -476,7 +486,7 @@ impl Ctx<'_> {
             generation: None,
         };
         history::insert(self.conn, &m)?;
-        Ok(Event::Message(m))
+        Ok(vec![Event::Message(m)])
     }
 
     /// Checks a commit of the owner of `sg` of `epoch` and merges it (PROTOCOL.md "Receiving",

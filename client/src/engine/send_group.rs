@@ -14,6 +14,7 @@ use super::ctx::{
 use super::envelope::DmlsEnvelope;
 use super::identity::{DmlsSigner, validate_client_id};
 use super::ids::{DGroupId, MessageId, PskId, send_group_id};
+use super::leave::is_control;
 use super::store::send_groups::{self, OwnState, SendGroupRow};
 use super::store::{acks, commit_log, contacts, dgroups, history, members, outbox, psks, seen};
 use super::{Effect, EngineError, Event, ReceivedMessage};
@@ -854,19 +855,22 @@ impl Ctx<'_> {
         let epoch = group.epoch().as_u64();
         self.keep_group(gid, group);
         let message_id = envelope.message_id;
-        history::insert(
-            self.conn,
-            &ReceivedMessage {
-                dgroup: *d,
-                sender: me.clone(),
-                sent_at_ms: now_ms,
-                message_id,
-                content_type: envelope.content_type,
-                body: envelope.body,
-                epoch,
-                generation: Some(own.sent_in_epoch as u32),
-            },
-        )?;
+        // Control messages (a leave) are not content.
+        if !is_control(&envelope.content_type) {
+            history::insert(
+                self.conn,
+                &ReceivedMessage {
+                    dgroup: *d,
+                    sender: me.clone(),
+                    sent_at_ms: now_ms,
+                    message_id,
+                    content_type: envelope.content_type,
+                    body: envelope.body,
+                    epoch,
+                    generation: Some(own.sent_in_epoch as u32),
+                },
+            )?;
+        }
         self.write_send_group(|conn| send_groups::own_sent(conn, &gid))?;
         seen::insert(self.conn, &message_hash(&data))?;
         outbox::push(

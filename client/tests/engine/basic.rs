@@ -222,6 +222,89 @@ fn removal_propagates_and_the_removed_member_learns_it() {
 }
 
 #[test]
+fn a_member_that_leaves_is_removed_by_the_others_and_reads_nothing_after() {
+    use dmls_client::engine::{EngineError, Input, LEAVE_CONTENT_TYPE};
+    let (mut net, d) = three();
+    net.engines[1]
+        .send(&d, TEXT_PLAIN, b"before", 1500)
+        .unwrap();
+    net.settle(1500);
+    assert_eq!(messages(&net, 2), vec![b"before".to_vec()]);
+    // The control content type cannot be sent as content.
+    assert!(matches!(
+        net.engines[2].send(&d, LEAVE_CONTENT_TYPE, b"", 1600),
+        Err(EngineError::InvalidArgument(_))
+    ));
+
+    assert!(net.engines[2].leave(&d, 2000).unwrap());
+    let summary = net.engines[2].dgroups().unwrap().remove(0);
+    assert_eq!(summary.left_ms, Some(2000));
+    assert!(summary.we_are_removed);
+    assert!(net.engines[2].followed_groups().unwrap().is_empty());
+    assert!(net.engines[2].status(&d).unwrap().send_groups.is_empty());
+    assert!(matches!(
+        net.engines[2].leave(&d, 2100),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        net.engines[2].send(&d, TEXT_PLAIN, b"x", 2100),
+        Err(EngineError::NotReady(_))
+    ));
+    // The announcement reaches the others; what is sent to the leaver from now on is kept
+    // aside (it follows no Send Group of the DGroup any more).
+    let mut to_leaver = net.settle_holding(2000, |p| p.to == 2);
+    for i in 0..2 {
+        assert!(
+            net.events[i]
+                .iter()
+                .any(|e| matches!(e, Event::MemberLeft { member, .. } if member == "m2")),
+            "m{i}: {:?}",
+            net.events[i]
+        );
+        // Not shown as a message.
+        assert_eq!(messages(&net, i).len(), usize::from(i == 0));
+        let st = net.engines[i].status(&d).unwrap();
+        assert_eq!(st.summary.removed, vec!["m2".to_string()]);
+        assert_eq!(st.pending_removals, vec!["m2".to_string()]);
+    }
+    // The others remove it from their Send Groups (their duties do after a batch of messages).
+    for i in 0..2 {
+        net.tick(i, 3000);
+    }
+    to_leaver.extend(net.settle_holding(3000, |p| p.to == 2));
+    for i in 0..2 {
+        let st = net.engines[i].status(&d).unwrap();
+        assert!(st.pending_removals.is_empty());
+        for sg in st.send_groups.iter().filter(|s| s.owner != "m2") {
+            assert!(!sg.members.contains(&"m2".to_string()), "{sg:?} at m{i}");
+        }
+    }
+    net.engines[0].send(&d, TEXT_PLAIN, b"after", 4000).unwrap();
+    to_leaver.extend(net.settle_holding(4000, |p| p.to == 2));
+    assert_eq!(messages(&net, 1), vec![b"after".to_vec()]);
+    // Even if the relay hands the leaver what was sent after it left, it holds no state to
+    // read it with: every group message is refused, nothing is shown.
+    let group_messages: Vec<Input> = to_leaver
+        .into_iter()
+        .map(|p| p.input)
+        .filter(|i| matches!(i, Input::GroupMessage { .. }))
+        .collect();
+    assert!(!group_messages.is_empty());
+    for input in group_messages {
+        let r = net.engines[2].handle(input, 5000);
+        assert!(
+            matches!(r, Err(EngineError::UnknownSendGroup { .. })),
+            "{r:?}"
+        );
+    }
+    assert_eq!(messages(&net, 2), vec![b"before".to_vec()]);
+    // What it had received stays in its history.
+    let history = net.engines[2].history(&d, 10).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].body, b"before");
+}
+
+#[test]
 fn update_policy_commits_before_a_send_when_the_last_update_is_too_old_or_used_too_often() {
     use dmls_client::engine::UpdatePolicy;
     let (mut net, d) = three();

@@ -1,15 +1,18 @@
 //! Deterministic, seeded simulation of DMLS members with no relay: random delivery order
 //! within and across Send Groups, duplicated and delayed messages, interleaved sends,
 //! updates, the engines' clock-driven duties (`Engine::handle_timeout`) on a simulated clock,
-//! and in every fourth seed a removal; in every other fourth seed days pass, a member falls
-//! asleep and is evicted by everyone, and a member who only reads is not.
+//! in every eighth seed a removal and in another eighth a member leaves on its own; in every
+//! fourth seed days pass, a member falls asleep and is evicted by everyone, and a member who
+//! only reads is not.
 //!
 //! `DMLS_SIM_SEEDS=N` runs seeds 0..N (default 200); `DMLS_SIM_SEED=S` replays one seed.
 
 use std::collections::BTreeMap;
 
 use crate::common::{Delivery, Net};
-use dmls_client::engine::{DutyPolicy, EngineError, Event, MessageId, TEXT_PLAIN, WaitReason};
+use dmls_client::engine::{
+    DutyPolicy, EngineError, Event, Input, MessageId, TEXT_PLAIN, WaitReason,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -49,6 +52,9 @@ enum Scenario {
     Plain,
     /// Halfway, m0 removes the last member, who stays silent from then on.
     Removal,
+    /// Halfway, the last member leaves (docs/PROTOCOL.md "Leave"): everyone removes it, and it
+    /// reads nothing sent after.
+    Leave,
     /// Half a day passes every [`HALF_DAY_EVERY`] steps. Early on the last member falls asleep
     /// (never syncs again): everyone must evict it. The member before it only reads: it must
     /// not be evicted, as its overdue acknowledgements keep it up to date.
@@ -57,9 +63,10 @@ enum Scenario {
 
 impl Scenario {
     fn of(seed: u64) -> Scenario {
-        match seed % 4 {
+        match seed % 8 {
             3 => Scenario::Removal,
-            1 => Scenario::Days,
+            7 => Scenario::Leave,
+            1 | 5 => Scenario::Days,
             _ => Scenario::Plain,
         }
     }
@@ -68,7 +75,7 @@ impl Scenario {
     fn leave_at(self) -> Option<usize> {
         match self {
             Scenario::Plain => None,
-            Scenario::Removal => Some(STEPS / 2),
+            Scenario::Removal | Scenario::Leave => Some(STEPS / 2),
             Scenario::Days => Some(STEPS / 8),
         }
     }
@@ -104,6 +111,13 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
                     .remove(&d, &net.names[last].clone(), now)
                     .map_err(|e| format!("remove: {e}"))?;
             }
+            if scenario == Scenario::Leave
+                && !net.engines[last]
+                    .leave(&d, now)
+                    .map_err(|e| format!("leave: {e}"))?
+            {
+                return Err("the leave was not announced".into());
+            }
             gone = true;
             continue;
         }
@@ -111,6 +125,11 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
         if let Some(s) = asleep {
             // The sleeper fetches nothing.
             net.pool.retain(|p| p.to != s);
+        }
+        if scenario == Scenario::Leave && gone {
+            // The leaver follows no Send Group of the DGroup any more.
+            net.pool
+                .retain(|p| p.to != last || matches!(p.input, Input::Welcome { .. }));
         }
         if scenario == Scenario::Days && step > 0 && step % HALF_DAY_EVERY == 0 {
             now += DAY / 2;
@@ -164,13 +183,20 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
         }
     }
     let active: Vec<usize> = (0..MEMBERS).filter(|i| !(gone && *i == last)).collect();
-    let asleep = (scenario == Scenario::Days).then_some(last);
+    let asleep = matches!(scenario, Scenario::Days | Scenario::Leave).then_some(last);
     finish(&mut net, &mut rng, &active, asleep, now)?;
     converged_views(&net, &d, &active, gone.then_some(last))?;
+    if gone {
+        check_removed(&net, &d, &active, last)?;
+    }
     if scenario == Scenario::Days {
         check_eviction(&net, &d, &active, last, reader)?;
     }
-    check_messages(&net, &sent, gone.then_some(last))?;
+    if scenario == Scenario::Leave {
+        check_left(&net, &d, &active, last)?;
+    }
+    let left = (scenario == Scenario::Leave).then_some(last);
+    check_messages(&net, &sent, gone.then_some(last), left)?;
     for e in &net.engines {
         let c = e.counters();
         stats.attempts += c.process_attempts;
@@ -202,7 +228,7 @@ fn morning(
     Ok(())
 }
 
-/// Delivers everything left in random order (nothing to a sleeper), then lets the `active`
+/// Delivers everything left in random order (nothing to a sleeper or a leaver), then lets the `active`
 /// members do their due duties (pending removals, eviction) and settles, until nothing is due.
 fn finish(
     net: &mut Net,
@@ -309,18 +335,6 @@ fn check_eviction(
                 _ => {}
             }
         }
-        let st = net.engines[i].status(d).map_err(|e| e.to_string())?;
-        if !st.summary.removed.contains(sleeper_name) {
-            return Err(format!("m{i} does not know that the sleeper was removed"));
-        }
-        for sg in st.send_groups.iter().filter(|g| &g.owner != sleeper_name) {
-            if sg.members.contains(sleeper_name) {
-                return Err(format!(
-                    "m{i} still sees the sleeper in {}'s group",
-                    sg.owner
-                ));
-            }
-        }
     }
     if evictions == 0 {
         return Err("nobody evicted the sleeper".into());
@@ -341,12 +355,61 @@ fn check_eviction(
     Ok(())
 }
 
+/// Every `active` member knows that `gone` was removed, and no Send Group of `gone`'s others
+/// holds it any more at any of them.
+fn check_removed(
+    net: &Net,
+    d: &dmls_client::engine::DGroupId,
+    active: &[usize],
+    gone: usize,
+) -> Result<(), String> {
+    let name = &net.names[gone];
+    for &i in active {
+        let st = net.engines[i].status(d).map_err(|e| e.to_string())?;
+        if !st.summary.removed.contains(name) {
+            return Err(format!("m{i} does not know that {name} was removed"));
+        }
+        for sg in st.send_groups.iter().filter(|g| &g.owner != name) {
+            if sg.members.contains(name) {
+                return Err(format!("m{i} still sees {name} in {}'s group", sg.owner));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Leave scenario: someone read the leaver's announcement (nobody else removes it), and
+/// the leaver holds no Send Group of the DGroup any more.
+fn check_left(
+    net: &Net,
+    d: &dmls_client::engine::DGroupId,
+    active: &[usize],
+    leaver: usize,
+) -> Result<(), String> {
+    let name = &net.names[leaver];
+    let told = active.iter().any(|&i| {
+        net.events[i]
+            .iter()
+            .any(|e| matches!(e, Event::MemberLeft { member, .. } if member == name))
+    });
+    if !told {
+        return Err("nobody read the leave announcement".into());
+    }
+    let st = net.engines[leaver].status(d).map_err(|e| e.to_string())?;
+    if st.summary.left_ms.is_none() || !st.send_groups.is_empty() {
+        return Err(format!("the leaver still holds {:?}", st.send_groups));
+    }
+    Ok(())
+}
+
 /// Every application message decrypted exactly once by every other member (a member `gone`
-/// may or may not read what was sent after it left).
+/// may or may not read what was sent after it was removed; a member that `left` reads none of
+/// it).
 fn check_messages(
     net: &Net,
     sent: &[(usize, MessageId, bool)],
     gone: Option<usize>,
+    left: Option<usize>,
 ) -> Result<(), String> {
     let mut got: Vec<BTreeMap<MessageId, usize>> = vec![BTreeMap::new(); MEMBERS];
     for (i, evs) in net.events.iter().enumerate() {
@@ -362,7 +425,9 @@ fn check_messages(
                 continue;
             }
             let n = got_r.get(&id).copied().unwrap_or(0);
-            let ok = if Some(r) == gone && after_leaving {
+            let ok = if Some(r) == left && after_leaving {
+                n == 0
+            } else if Some(r) == gone && after_leaving {
                 n <= 1
             } else {
                 n == 1

@@ -63,6 +63,28 @@ fn ids(conn: &Connection, sql: &str) -> Result<Vec<DGroupId>, EngineError> {
     ids.iter().map(|id| DGroupId::from_slice(id)).collect()
 }
 
+/// Records that we left `d` at `now_ms` (docs/PROTOCOL.md "Leave"); it counts as removed too.
+pub(crate) fn set_left(conn: &Connection, d: &DGroupId, now_ms: u64) -> Result<(), EngineError> {
+    conn.exec_cached(
+        "UPDATE dmls_dgroup SET we_removed = 1, left_ms = ?2 WHERE dgroup_id = ?1",
+        params![d.0.as_slice(), now_ms as i64],
+    )?;
+    Ok(())
+}
+
+/// When we left `d` (our clock), if we did.
+pub(crate) fn left_ms(conn: &Connection, d: &DGroupId) -> Result<Option<u64>, EngineError> {
+    Ok(conn
+        .row_cached(
+            "SELECT left_ms FROM dmls_dgroup WHERE dgroup_id = ?1",
+            [d.0.as_slice()],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .flatten()
+        .map(|t| t as u64))
+}
+
 /// Records that we were removed from `d`; whether that is news.
 pub(crate) fn set_we_removed(conn: &Connection, d: &DGroupId) -> Result<bool, EngineError> {
     let n = conn.exec_cached(

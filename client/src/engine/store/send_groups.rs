@@ -267,6 +267,15 @@ pub(crate) fn close(conn: &Connection, gid: &[u8; 32]) -> Result<(), EngineError
     Ok(())
 }
 
+/// Forgets every Send Group of `d`: they are no longer followed (we left `d`).
+pub(crate) fn delete_of_dgroup(conn: &Connection, d: &DGroupId) -> Result<(), EngineError> {
+    conn.exec_cached(
+        "DELETE FROM dmls_send_group WHERE dgroup_id = ?1",
+        [d.0.as_slice()],
+    )?;
+    Ok(())
+}
+
 /// We created our own Send Group `gid` at `epoch`, in `state`, at `now_ms`.
 pub(crate) fn own_created(
     conn: &Connection,
