@@ -231,6 +231,17 @@ pub enum GroupCommand {
         #[arg(long)]
         require_verified: bool,
     },
+    /// Rename GROUP to NEW_NAME for every member.
+    ///
+    /// The others see the new name when they sync. When two members rename at the same time,
+    /// every member ends with the same one of the two names (the later rename by the order
+    /// of renames each saw, then the greater client id).
+    Rename {
+        /// Group name, or its id (hex; a unique prefix is enough).
+        group: String,
+        /// The new name: 1 to 256 bytes, no control characters.
+        new_name: String,
+    },
     /// Leave GROUP: tell the others, then delete the group's keys here.
     ///
     /// The others remove you from their Send Groups when they sync, and you cannot read
@@ -292,6 +303,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             require_verified,
         }) => cmd_group_create(&ctx, &name, &members, require_verified).await,
         Command::Group(GroupCommand::Leave { group }) => cmd_group_leave(&ctx, &group).await,
+        Command::Group(GroupCommand::Rename { group, new_name }) => {
+            cmd_group_rename(&ctx, &group, &new_name).await
+        }
         Command::Groups => cmd_groups(&ctx).await,
         Command::Sync(args) => cmd_sync(&ctx, &args).await,
         Command::Send { group, text } => cmd_send(&ctx, &group, text.as_deref()).await,
@@ -611,6 +625,22 @@ async fn cmd_remove(ctx: &Ctx, group: &str, member: &str) -> Result<()> {
         &delivery,
         json!({"removed": member, "group": group}),
         &format!("Removed {member} from {group}; the others follow when they sync."),
+    );
+    Ok(())
+}
+
+/// `dmls group rename`
+async fn cmd_group_rename(ctx: &Ctx, group: &str, new_name: &str) -> Result<()> {
+    let mut client = ctx.open()?;
+    let delivery = client
+        .rename(group, new_name)
+        .await
+        .with_context(|| format!("cannot rename {group:?}"))?;
+    report_delivery(
+        ctx.json,
+        &delivery,
+        json!({"renamed": group, "name": new_name}),
+        &format!("Renamed {group} to {new_name}; the others see it when they sync."),
     );
     Ok(())
 }
@@ -1109,6 +1139,12 @@ fn event_line(e: &Event, names: &[(String, String)]) -> Option<String> {
         Event::MemberLeft { dgroup, member } => {
             format!("[{}] {member} left the group.", label(names, dgroup))
         }
+        Event::GroupRenamed { dgroup, name, by } => {
+            format!(
+                "[{}] {by} renamed the group to {name:?}.",
+                label(names, dgroup)
+            )
+        }
         Event::WeWereRemoved { dgroup, by } => {
             format!(
                 "[{}] you were removed from the group by {by}.",
@@ -1193,6 +1229,9 @@ fn event_json(e: &Event, names: &[(String, String)]) -> Value {
             let (hex, name) = group(dgroup);
             json!({"event": "member_left", "dgroup": hex, "group": name, "member": member})
         }
+        Event::GroupRenamed { dgroup, name, by } => {
+            json!({"event": "group_renamed", "dgroup": dgroup_hex(dgroup), "name": name, "by": by})
+        }
         Event::WeWereRemoved { dgroup, by } => {
             let (hex, name) = group(dgroup);
             json!({"event": "we_were_removed", "dgroup": hex, "group": name, "by": by})
@@ -1239,6 +1278,7 @@ fn summary_json(g: &DGroupSummary) -> Value {
         "removed": g.removed,
         "we_are_removed": g.we_are_removed,
         "left_ms": g.left_ms,
+        "renamed_by": g.renamed_by,
     })
 }
 
@@ -1308,6 +1348,9 @@ pub(crate) fn status_text(s: &DGroupStatus) -> String {
     let mut out = String::new();
     let g = &s.summary;
     let _ = writeln!(out, "Group {} ({})", g.name, dgroup_hex(&g.id));
+    if let Some(by) = &g.renamed_by {
+        let _ = writeln!(out, "  renamed by {by}");
+    }
     let _ = writeln!(out, "  members: {}", g.members.join(", "));
     if let Some(t) = g.left_ms {
         let _ = writeln!(

@@ -794,6 +794,13 @@ impl Client {
             .await
     }
 
+    /// Renames the DGroup `group` to `name` for every member ([`Engine::rename`]).
+    pub async fn rename(&mut self, group: &str, name: &str) -> Result<Delivery, ClientError> {
+        let name = name.to_string();
+        self.command(group, move |e, id| e.rename(id, &name, now_ms()))
+            .await
+    }
+
     /// Leaves the DGroup `group` ([`Engine::leave`]): the announcement goes to the relay (or
     /// stays queued, see [`Delivery`]) and the group's keys are deleted here. Returns whether
     /// the others were told.

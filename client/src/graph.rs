@@ -306,6 +306,7 @@ mod tests {
                 summary: DGroupSummary {
                     id: d,
                     name: "we \"quote\"".into(),
+                    renamed_by: None,
                     members: vec!["alice".into(), "bob".into(), "carol".into()],
                     removed: vec!["carol".into()],
                     we_are_removed: false,

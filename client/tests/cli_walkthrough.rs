@@ -169,6 +169,44 @@ async fn three_users_talk_through_the_dmls_binary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_reaches_every_member_and_the_new_name_finds_the_group() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(relay_dir.path()).await;
+    let h = three_identities_in_a_group(&relay.url()).await;
+    let out = run(&h.b, &["group", "rename", "friends", ""]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be empty"));
+
+    ok(&h.b, &["send", "friends", "hi"]).await;
+    let v = ok(&h.b, &["group", "rename", "friends", "book club"]).await;
+    assert_eq!(v["sent"], true, "{v}");
+    for home in [&h.a, &h.c] {
+        let report = ok(home, &["sync"]).await;
+        assert!(
+            report["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["event"] == "group_renamed"
+                    && e["name"] == "book club"
+                    && e["by"] == "bob"),
+            "{report}"
+        );
+    }
+    for home in [&h.a, &h.b, &h.c] {
+        let groups = ok(home, &["groups"]).await;
+        assert_eq!(groups[0]["name"], "book club", "{groups}");
+        assert_eq!(groups[0]["renamed_by"], "bob", "{groups}");
+        // The new name finds the group, the old one no longer does.
+        ok(home, &["status", "book club"]).await;
+        assert!(!run(home, &["status", "friends"]).await.status.success());
+    }
+    // The rename is not a message.
+    assert_eq!(texts(&ok(&h.a, &["log", "book club"]).await), ["hi"]);
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_who_leaves_is_removed_by_everyone_and_reads_nothing_after() {
     let relay_dir = tempfile::tempdir().unwrap();
     let relay = start_relay(relay_dir.path()).await;

@@ -371,6 +371,7 @@ fn event_note(
         EngineEvent::JoinedSendGroup { dgroup, .. }
         | EngineEvent::MemberRemoved { dgroup, .. }
         | EngineEvent::MemberLeft { dgroup, .. }
+        | EngineEvent::GroupRenamed { dgroup, .. }
         | EngineEvent::WeWereRemoved { dgroup, .. }
         | EngineEvent::KeyPackagesMissing { dgroup, .. }
         | EngineEvent::KeyPackageRejected { dgroup, .. }

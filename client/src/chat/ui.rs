@@ -278,11 +278,13 @@ impl App {
         }
     }
 
-    /// Takes the members and our removal from the group's status.
+    /// Takes the name, the members and our removal from the group's status.
     pub fn set_status(&mut self, status: &DGroupStatus) {
         let s = &status.summary;
         self.we_are_removed = s.we_are_removed;
         self.we_left = s.left_ms.is_some();
+        // A member may have renamed the group.
+        self.group = s.name.clone();
         self.members = s
             .members
             .iter()
@@ -715,6 +717,7 @@ mod tests {
             summary: DGroupSummary {
                 id: DGroupId([1; 16]),
                 name: "friends".into(),
+                renamed_by: None,
                 members: members.iter().map(|m| m.to_string()).collect(),
                 removed: removed.iter().map(|m| m.to_string()).collect(),
                 we_are_removed: false,

@@ -73,6 +73,9 @@ pub(crate) struct Ctx<'a> {
     /// epoch changed in this operation: [`Ctx::flush_leaf_refreshes`] proposes a leaf refresh
     /// in each at its end.
     pub(crate) refresh_leaves: Vec<[u8; 32]>,
+    /// DGroups whose name register is to be sent again in our Send Group at the end of this
+    /// operation ([`Ctx::flush_name_resends`]).
+    pub(crate) name_resends: Vec<super::ids::DGroupId>,
 }
 
 /// SHA-256 of message bytes, the duplicate-detection key.
@@ -154,6 +157,7 @@ impl<'a> Ctx<'a> {
             now_ms: None,
             removals_merged: false,
             refresh_leaves: Vec::new(),
+            name_resends: Vec::new(),
         }
     }
 
@@ -342,6 +346,7 @@ impl<'a> Ctx<'a> {
         if !members::insert_removed(self.conn, d, member)? {
             return Ok(false);
         }
+        self.resend_name_set_by(d, member)?;
         let gid = super::ids::send_group_id(d, member);
         if let Some(sg) = self.send_group(&gid)? {
             let stop = if sg.joined {

@@ -23,6 +23,7 @@ mod evict;
 mod identity;
 mod ids;
 mod leave;
+mod name;
 mod provider;
 mod prune;
 mod queries;
@@ -39,6 +40,7 @@ pub use envelope::{DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN};
 pub use error::EngineError;
 pub use ids::{DGroupId, MessageId, PskId, send_group_id};
 pub use leave::{CONTROL_CONTENT_TYPE_PREFIX, LEAVE_CONTENT_TYPE, is_control};
+pub use name::{MAX_NAME_BYTES, NAME_CONTENT_TYPE};
 pub use verify::{SeenKey, fingerprint, safety_number};
 
 /// The default eviction threshold, PROTOCOL.md "Acknowledgement and key deletion": 30 days
@@ -127,6 +129,16 @@ pub enum Event {
         dgroup: DGroupId,
         /// The member that left.
         member: String,
+    },
+    /// The DGroup's name changed to `name`, set by `by` (docs/PROTOCOL.md "Group name"): the
+    /// value came through any member's Send Group, whoever set it.
+    GroupRenamed {
+        /// The DGroup.
+        dgroup: DGroupId,
+        /// Its new name.
+        name: String,
+        /// The member that set it.
+        by: String,
     },
     /// We were removed from the DGroup by a commit of `by`.
     WeWereRemoved {
@@ -293,8 +305,10 @@ impl Default for UpdatePolicy {
 pub struct DGroupSummary {
     /// The DGroup id.
     pub id: DGroupId,
-    /// Its name.
+    /// Its name: the config's, or the latest a member set (docs/PROTOCOL.md "Group name").
     pub name: String,
+    /// Who set `name`, unless it is the config's.
+    pub renamed_by: Option<String>,
     /// Members from the config, creator first (removed ones included).
     pub members: Vec<String>,
     /// Members known to be removed.
@@ -509,6 +523,11 @@ impl Engine {
         c.now_ms = now_ms;
         c.savepoint(store::Savepoint::Operation, |c| {
             let v = f(c)?;
+            // A resend may commit first (pending proposals, removals), and that commit may
+            // queue another.
+            for _ in 0..2 {
+                c.flush_name_resends()?;
+            }
             if c.removals_merged {
                 c.close_removed_groups()?;
             }
@@ -793,6 +812,20 @@ impl Engine {
             )));
         }
         self.write_at(Some(now_ms), |c| c.send(dgroup, content_type, body, now_ms))
+    }
+
+    /// Renames `dgroup` to `name` for every member (docs/PROTOCOL.md "Group name"): the name
+    /// goes into our Send Group as a control message (committing first when the
+    /// [`UpdatePolicy`] asks for it). Concurrent renames end the same everywhere: the one with
+    /// the greater clock wins, then the greater client id. `name` must not be empty, have
+    /// control characters or be longer than [`MAX_NAME_BYTES`] bytes.
+    pub fn rename(
+        &mut self,
+        dgroup: &DGroupId,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        self.write_at(Some(now_ms), |c| c.rename(dgroup, name, now_ms))
     }
 
     /// Leaves `dgroup` (docs/PROTOCOL.md "Leave"): announces it in our Send Group (committing

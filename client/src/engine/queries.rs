@@ -24,9 +24,12 @@ impl Ctx<'_> {
         let (config, _, we_are_removed) = self
             .config(d)?
             .ok_or_else(|| EngineError::UnknownDGroup(d.to_hex()))?;
+        let register = dgroups::name_register(self.conn, d)?
+            .ok_or_else(|| EngineError::UnknownDGroup(d.to_hex()))?;
         Ok(DGroupSummary {
             id: *d,
-            name: config.name,
+            name: register.name,
+            renamed_by: (register.clock > 0).then_some(register.set_by),
             members: config.members,
             removed: members::removed_names(self.conn, d)?,
             we_are_removed,

@@ -12,6 +12,7 @@ use super::deferred::Refresh;
 use super::envelope::DmlsEnvelope;
 use super::ids::{PskId, send_group_id};
 use super::leave::{LEAVE_CONTENT_TYPE, is_control};
+use super::name::NAME_CONTENT_TYPE;
 use super::store::meta::{self, Key as MetaKey};
 use super::store::send_groups::{self, SendGroupRow};
 use super::store::waiting::{self, Trigger};
@@ -459,8 +460,8 @@ impl Ctx<'_> {
     }
 
     /// An application message of the owner: kept in the history and shown, unless it is a
-    /// control message (docs/PROTOCOL.md "Application payload"): a leave is applied, others
-    /// are dropped.
+    /// control message (docs/PROTOCOL.md "Application payload"): a leave or a name is applied,
+    /// others are dropped.
     fn application_message(
         &mut self,
         sg: &SendGroupRow,
@@ -471,6 +472,8 @@ impl Ctx<'_> {
         if is_control(&env.content_type) {
             return if env.content_type.eq_ignore_ascii_case(LEAVE_CONTENT_TYPE) {
                 self.member_left(sg)
+            } else if env.content_type.eq_ignore_ascii_case(NAME_CONTENT_TYPE) {
+                self.name_received(sg, &env.body)
             } else {
                 Ok(Vec::new())
             };

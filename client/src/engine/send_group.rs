@@ -197,6 +197,8 @@ impl Ctx<'_> {
         if late {
             if !adds.is_empty() {
                 self.dmls_commit_adding(&dgroup_id, now_ms, adds)?;
+                // The joiners missed the name values sent before (docs/PROTOCOL.md "Group name").
+                self.resend_name(dgroup_id);
             }
         } else {
             self.add_initial_members(own.group_id, adds, now_ms)?;

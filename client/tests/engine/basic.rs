@@ -304,6 +304,94 @@ fn a_member_that_leaves_is_removed_by_the_others_and_reads_nothing_after() {
     assert_eq!(history[0].body, b"before");
 }
 
+/// The names every member shows for `d`, with who set them.
+fn names(net: &Net, d: &DGroupId) -> Vec<(String, Option<String>)> {
+    net.engines
+        .iter()
+        .map(|e| {
+            let s = e.status(d).unwrap().summary;
+            (s.name, s.renamed_by)
+        })
+        .collect()
+}
+
+#[test]
+fn concurrent_renames_end_with_the_same_name_everywhere() {
+    use dmls_client::engine::{EngineError, MAX_NAME_BYTES, NAME_CONTENT_TYPE};
+    let (mut net, d) = three();
+    let team = ("team".to_string(), None);
+    assert_eq!(
+        names(&net, &d),
+        vec![team.clone(), team.clone(), team.clone()]
+    );
+    // Refused names change nothing.
+    for bad in ["", "  ", "a\tb", &"x".repeat(MAX_NAME_BYTES + 1)] {
+        assert!(
+            matches!(
+                net.engines[1].rename(&d, bad, 1500),
+                Err(EngineError::InvalidArgument(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        net.engines[1].send(&d, NAME_CONTENT_TYPE, b"", 1500),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(net.engines[1].outbox().unwrap().is_empty());
+    // Two renames at once, each with clock 1: the greater client id wins, wherever it is
+    // received first.
+    net.engines[2].rename(&d, "beta", 2000).unwrap();
+    net.engines[1].rename(&d, "alpha", 2000).unwrap();
+    net.settle(2000);
+    let beta = ("beta".to_string(), Some("m2".to_string()));
+    assert_eq!(names(&net, &d), vec![beta.clone(), beta.clone(), beta]);
+    for i in [0, 1] {
+        assert!(
+            net.events[i]
+                .iter()
+                .any(|e| matches!(e, Event::GroupRenamed { name, by, .. } if name == "beta" && by == "m2")),
+            "m{i}"
+        );
+    }
+    // A rename after one seen wins over it: its clock is greater.
+    net.engines[0].rename(&d, "gamma", 3000).unwrap();
+    net.settle(3000);
+    let gamma = ("gamma".to_string(), Some("m0".to_string()));
+    assert_eq!(names(&net, &d), vec![gamma.clone(), gamma.clone(), gamma]);
+    // Not shown as a message.
+    assert!(messages(&net, 1).is_empty());
+}
+
+#[test]
+fn a_name_set_by_a_member_removed_meanwhile_reaches_those_who_dropped_its_message() {
+    use dmls_client::engine::Input;
+    let (mut net, d) = three();
+    // m1 commits, and m2 does not see it yet.
+    net.engines[1].update(&d, 2000).unwrap();
+    let mut held = net.settle_holding(2000, |p| p.to == 2);
+    // m1 renames in the epoch after that commit; m0 reads it, then removes m1.
+    net.engines[1].rename(&d, "delta", 2100).unwrap();
+    held.extend(net.settle_holding(2100, |p| p.to == 2));
+    net.engines[0].remove(&d, "m1", 2200).unwrap();
+    net.drain_all(2200);
+    // m2 reads m0's removal of m1 first: it stops m1's Send Group at the epoch it holds, so it
+    // drops m1's commit and rename, which are of later epochs.
+    let (from_m0, others): (Vec<_>, Vec<_>) = net
+        .pool
+        .drain(..)
+        .partition(|p| matches!(&p.input, Input::GroupMessage { owner, .. } if owner == "m0"));
+    net.pool = others;
+    for p in from_m0.into_iter().filter(|p| p.to == 2).chain(held) {
+        let ev = net.engines[2].handle(p.input, 2300).unwrap();
+        net.events[2].extend(ev);
+    }
+    // m0 sent the name again when it removed its setter: m2 has it.
+    let delta = ("delta".to_string(), Some("m1".to_string()));
+    assert_eq!(names(&net, &d)[0], delta);
+    assert_eq!(names(&net, &d)[2], delta);
+}
+
 #[test]
 fn update_policy_commits_before_a_send_when_the_last_update_is_too_old_or_used_too_often() {
     use dmls_client::engine::UpdatePolicy;

@@ -1,9 +1,9 @@
 //! Deterministic, seeded simulation of DMLS members with no relay: random delivery order
 //! within and across Send Groups, duplicated and delayed messages, interleaved sends,
-//! updates, the engines' clock-driven duties (`Engine::handle_timeout`) on a simulated clock,
-//! in every eighth seed a removal and in another eighth a member leaves on its own; in every
-//! fourth seed days pass, a member falls asleep and is evicted by everyone, and a member who
-//! only reads is not.
+//! updates and renames, the engines' clock-driven duties (`Engine::handle_timeout`) on a
+//! simulated clock, in every eighth seed a removal and in another eighth a member leaves on its
+//! own; in every fourth seed days pass, a member falls asleep and is evicted by everyone, and a
+//! member who only reads is not.
 //!
 //! `DMLS_SIM_SEEDS=N` runs seeds 0..N (default 200); `DMLS_SIM_SEED=S` replays one seed.
 
@@ -100,6 +100,8 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
     // (sender, message id, sent after `last` left) of every application message sent.
     let mut sent: Vec<(usize, MessageId, bool)> = Vec::new();
     let mut stats = Stats::default();
+    // Whether a member that is still active at the end renamed the DGroup.
+    let mut renamed_by_active = false;
     for step in 0..STEPS {
         now += rng.random_range(1..50);
         net.drain_all(now);
@@ -172,11 +174,17 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
                 Err(EngineError::NotReady(_) | EngineError::UnknownDGroup(_)) => {}
                 Err(e) => return Err(format!("send by m{actor}: {e}")),
             }
-        } else if roll < 96 {
+        } else if roll < 95 {
             match net.engines[actor].update(&d, now) {
                 Ok(()) => stats.commits += 1,
                 Err(EngineError::NotReady(_) | EngineError::UnknownDGroup(_)) => {}
                 Err(e) => return Err(format!("update by m{actor}: {e}")),
+            }
+        } else if roll < 97 {
+            match net.engines[actor].rename(&d, &format!("s{step}m{actor}"), now) {
+                Ok(()) => renamed_by_active |= !(gone && actor == last),
+                Err(EngineError::NotReady(_) | EngineError::UnknownDGroup(_)) => {}
+                Err(e) => return Err(format!("rename by m{actor}: {e}")),
             }
         } else {
             net.tick(actor, now);
@@ -186,6 +194,7 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
     let asleep = matches!(scenario, Scenario::Days | Scenario::Leave).then_some(last);
     finish(&mut net, &mut rng, &active, asleep, now)?;
     converged_views(&net, &d, &active, gone.then_some(last))?;
+    same_name(&net, &d, &active, renamed_by_active)?;
     if gone {
         check_removed(&net, &d, &active, last)?;
     }
@@ -351,6 +360,27 @@ fn check_eviction(
         return Err(format!(
             "the reader's own Send Group is at epoch {own:?}: it never acknowledged"
         ));
+    }
+    Ok(())
+}
+
+/// Every `active` member shows the same name, a renamed one if an active member renamed.
+fn same_name(
+    net: &Net,
+    d: &dmls_client::engine::DGroupId,
+    active: &[usize],
+    renamed: bool,
+) -> Result<(), String> {
+    let names: Vec<String> = active
+        .iter()
+        .map(|&i| net.engines[i].status(d).map(|s| s.summary.name))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if names.iter().any(|n| *n != names[0]) {
+        return Err(format!("names differ: {names:?}"));
+    }
+    if renamed && names[0] == "sim" {
+        return Err("a rename got lost".into());
     }
     Ok(())
 }

@@ -85,6 +85,48 @@ pub(crate) fn left_ms(conn: &Connection, d: &DGroupId) -> Result<Option<u64>, En
         .map(|t| t as u64))
 }
 
+/// A DGroup's name register (docs/PROTOCOL.md "Group name"): its clock, who set it (empty for
+/// the config's name) and the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NameRegister {
+    pub(crate) clock: u64,
+    pub(crate) set_by: String,
+    pub(crate) name: String,
+}
+
+/// The name register of `d`.
+pub(crate) fn name_register(
+    conn: &Connection,
+    d: &DGroupId,
+) -> Result<Option<NameRegister>, EngineError> {
+    Ok(conn
+        .row_cached(
+            "SELECT name_clock, name_set_by, name FROM dmls_dgroup WHERE dgroup_id = ?1",
+            [d.0.as_slice()],
+            |r| {
+                Ok(NameRegister {
+                    clock: r.get::<_, i64>(0)? as u64,
+                    set_by: r.get(1)?,
+                    name: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Replaces the name register of `d`.
+pub(crate) fn set_name(
+    conn: &Connection,
+    d: &DGroupId,
+    r: &NameRegister,
+) -> Result<(), EngineError> {
+    conn.exec_cached(
+        "UPDATE dmls_dgroup SET name_clock = ?2, name_set_by = ?3, name = ?4 WHERE dgroup_id = ?1",
+        params![d.0.as_slice(), r.clock as i64, r.set_by, r.name],
+    )?;
+    Ok(())
+}
+
 /// Records that we were removed from `d`; whether that is news.
 pub(crate) fn set_we_removed(conn: &Connection, d: &DGroupId) -> Result<bool, EngineError> {
     let n = conn.exec_cached(

@@ -33,7 +33,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("commit_log", include_str!("migrations/0007_commit_log.sql")),
     ("contacts", include_str!("migrations/0008_contacts.sql")),
-    ("leave", include_str!("migrations/0009_leave.sql")),
+    (
+        "leave_and_name",
+        include_str!("migrations/0009_leave_and_name.sql"),
+    ),
 ];
 
 /// The schema version this code writes.
