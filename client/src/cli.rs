@@ -156,7 +156,8 @@ pub enum Command {
     /// "sending…" until the relay has them, and "queued" while the relay cannot be reached
     /// (they go out by themselves when it is back). The side panel (the header on narrow
     /// terminals) lists the members: * up to date, ? not joined yet, ! behind, x removed.
-    /// Type /help for the commands (/update, /remove NAME, /status, /verify NAME, /quit).
+    /// Type /help for the commands (/update, /remove NAME, /status, /verify NAME,
+    /// /rename NEW NAME, /quit).
     /// Enter sends, Alt-Enter starts a new line, PageUp/PageDown scroll, Ctrl-C quits.
     ///
     /// Needs a terminal: in scripts use `dmls sync --follow` and `dmls send`. Logs only

@@ -49,6 +49,7 @@ enum Command {
     Remove(String),
     Status,
     Verify(String),
+    Rename(String),
 }
 
 /// What the client task reports to the screen.
@@ -152,6 +153,7 @@ async fn screen_loop(
                     Action::Remove(m) => Command::Remove(m),
                     Action::Status => Command::Status,
                     Action::Verify(m) => Command::Verify(m),
+                    Action::Rename(n) => Command::Rename(n),
                 };
                 if commands.send(command).is_err() {
                     app.note("the connection to the relay stopped; /quit and start again", true);
@@ -291,6 +293,11 @@ async fn command(
         Command::Remove(member) => client.remove(group, &member).await.inspect(|_| {
             report(Report::Note(format!(
                 "You removed {member}; the others follow when they sync."
+            )));
+        }),
+        Command::Rename(name) => client.rename(group, &name).await.inspect(|_| {
+            report(Report::Note(format!(
+                "You renamed the group to {name:?}; the others see it when they sync."
             )));
         }),
         Command::Verify(member) => {

@@ -108,6 +108,8 @@ pub enum Action {
     Status,
     /// Show the safety number with this member.
     Verify(String),
+    /// Rename the group to this name.
+    Rename(String),
 }
 
 /// The help of the slash commands.
@@ -117,6 +119,7 @@ pub const HELP: &[&str] = &[
     "  /remove NAME   remove NAME from the group",
     "  /status        show members, epochs and waiting messages",
     "  /verify NAME   show the safety number with NAME, to compare out of band",
+    "  /rename NAME   rename the group for everyone (the rest of the line is the name)",
     "  /help          this help",
     "  /quit          leave (Ctrl-C too); queued messages go out with your next dmls command",
     "Keys: Enter sends, PageUp/PageDown scroll, Ctrl-U clears the line, Ctrl-W deletes a word.",
@@ -369,6 +372,11 @@ impl App {
                 ("verify", [member]) => Action::Verify((*member).to_string()),
                 ("verify", _) => {
                     self.note("usage: /verify NAME", true);
+                    Action::None
+                }
+                ("rename", [_, ..]) => Action::Rename(args.join(" ")),
+                ("rename", []) => {
+                    self.note("usage: /rename NEW NAME", true);
                     Action::None
                 }
                 _ => {
@@ -887,6 +895,8 @@ mod tests {
             ("/remove bob", Action::Remove("bob".into())),
             ("/verify bob", Action::Verify("bob".into())),
             ("/verify", Action::None),
+            ("/rename book  club", Action::Rename("book club".into())),
+            ("/rename", Action::None),
             ("/quit", Action::Quit),
             ("/remove", Action::None),
             ("/nonsense", Action::None),
