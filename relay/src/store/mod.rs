@@ -20,6 +20,7 @@ mod contract_tests;
 mod migrations;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+mod sqlite_writer;
 mod sync;
 
 use std::sync::Arc;

@@ -4,10 +4,12 @@
 //! - `synchronous=FULL`: a commit is on disk before the append is acknowledged, so an
 //!   acknowledged message survives power loss. Group commit ([`super::batch`]) pays that fsync
 //!   once for many appends.
-//! - All writes go through one connection (`writer`, a pool of one) and open with
-//!   `BEGIN IMMEDIATE`, which takes SQLite's write lock at once: a transaction never has to
-//!   upgrade a read lock (which can fail with SQLITE_BUSY midway), and writes are serialised,
-//!   which is what makes seqs gap-free for readers: a commit makes a whole batch visible at once.
+//! - Appends go through a connection of their own on a thread of their own
+//!   ([`super::sqlite_writer`]), every other write through one sqlx connection (`writer`, a
+//!   pool of one). All open with `BEGIN IMMEDIATE`, which takes SQLite's write lock at once: a
+//!   transaction never has to upgrade a read lock (which can fail with SQLITE_BUSY midway), and
+//!   writes are serialised, which is what makes seqs gap-free for readers: a commit makes a
+//!   whole batch visible at once.
 //! - Reads go through their own pool, so they run concurrently with each other and the writer.
 
 use std::collections::HashMap;
@@ -23,15 +25,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use super::batch::{
-    self, ApplyBatch, BatchGroup, BatchWriter, GroupName, Lookups, NewMessage, NewUsage, Usage,
-};
+use super::batch::{BatchWriter, NewUsage, Usage};
 use super::common::{self, Conn, RangeMessageRow};
 use super::migrations::{self, migrator};
+use super::sqlite_writer::SqliteAppender;
 use super::sync::{self, SyncCandidate, SyncRange};
 use super::{
-    AppendOutcome, AppendRequest, ClaimOutcome, DailyQuota, Millis, NewWelcome, PruneStats, Shared,
-    Store, StoreError, StoreResult, SyncCursor, from_db, to_db, utc_day,
+    ClaimOutcome, DailyQuota, Millis, NewWelcome, PruneStats, Shared, Store, StoreError,
+    StoreResult, SyncCursor, from_db, to_db, utc_day,
 };
 use crate::config::{Config, redact_url};
 use crate::notify::Notifier;
@@ -81,6 +82,7 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
             .statement_cache_capacity(256);
+        let filename = options.get_filename().to_path_buf();
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -106,14 +108,8 @@ impl SqliteStore {
                 format!("cannot open read connections to the SQLite database {shown:?}")
             })?;
         let quota = DailyQuota::from_config(config);
-        let batch = BatchWriter::spawn(
-            SqliteBatch {
-                pool: writer.clone(),
-                quota,
-            },
-            config.append_batch_max,
-            notifier.clone(),
-        );
+        let appender = SqliteAppender::start(&filename, BUSY_TIMEOUT, quota)?;
+        let batch = BatchWriter::spawn(appender, config.append_batch_max, notifier.clone());
         Ok(SqliteStore {
             writer,
             readers,
@@ -158,104 +154,6 @@ impl SqliteStore {
     }
 }
 
-/// The group-commit half of the store: owns a handle to the writer connection.
-struct SqliteBatch {
-    pool: SqlitePool,
-    quota: DailyQuota,
-}
-
-impl ApplyBatch for SqliteBatch {
-    async fn apply_batch<'a>(
-        &'a self,
-        batch: &'a [AppendRequest],
-    ) -> Result<Vec<AppendOutcome>, sqlx::Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // The write lock is held from BEGIN IMMEDIATE to COMMIT, so `last_seq` read here cannot
-        // change under us: seqs are computed in memory and written back once per group.
-        let mut groups = read_groups(&mut tx, batch).await?;
-        let mut lookups = SqliteLookups {
-            tx: &mut tx,
-            posters: HashMap::new(),
-        };
-        let plan = batch::plan(batch, &mut groups, &mut lookups, self.quota).await?;
-        // Rows are inserted in multi-row statements: every statement is a round trip to sqlx's
-        // SQLite worker thread, and those hops dominate the append cost.
-        insert_messages(&mut tx, &plan.messages).await?;
-        insert_idempotency_keys(&mut tx, &plan.messages).await?;
-        write_last_seqs(&mut tx, &groups).await?;
-        write_usage(&mut tx, &plan.usage).await?;
-        tx.commit().await?;
-        Ok(plan.outcomes)
-    }
-}
-
-/// The groups of `batch` that exist, in one query.
-async fn read_groups<'a>(
-    tx: &mut SqliteConnection,
-    batch: &'a [AppendRequest],
-) -> Result<HashMap<GroupName<'a>, BatchGroup>, sqlx::Error> {
-    let names = batch::group_names(batch);
-    let encoded = serde_json::to_string(&names)
-        .map_err(|e| sqlx::Error::Protocol(format!("encoding group names: {e}")))?;
-    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT g.owner, g.group_id, g.id, g.last_seq FROM json_each(?) j \
-         JOIN relay_groups g ON g.owner = json_extract(j.value, '$[0]') \
-         AND g.group_id = json_extract(j.value, '$[1]')",
-    )
-    .bind(encoded)
-    .fetch_all(tx)
-    .await?;
-    Ok(batch::batch_groups(&names, rows))
-}
-
-/// Asks the batch's transaction, one query per question; a sender's membership once per group.
-struct SqliteLookups<'t> {
-    tx: &'t mut SqliteConnection,
-    /// group -> sender -> may post
-    posters: HashMap<i64, HashMap<String, bool>>,
-}
-
-impl Lookups for SqliteLookups<'_> {
-    async fn may_post(&mut self, group_ref: i64, sender: &str) -> Result<bool, sqlx::Error> {
-        if let Some(&known) = self.posters.get(&group_ref).and_then(|m| m.get(sender)) {
-            return Ok(known);
-        }
-        let row: Option<(i64,)> = sqlx::query_as(
-            "SELECT 1 FROM group_members WHERE group_ref = ? AND client_id = ? AND read_upto IS NULL",
-        )
-        .bind(group_ref)
-        .bind(sender)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        self.posters
-            .entry(group_ref)
-            .or_default()
-            .insert(sender.to_string(), row.is_some());
-        Ok(row.is_some())
-    }
-
-    async fn stored_key(
-        &mut self,
-        group_ref: i64,
-        sender: &str,
-        key: &str,
-    ) -> Result<Option<(Vec<u8>, i64)>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT body_hash, seq FROM idempotency_keys WHERE group_ref = ? AND sender = ? AND idem_key = ?",
-        )
-        .bind(group_ref)
-        .bind(sender)
-        .bind(key)
-        .fetch_optional(&mut *self.tx)
-        .await
-    }
-
-    async fn usage(&mut self, sender: &str, day: i64) -> Result<Usage, sqlx::Error> {
-        // The writer holds SQLite's write lock until COMMIT: nothing else changes the row.
-        read_usage(self.tx, sender, day).await
-    }
-}
-
 /// What `client_id` stored on `day` so far.
 async fn read_usage(
     tx: &mut SqliteConnection,
@@ -291,77 +189,6 @@ async fn write_usage(tx: &mut SqliteConnection, usage: &[NewUsage<'_>]) -> Resul
         );
         insert.build().execute(&mut *tx).await?;
     }
-    Ok(())
-}
-
-async fn insert_messages(
-    tx: &mut SqliteConnection,
-    messages: &[NewMessage<'_>],
-) -> Result<(), sqlx::Error> {
-    // 5 bound values per row; SQLite allows 32,766 per statement.
-    for chunk in messages.chunks(1000) {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO messages (group_ref, seq, sender, data, received_at) ",
-        );
-        insert.push_values(chunk, |mut row, (group_ref, seq, req)| {
-            row.push_bind(*group_ref)
-                .push_bind(*seq)
-                .push_bind(req.sender.as_str())
-                .push_bind(req.data.as_slice())
-                .push_bind(req.received_at);
-        });
-        insert.build().execute(&mut *tx).await?;
-    }
-    Ok(())
-}
-
-/// The idempotency keys of the stored messages that have one.
-async fn insert_idempotency_keys(
-    tx: &mut SqliteConnection,
-    messages: &[NewMessage<'_>],
-) -> Result<(), sqlx::Error> {
-    let keyed = batch::new_keys(messages);
-    // 6 bound values per row.
-    for chunk in keyed.chunks(1000) {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO idempotency_keys (group_ref, sender, idem_key, body_hash, seq, created_at) ",
-        );
-        insert.push_values(chunk, |mut row, k| {
-            row.push_bind(k.group_ref)
-                .push_bind(k.sender)
-                .push_bind(k.key)
-                .push_bind(&k.body_hash[..])
-                .push_bind(k.seq)
-                .push_bind(k.created_at);
-        });
-        insert.build().execute(&mut *tx).await?;
-    }
-    Ok(())
-}
-
-/// Every touched group's new `last_seq`, in one statement.
-async fn write_last_seqs(
-    tx: &mut SqliteConnection,
-    groups: &HashMap<GroupName<'_>, BatchGroup>,
-) -> Result<(), sqlx::Error> {
-    let touched: Vec<(i64, i64)> = groups
-        .values()
-        .filter(|g| g.touched())
-        .map(|g| (g.id, g.last_seq))
-        .collect();
-    if touched.is_empty() {
-        return Ok(());
-    }
-    let touched = serde_json::to_string(&touched)
-        .map_err(|e| sqlx::Error::Protocol(format!("encoding seqs: {e}")))?;
-    sqlx::query(
-        "UPDATE relay_groups SET last_seq = (SELECT json_extract(j.value, '$[1]') \
-         FROM json_each(?1) j WHERE json_extract(j.value, '$[0]') = relay_groups.id) \
-         WHERE id IN (SELECT json_extract(j.value, '$[0]') FROM json_each(?1) j)",
-    )
-    .bind(touched)
-    .execute(tx)
-    .await?;
     Ok(())
 }
 
