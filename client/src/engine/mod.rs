@@ -523,11 +523,7 @@ impl Engine {
         c.now_ms = now_ms;
         c.savepoint(store::Savepoint::Operation, |c| {
             let v = f(c)?;
-            // A resend may commit first (pending proposals, removals), and that commit may
-            // queue another.
-            for _ in 0..2 {
-                c.flush_name_resends()?;
-            }
+            c.flush_name_resends()?;
             if c.removals_merged {
                 c.close_removed_groups()?;
             }
