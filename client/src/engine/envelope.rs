@@ -9,6 +9,17 @@ pub const ENVELOPE_VERSION: u8 = 1;
 /// MIME type of chat text.
 pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
+/// Content types with this prefix are control messages of the protocol, never shown as
+/// content; those a receiver does not know are dropped (docs/PROTOCOL.md "Application payload").
+pub const CONTROL_CONTENT_TYPE_PREFIX: &str = "application/vnd.dmls.";
+
+/// Whether `content_type` is a control message's ([`CONTROL_CONTENT_TYPE_PREFIX`]).
+pub fn is_control(content_type: &str) -> bool {
+    content_type
+        .get(..CONTROL_CONTENT_TYPE_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(CONTROL_CONTENT_TYPE_PREFIX))
+}
+
 /// `struct { uint8 version = 1; uint64 sent_at_ms; opaque message_id<V>;
 /// opaque content_type<V>; opaque body<V>; } DmlsEnvelope;`
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,17 +16,6 @@ use super::{Effect, EngineError, Event};
 /// is empty.
 pub const LEAVE_CONTENT_TYPE: &str = "application/vnd.dmls.leave";
 
-/// Content types with this prefix are control messages of the protocol, never shown as
-/// content; those a receiver does not know are dropped (docs/PROTOCOL.md "Application payload").
-pub const CONTROL_CONTENT_TYPE_PREFIX: &str = "application/vnd.dmls.";
-
-/// Whether `content_type` is a control message's ([`CONTROL_CONTENT_TYPE_PREFIX`]).
-pub fn is_control(content_type: &str) -> bool {
-    content_type
-        .get(..CONTROL_CONTENT_TYPE_PREFIX.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(CONTROL_CONTENT_TYPE_PREFIX))
-}
-
 impl Ctx<'_> {
     /// We leave `d`: the leave announcement goes into our Send Group when others can read it
     /// (it is active and we were not removed), then every Send Group state, PSK and waiting

@@ -36,10 +36,12 @@ mod verify;
 pub use config::{DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
 pub use contacts::{Contact, KeyChange, KeyMismatch};
 pub use duties::DutyPolicy;
-pub use envelope::{DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN};
+pub use envelope::{
+    CONTROL_CONTENT_TYPE_PREFIX, DmlsEnvelope, ENVELOPE_VERSION, TEXT_PLAIN, is_control,
+};
 pub use error::EngineError;
 pub use ids::{DGroupId, MessageId, PskId, send_group_id};
-pub use leave::{CONTROL_CONTENT_TYPE_PREFIX, LEAVE_CONTENT_TYPE, is_control};
+pub use leave::LEAVE_CONTENT_TYPE;
 pub use name::{MAX_NAME_BYTES, NAME_CONTENT_TYPE};
 pub use verify::{SeenKey, fingerprint, safety_number};
 

@@ -11,10 +11,9 @@ use super::ctx::{
     CIPHERSUITE, Ctx, MAX_PAST_EPOCHS, capabilities, credential_identity, external_psk_id,
     join_config, message_hash,
 };
-use super::envelope::DmlsEnvelope;
+use super::envelope::{DmlsEnvelope, is_control};
 use super::identity::{DmlsSigner, validate_client_id};
 use super::ids::{DGroupId, MessageId, PskId, send_group_id};
-use super::leave::is_control;
 use super::store::send_groups::{self, OwnState, SendGroupRow};
 use super::store::{acks, commit_log, contacts, dgroups, history, members, outbox, psks, seen};
 use super::{Effect, EngineError, Event, ReceivedMessage};
