@@ -19,7 +19,9 @@ mod contacts;
 pub use contacts::ContactsCommand;
 
 use crate::client::{Client, ClientError, Delivery, Durability, dgroup_hex};
-use crate::engine::{DGroupStatus, DGroupSummary, Event, ReceivedMessage, WaitReason};
+use crate::engine::{
+    AddPolicy, DGroupStatus, DGroupSummary, Event, ReceivedMessage, WaitReason,
+};
 
 /// The long explanation of `--durability`, shown by `dmls --help` only (every subcommand's
 /// help lists the option with its one-line summary).
@@ -215,6 +217,15 @@ pub enum GraphFormat {
     Svg,
 }
 
+/// Who may add members to a group (`dmls group create --adds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AddsBy {
+    /// Every member.
+    Anyone,
+    /// Only the group's admin: its creator.
+    Admins,
+}
+
 /// `dmls group ...`
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
@@ -231,6 +242,23 @@ pub enum GroupCommand {
         /// `dmls contacts require-verified on` makes this the rule for every group.
         #[arg(long)]
         require_verified: bool,
+        /// Who may add members later: `anyone` (every member) or `admins` (only you, the
+        /// creator). Fixed for the group's life; every member's client enforces it.
+        #[arg(long, value_enum, default_value_t = AddsBy::Anyone)]
+        adds: AddsBy,
+    },
+    /// Add MEMBERs (client ids) to GROUP.
+    ///
+    /// Every other member adds them to its own Send Group when it syncs; the new members
+    /// join when they sync (they need an identity and key packages on the relay: `dmls init`
+    /// and one `dmls sync`). They read only what is said after they joined, nothing before.
+    /// Someone removed from the group (or who left) cannot be added again: create a new group.
+    Add {
+        /// Group name, or its id (hex; a unique prefix is enough).
+        group: String,
+        /// Client ids of the new members.
+        #[arg(required = true)]
+        members: Vec<String>,
     },
     /// Rename GROUP to NEW_NAME for every member.
     ///
@@ -302,7 +330,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             name,
             members,
             require_verified,
-        }) => cmd_group_create(&ctx, &name, &members, require_verified).await,
+            adds,
+        }) => cmd_group_create(&ctx, &name, &members, require_verified, adds).await,
+        Command::Group(GroupCommand::Add { group, members }) => {
+            cmd_group_add(&ctx, &group, &members).await
+        }
         Command::Group(GroupCommand::Leave { group }) => cmd_group_leave(&ctx, &group).await,
         Command::Group(GroupCommand::Rename { group, new_name }) => {
             cmd_group_rename(&ctx, &group, &new_name).await
@@ -467,6 +499,7 @@ async fn cmd_group_create(
     name: &str,
     members: &[String],
     require_verified: bool,
+    adds: AddsBy,
 ) -> Result<()> {
     let mut client = ctx.open()?;
     if require_verified {
@@ -475,7 +508,7 @@ async fn cmd_group_create(
             .with_context(|| format!("cannot create the group {name:?}"))?;
     }
     let id = client
-        .create_group(name, members)
+        .create_group_with_policy(name, members, add_policy(adds))
         .await
         .with_context(|| format!("cannot create the group {name:?}"))?;
     let names = vec![(dgroup_hex(&id), name.to_string())];
@@ -529,6 +562,9 @@ fn summary_line(g: &DGroupSummary) -> String {
         line.push_str("  [you were removed]");
     } else if !g.removed.is_empty() {
         line.push_str(&format!("  [removed: {}]", g.removed.join(", ")));
+    }
+    if g.add_policy == AddPolicy::Admins {
+        line.push_str("  [only admins add]");
     }
     line
 }
@@ -626,6 +662,40 @@ async fn cmd_remove(ctx: &Ctx, group: &str, member: &str) -> Result<()> {
         &delivery,
         json!({"removed": member, "group": group}),
         &format!("Removed {member} from {group}; the others follow when they sync."),
+    );
+    Ok(())
+}
+
+fn add_policy(adds: AddsBy) -> AddPolicy {
+    match adds {
+        AddsBy::Anyone => AddPolicy::AnyMember,
+        AddsBy::Admins => AddPolicy::Admins,
+    }
+}
+
+fn add_policy_name(p: AddPolicy) -> &'static str {
+    match p {
+        AddPolicy::AnyMember => "anyone",
+        AddPolicy::Admins => "admins",
+    }
+}
+
+/// `dmls group add`
+async fn cmd_group_add(ctx: &Ctx, group: &str, members: &[String]) -> Result<()> {
+    let mut client = ctx.open()?;
+    let delivery = client
+        .add(group, members)
+        .await
+        .with_context(|| format!("cannot add to {group:?}"))?;
+    report_delivery(
+        ctx.json,
+        &delivery,
+        json!({"added": members, "group": group}),
+        &format!(
+            "Added {} to {group}; the others add them too when they sync, and they join when \
+             they sync. They read what is said from now on.",
+            members.join(", ")
+        ),
     );
     Ok(())
 }
@@ -1140,6 +1210,12 @@ fn event_line(e: &Event, names: &[(String, String)]) -> Option<String> {
         Event::MemberLeft { dgroup, member } => {
             format!("[{}] {member} left the group.", label(names, dgroup))
         }
+        Event::MemberAdded { dgroup, member, by } => {
+            format!(
+                "[{}] {member} was added by {by}; they read what is said from now on.",
+                label(names, dgroup)
+            )
+        }
         Event::GroupRenamed { dgroup, name, by } => {
             format!(
                 "[{}] {by} renamed the group to {name:?}.",
@@ -1230,6 +1306,10 @@ fn event_json(e: &Event, names: &[(String, String)]) -> Value {
             let (hex, name) = group(dgroup);
             json!({"event": "member_left", "dgroup": hex, "group": name, "member": member})
         }
+        Event::MemberAdded { dgroup, member, by } => {
+            let (hex, name) = group(dgroup);
+            json!({"event": "member_added", "dgroup": hex, "group": name, "member": member, "by": by})
+        }
         Event::GroupRenamed { dgroup, name, by } => {
             json!({"event": "group_renamed", "dgroup": dgroup_hex(dgroup), "name": name, "by": by})
         }
@@ -1280,6 +1360,7 @@ fn summary_json(g: &DGroupSummary) -> Value {
         "we_are_removed": g.we_are_removed,
         "left_ms": g.left_ms,
         "renamed_by": g.renamed_by,
+        "adds": add_policy_name(g.add_policy),
     })
 }
 
@@ -1328,6 +1409,8 @@ fn status_json(s: &DGroupStatus) -> Value {
         })
         .collect();
     v["pending_removals"] = json!(s.pending_removals);
+    v["pending_adds"] = json!(s.pending_adds);
+    v["held_welcomes"] = json!(s.held_welcomes);
     v["unimported"] = s.unimported.iter().map(|p| json!(p.to_string())).collect();
     v["key_mismatches"] = contacts::mismatches_json(&s.key_mismatches);
     v["unverified"] = json!(s.unverified);
@@ -1353,6 +1436,14 @@ pub(crate) fn status_text(s: &DGroupStatus) -> String {
         let _ = writeln!(out, "  renamed by {by}");
     }
     let _ = writeln!(out, "  members: {}", g.members.join(", "));
+    let _ = writeln!(
+        out,
+        "  who may add members: {}",
+        match g.add_policy {
+            AddPolicy::AnyMember => "every member".to_string(),
+            AddPolicy::Admins => format!("its admin, {}", g.members.first().map_or("", |c| c)),
+        }
+    );
     if let Some(t) = g.left_ms {
         let _ = writeln!(
             out,
@@ -1424,6 +1515,20 @@ pub(crate) fn status_text(s: &DGroupStatus) -> String {
             out,
             "  to remove in your next commit: {}",
             s.pending_removals.join(", ")
+        );
+    }
+    if !s.pending_adds.is_empty() {
+        let _ = writeln!(
+            out,
+            "  to add to your Send Group (claiming their key packages): {}",
+            s.pending_adds.join(", ")
+        );
+    }
+    if s.held_welcomes > 0 {
+        let _ = writeln!(
+            out,
+            "  invitations held until you learn who added their senders: {}",
+            s.held_welcomes
         );
     }
     if !s.unimported.is_empty() {

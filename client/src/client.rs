@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::drive::{ClaimAnswer, OutboxEngine, OutboxError, Transport, perform_outbox};
 use crate::engine::{
-    DGroupId, DGroupStatus, DGroupSummary, DutyPolicy, Engine, EngineError, Event, Input,
+    AddPolicy, DGroupId, DGroupStatus, DGroupSummary, DutyPolicy, Engine, EngineError, Event, Input,
     OutboxItem, ReceivedMessage,
 };
 use crate::relay::{RelayClient, RelayError, StreamItem, Token};
@@ -728,6 +728,18 @@ impl Client {
         name: &str,
         members: &[String],
     ) -> Result<DGroupId, ClientError> {
+        self.create_group_with_policy(name, members, AddPolicy::AnyMember)
+            .await
+    }
+
+    /// [`Client::create_group`] with the group's [`AddPolicy`]: whether any member may add
+    /// members later, or only its admin (the creator, us).
+    pub async fn create_group_with_policy(
+        &mut self,
+        name: &str,
+        members: &[String],
+        add_policy: AddPolicy,
+    ) -> Result<DGroupId, ClientError> {
         let mut others: Vec<String> = Vec::new();
         for m in members {
             if !dmls_api::is_valid_client_id(m) {
@@ -750,7 +762,7 @@ impl Client {
         self.flush_before().await?;
         let name = name.to_string();
         let id = self
-            .with_engine(move |e| e.create_dgroup(&name, &others, now_ms()))
+            .with_engine(move |e| e.create_dgroup_with_policy(&name, &others, add_policy, now_ms()))
             .await?;
         self.try_flush_outbox().await?;
         Ok(id)
@@ -798,6 +810,22 @@ impl Client {
     pub async fn rename(&mut self, group: &str, name: &str) -> Result<Delivery, ClientError> {
         let name = name.to_string();
         self.command(group, move |e, id| e.rename(id, &name, now_ms()))
+            .await
+    }
+
+    /// Adds `members` (client ids) to the DGroup `group` ([`Engine::add`]): the announcement
+    /// and the key-package claim go to the relay (or stay queued, see [`Delivery`]); every
+    /// other member adds them when it syncs. They read what is sent after they joined.
+    pub async fn add(&mut self, group: &str, members: &[String]) -> Result<Delivery, ClientError> {
+        for m in members {
+            if !dmls_api::is_valid_client_id(m) {
+                return Err(ClientError::InvalidInput(format!(
+                    "{m:?} is not a valid client id"
+                )));
+            }
+        }
+        let members = members.to_vec();
+        self.command(group, move |e, id| e.add(id, &members, now_ms()))
             .await
     }
 

@@ -378,6 +378,7 @@ fn event_note(
         EngineEvent::JoinedSendGroup { dgroup, .. }
         | EngineEvent::MemberRemoved { dgroup, .. }
         | EngineEvent::MemberLeft { dgroup, .. }
+        | EngineEvent::MemberAdded { dgroup, .. }
         | EngineEvent::GroupRenamed { dgroup, .. }
         | EngineEvent::WeWereRemoved { dgroup, .. }
         | EngineEvent::KeyPackagesMissing { dgroup, .. }

@@ -730,6 +730,7 @@ mod tests {
                 removed: removed.iter().map(|m| m.to_string()).collect(),
                 we_are_removed: false,
                 left_ms: None,
+                add_policy: Default::default(),
             },
             send_groups: members
                 .iter()
@@ -748,6 +749,8 @@ mod tests {
                 })
                 .collect(),
             pending_removals: vec![],
+            pending_adds: vec![],
+            held_welcomes: 0,
             key_mismatches: vec![],
             unverified: vec![],
             key_changes: vec![],

@@ -12,7 +12,28 @@ pub const PSK_LENGTH: u16 = 32;
 /// The default ciphersuite, MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519.
 pub const DEFAULT_CIPHERSUITE: u16 = 0x0001;
 
-/// The DGroup configuration, identical byte for byte in every Send Group of the DGroup.
+/// Who may add members to a DGroup (docs/PROTOCOL.md "Add"). Set at creation, never changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AddPolicy {
+    /// Any member not known to be removed (wire value 0).
+    #[default]
+    AnyMember,
+    /// Only the admins: the creator, the first member of the config (wire value 1).
+    Admins,
+}
+
+impl AddPolicy {
+    fn to_wire(self) -> u8 {
+        match self {
+            AddPolicy::AnyMember => 0,
+            AddPolicy::Admins => 1,
+        }
+    }
+}
+
+/// The DGroup configuration (docs/PROTOCOL.md "DGroup configuration"): a join-semilattice
+/// whose members and removed sets only grow, so members that merged the same configs hold
+/// the same config, byte for byte, whatever the order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DGroupConfig {
     /// The DGroup id.
@@ -25,6 +46,10 @@ pub struct DGroupConfig {
     pub cipher_suites: Vec<u16>,
     /// PSK length; must be 32.
     pub psk_length: u16,
+    /// Who may add members.
+    pub add_policy: AddPolicy,
+    /// Members known to be removed, sorted bytewise (each also in `members`).
+    pub removed: Vec<String>,
 }
 
 impl DGroupConfig {
@@ -43,7 +68,21 @@ impl DGroupConfig {
             out.extend_from_slice(&cs.to_be_bytes());
         }
         out.extend_from_slice(&self.psk_length.to_be_bytes());
+        if self.has_trailing_part() {
+            out.push(self.add_policy.to_wire());
+            let mut removed = Vec::new();
+            for m in &self.removed {
+                put_opaque(&mut removed, m.as_bytes())?;
+            }
+            put_opaque(&mut out, &removed)?;
+        }
         Ok(out)
+    }
+
+    /// Whether the optional part (add_policy, removed) is encoded: exactly when it is not
+    /// the default, so every value has one encoding.
+    fn has_trailing_part(&self) -> bool {
+        self.add_policy != AddPolicy::AnyMember || !self.removed.is_empty()
     }
 
     /// Strictly decodes a config: minimal lengths, no trailing bytes, a 16-byte dgroup_id,
@@ -74,6 +113,28 @@ impl DGroupConfig {
             .map(|c| u16::from_be_bytes([c[0], c[1]]))
             .collect();
         let psk_length = r.u16("psk_length")?;
+        let mut add_policy = AddPolicy::AnyMember;
+        let mut removed = Vec::new();
+        if !r.is_empty() {
+            add_policy = match r.u8("add_policy")? {
+                0 => AddPolicy::AnyMember,
+                1 => AddPolicy::Admins,
+                other => {
+                    return Err(EngineError::Malformed(format!(
+                        "DGroupConfig: unknown add_policy {other}"
+                    )));
+                }
+            };
+            let mut rr = Reader::new(r.opaque("removed")?, "DGroupConfig removed");
+            while !rr.is_empty() {
+                removed.push(utf8(rr.opaque("removed member")?, "removed member")?);
+            }
+            if add_policy == AddPolicy::AnyMember && removed.is_empty() {
+                return Err(EngineError::Malformed(
+                    "DGroupConfig: the optional part is present with default values".into(),
+                ));
+            }
+        }
         r.finish()?;
         Ok(DGroupConfig {
             dgroup_id,
@@ -81,6 +142,8 @@ impl DGroupConfig {
             members,
             cipher_suites,
             psk_length,
+            add_policy,
+            removed,
         })
     }
 
@@ -111,12 +174,126 @@ impl DGroupConfig {
                 "DGroup config allows no ciphersuite".into(),
             ));
         }
+        if !self.removed.windows(2).all(|w| w[0] < w[1]) {
+            return Err(EngineError::Rejected(
+                "DGroup config removed list is not sorted or names a member twice".into(),
+            ));
+        }
+        if let Some(r) = self.removed.iter().find(|r| !self.has_member(r)) {
+            return Err(EngineError::Rejected(format!(
+                "DGroup config lists {r:?} as removed but not as a member"
+            )));
+        }
         Ok(())
     }
 
-    /// Whether `client_id` is listed.
+    /// Whether `client_id` is listed (removed ones included).
     pub fn has_member(&self, client_id: &str) -> bool {
         self.members.iter().any(|m| m == client_id)
+    }
+
+    /// The creator: the first member.
+    pub fn creator(&self) -> &str {
+        self.members.first().map(String::as_str).unwrap_or_default()
+    }
+
+    /// Whether `member` may add members under the config's [`AddPolicy`].
+    pub fn may_add(&self, member: &str) -> bool {
+        match self.add_policy {
+            AddPolicy::AnyMember => self.has_member(member),
+            AddPolicy::Admins => member == self.creator(),
+        }
+    }
+
+    /// Checks that `other` is a config of the same DGroup: the fields that never change
+    /// (dgroup_id, name, cipher_suites, psk_length, add_policy, creator) are equal.
+    pub fn check_same_dgroup(&self, other: &DGroupConfig) -> Result<(), EngineError> {
+        let differs = if self.dgroup_id != other.dgroup_id {
+            Some("dgroup_id")
+        } else if self.name != other.name {
+            Some("name")
+        } else if self.cipher_suites != other.cipher_suites {
+            Some("cipher_suites")
+        } else if self.psk_length != other.psk_length {
+            Some("psk_length")
+        } else if self.add_policy != other.add_policy {
+            Some("add_policy")
+        } else if self.creator() != other.creator() {
+            Some("creator (first member)")
+        } else {
+            None
+        };
+        match differs {
+            Some(field) => Err(EngineError::Rejected(format!(
+                "the DGroup config changes its {field}, which never changes"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that `new` may follow this config in a Send Group: same DGroup, and no member
+    /// or removed member taken out.
+    pub fn check_successor(&self, new: &DGroupConfig) -> Result<(), EngineError> {
+        self.check_same_dgroup(new)?;
+        if let Some(m) = self.members.iter().find(|m| !new.has_member(m)) {
+            return Err(EngineError::Rejected(format!(
+                "the DGroup config drops member {m:?}"
+            )));
+        }
+        if let Some(m) = self.removed.iter().find(|m| !new.removed.contains(m)) {
+            return Err(EngineError::Rejected(format!(
+                "the DGroup config no longer lists {m:?} as removed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The members of `other` this config does not list.
+    pub fn new_members<'a>(&self, other: &'a DGroupConfig) -> Vec<&'a str> {
+        other
+            .members
+            .iter()
+            .filter(|m| !self.has_member(m))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// This config with `members` added and `removed` marked removed (docs/PROTOCOL.md "DGroup
+    /// configuration": when the member set changes, the creator stays first and the others
+    /// are sorted bytewise; otherwise the order is kept).
+    pub fn with(&self, members: &[&str], removed: &[&str]) -> DGroupConfig {
+        let mut out = self.clone();
+        let grows = members.iter().any(|m| !self.has_member(m));
+        if grows {
+            let creator = self.creator().to_owned();
+            let mut rest: Vec<String> = self
+                .members
+                .iter()
+                .skip(1)
+                .map(String::as_str)
+                .chain(members.iter().copied())
+                .filter(|m| *m != creator)
+                .map(str::to_owned)
+                .collect();
+            rest.sort_unstable();
+            rest.dedup();
+            out.members = std::iter::once(creator).chain(rest).collect();
+        }
+        for r in removed {
+            if out.has_member(r) && !out.removed.iter().any(|x| x == r) {
+                out.removed.push((*r).to_owned());
+            }
+        }
+        out.removed.sort_unstable();
+        out
+    }
+
+    /// The merge of two configs of the same DGroup: members and removed are the unions.
+    pub fn merged(&self, other: &DGroupConfig) -> Result<DGroupConfig, EngineError> {
+        self.check_same_dgroup(other)?;
+        let members: Vec<&str> = other.members.iter().map(String::as_str).collect();
+        let removed: Vec<&str> = other.removed.iter().map(String::as_str).collect();
+        Ok(self.with(&members, &removed))
     }
 }
 
@@ -137,6 +314,8 @@ mod tests {
             members: vec!["alice".into(), "bob".into()],
             cipher_suites: vec![1],
             psk_length: 32,
+            add_policy: AddPolicy::AnyMember,
+            removed: Vec::new(),
         }
     }
 
@@ -212,5 +391,82 @@ mod tests {
         let mut c = sample();
         c.members.push("alice".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn optional_part_round_trips_and_is_canonical() {
+        let mut c = sample();
+        c.add_policy = AddPolicy::Admins;
+        c.removed = vec!["bob".into()];
+        let b = c.encode().unwrap();
+        let base = sample().encode().unwrap();
+        assert_eq!(&b[..base.len()], &base[..]);
+        assert_eq!(&b[base.len()..], &[1, 4, 3, b'b', b'o', b'b']);
+        assert_eq!(DGroupConfig::decode(&b).unwrap(), c);
+        // The optional part with default values is not the canonical encoding.
+        let mut default_part = base.clone();
+        default_part.extend([0, 0]);
+        assert!(DGroupConfig::decode(&default_part).is_err());
+        let mut bad_policy = base;
+        bad_policy.extend([2, 0]);
+        assert!(DGroupConfig::decode(&bad_policy).is_err());
+    }
+
+    #[test]
+    fn removed_must_be_sorted_members() {
+        let mut c = sample();
+        c.removed = vec!["carol".into()];
+        assert!(c.validate().is_err());
+        c.removed = vec!["bob".into(), "alice".into()];
+        assert!(c.validate().is_err());
+        c.removed = vec!["alice".into(), "bob".into()];
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn merging_is_order_independent_and_keeps_the_creator_first() {
+        let base = DGroupConfig {
+            members: vec!["carol".into(), "zed".into(), "bob".into()],
+            ..sample()
+        };
+        let x = base.with(&["xavier"], &[]);
+        let y = base.with(&["yann"], &["zed"]);
+        let xy = x.merged(&y).unwrap();
+        let yx = y.merged(&x).unwrap();
+        assert_eq!(xy, yx);
+        assert_eq!(xy.members, ["carol", "bob", "xavier", "yann", "zed"]);
+        assert_eq!(xy.removed, ["zed"]);
+        assert_eq!(xy.merged(&x).unwrap(), xy);
+        // Nothing new: the order is kept.
+        assert_eq!(base.merged(&base).unwrap(), base);
+        assert!(base.check_successor(&xy).is_ok());
+        assert!(xy.check_successor(&base).is_err());
+    }
+
+    #[test]
+    fn fixed_fields_may_not_change() {
+        let base = sample();
+        for change in [
+            |c: &mut DGroupConfig| c.name = "other".into(),
+            |c: &mut DGroupConfig| c.cipher_suites = vec![1, 3],
+            |c: &mut DGroupConfig| c.add_policy = AddPolicy::Admins,
+            |c: &mut DGroupConfig| c.members.swap(0, 1),
+            |c: &mut DGroupConfig| c.dgroup_id = DGroupId([1; 16]),
+        ] {
+            let mut c = base.clone();
+            change(&mut c);
+            assert!(base.check_successor(&c).is_err());
+            assert!(base.merged(&c).is_err());
+        }
+    }
+
+    #[test]
+    fn only_admins_add_under_the_admins_policy() {
+        let mut c = sample();
+        assert!(c.may_add("bob"));
+        assert!(!c.may_add("mallory"));
+        c.add_policy = AddPolicy::Admins;
+        assert!(c.may_add("alice"));
+        assert!(!c.may_add("bob"));
     }
 }

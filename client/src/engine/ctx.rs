@@ -76,6 +76,9 @@ pub(crate) struct Ctx<'a> {
     /// DGroups whose name register is to be sent again in our Send Group at the end of this
     /// operation ([`Ctx::flush_name_resends`]).
     pub(crate) name_resends: Vec<super::ids::DGroupId>,
+    /// DGroups whose config gained members in this operation: their held Welcomes are tried
+    /// again ([`Ctx::retry_held_welcomes`]).
+    pub(crate) config_grew: Vec<DGroupId>,
 }
 
 /// SHA-256 of message bytes, the duplicate-detection key.
@@ -158,6 +161,7 @@ impl<'a> Ctx<'a> {
             removals_merged: false,
             refresh_leaves: Vec::new(),
             name_resends: Vec::new(),
+            config_grew: Vec::new(),
         }
     }
 
@@ -346,6 +350,7 @@ impl<'a> Ctx<'a> {
         if !members::insert_removed(self.conn, d, member)? {
             return Ok(false);
         }
+        self.config_mark_removed(d, member)?;
         self.resend_name_set_by(d, member)?;
         let gid = super::ids::send_group_id(d, member);
         if let Some(sg) = self.send_group(&gid)? {

@@ -127,6 +127,11 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let mut seen: Vec<(&DGroupId, &str)> = Vec::new();
         for e in events {
+            // A member added to a DGroup: we add it to our Send Group at once.
+            if matches!(e, Event::MemberAdded { .. }) {
+                self.duties.retry_now();
+                return Ok(());
+            }
             let (Event::JoinedSendGroup { dgroup, owner, .. }
             | Event::SendGroupAdvanced { dgroup, owner, .. }) = e
             else {

@@ -11,6 +11,7 @@
 //! storage through the [`rusqlite::Connection`] the caller opens.
 
 mod acks;
+mod add;
 mod codec;
 mod config;
 mod contacts;
@@ -33,7 +34,7 @@ mod storage;
 mod store;
 mod verify;
 
-pub use config::{DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
+pub use config::{AddPolicy, DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
 pub use contacts::{Contact, KeyChange, KeyMismatch};
 pub use duties::DutyPolicy;
 pub use envelope::{
@@ -121,6 +122,17 @@ pub enum Event {
         /// The removed member.
         member: String,
         /// The owner whose commit removed it.
+        by: String,
+    },
+    /// `member` was added to the DGroup by `by` (docs/PROTOCOL.md "Add"): it is in the config
+    /// we hold now, and we add it to our own Send Group (a key-package claim, then a late-add
+    /// commit; [`DGroupStatus::pending_adds`] until then).
+    MemberAdded {
+        /// The DGroup.
+        dgroup: DGroupId,
+        /// The new member.
+        member: String,
+        /// The member whose commit or Welcome brought it (us when we added it).
         by: String,
     },
     /// `member` announced that it left the DGroup (docs/PROTOCOL.md "Leave"): it counts as
@@ -320,6 +332,8 @@ pub struct DGroupSummary {
     /// When we left the DGroup ([`Engine::leave`]; our clock, milliseconds since the Unix
     /// epoch), if we did.
     pub left_ms: Option<u64>,
+    /// Who may add members ([`Engine::add`]).
+    pub add_policy: AddPolicy,
 }
 
 /// What a waiting message waits for.
@@ -402,6 +416,13 @@ pub struct DGroupStatus {
     pub send_groups: Vec<SendGroupStatus>,
     /// Removed members still to be removed from our own Send Group by our next commit.
     pub pending_removals: Vec<String>,
+    /// Members of the config (added after we created or joined our Send Group, or whose key
+    /// package was missing) that are not known to be removed and not in our own Send Group
+    /// yet: a key-package claim and a late-add commit will add them.
+    pub pending_adds: Vec<String>,
+    /// Welcomes kept unjoined until the config we hold lists their owner or the members they
+    /// bring (docs/PROTOCOL.md "DGroup configuration").
+    pub held_welcomes: u64,
     /// Other members' epochs we have seen but not imported into our Send Group yet.
     pub unimported: Vec<PskId>,
     /// Leaves in the Send Groups we hold whose identity key is not their member's pinned key
@@ -676,9 +697,37 @@ impl Engine {
         other_members: &[String],
         now_ms: u64,
     ) -> Result<DGroupId, EngineError> {
+        self.create_dgroup_with_policy(name, other_members, AddPolicy::AnyMember, now_ms)
+    }
+
+    /// [`Engine::create_dgroup`] with the DGroup's [`AddPolicy`] (docs/PROTOCOL.md "Add"):
+    /// whether any member may add members later, or only its admin (us, the creator).
+    pub fn create_dgroup_with_policy(
+        &mut self,
+        name: &str,
+        other_members: &[String],
+        add_policy: AddPolicy,
+        now_ms: u64,
+    ) -> Result<DGroupId, EngineError> {
         self.write_at(Some(now_ms), |c| {
-            c.create_dgroup(name, other_members, now_ms)
+            c.create_dgroup(name, other_members, add_policy, now_ms)
         })
+    }
+
+    /// Adds `members` to `dgroup` (docs/PROTOCOL.md "Add"): they join the DGroup config we
+    /// hold, a commit of our Send Group carrying it is queued at once (every other member
+    /// follows it: adds them to its own Send Group), and so is a key-package claim for them,
+    /// whose answer adds them to our Send Group. They can read what is sent after they joined,
+    /// nothing before. Fails with [`EngineError::InvalidArgument`] when we may not add
+    /// ([`AddPolicy::Admins`]), or a name is ours, twice, a member already or one removed
+    /// (adding a removed member again is not supported).
+    pub fn add(
+        &mut self,
+        dgroup: &DGroupId,
+        members: &[String],
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        self.write_at(Some(now_ms), |c| c.add_members(dgroup, members, now_ms))
     }
 
     /// Processes one input in one transaction: on error nothing changed (not even the
@@ -724,7 +773,11 @@ impl Engine {
                         group_id,
                         seq,
                         data,
-                    } => c.group_message(&owner, &group_id, seq, &data),
+                    } => {
+                let mut events = c.group_message(&owner, &group_id, seq, &data)?;
+                events.extend(c.retry_held_welcomes()?);
+                Ok(events)
+            }
                     Input::Welcome {
                         inbox_id: Some(id), ..
                     } => {
@@ -769,7 +822,11 @@ impl Engine {
                 inbox_id,
                 from,
                 data,
-            } => c.welcome(inbox_id, &from, &data, now_ms),
+            } => {
+                let mut events = c.welcome(inbox_id, &from, &data, now_ms)?;
+                events.extend(c.retry_held_welcomes()?);
+                Ok(events)
+            }
             Input::ClaimedKeyPackages {
                 outbox_id,
                 key_packages,

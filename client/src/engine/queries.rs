@@ -34,6 +34,7 @@ impl Ctx<'_> {
             removed: members::removed_names(self.conn, d)?,
             we_are_removed,
             left_ms: dgroups::left_ms(self.conn, d)?,
+            add_policy: config.add_policy,
         })
     }
 
@@ -112,10 +113,13 @@ impl Ctx<'_> {
             .filter(|r| r.1)
             .map(|r| r.0)
             .collect();
+        let pending_adds = self.pending_adds(d, &summary)?;
         Ok(DGroupStatus {
+            held_welcomes: dgroups::held_welcome_count(self.conn, d)?,
             summary,
             send_groups,
             pending_removals,
+            pending_adds,
             unimported: self.unimported(d)?,
             key_mismatches: self.key_mismatches(d)?,
             unverified,
@@ -125,6 +129,26 @@ impl Ctx<'_> {
                 .filter(|k| summary_members.contains(&k.client_id))
                 .collect(),
         })
+    }
+
+    /// Members of the config not known to be removed and not in our own Send Group yet,
+    /// once it is set up (docs/PROTOCOL.md "Add", "Late add").
+    fn pending_adds(&self, d: &DGroupId, summary: &DGroupSummary) -> Result<Vec<String>, EngineError> {
+        if summary.we_are_removed {
+            return Ok(Vec::new());
+        }
+        let own = self.own_send_group(d)?;
+        if !own.joined {
+            return Ok(Vec::new());
+        }
+        let me = self.me()?;
+        let present = self.members_of(&own.group_id)?;
+        Ok(summary
+            .members
+            .iter()
+            .filter(|m| **m != me && !summary.removed.contains(m) && !present.contains(m))
+            .cloned()
+            .collect())
     }
 
     pub(crate) fn graph(&self, d: &DGroupId) -> Result<DGroupGraph, EngineError> {

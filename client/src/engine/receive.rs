@@ -512,21 +512,16 @@ impl Ctx<'_> {
                 "commit authenticated_data differs from its PSK proposals".into(),
             ));
         }
+        // docs/PROTOCOL.md "DGroup configuration": a config change only grows the config, and
+        // brings new members only from a member that may add.
+        let new_config = self.check_config_change(group, sg, &staged)?;
         // Late add (docs/PROTOCOL.md "Late add"): only config members that are not
         // removed and not in the group yet.
         let added = if staged.add_proposals().next().is_some() {
-            self.check_late_adds(group, sg, &staged)?
+            self.check_late_adds(group, sg, &staged, new_config.as_ref())?
         } else {
             Vec::new()
         };
-        if staged
-            .queued_proposals()
-            .any(|q| matches!(q.proposal(), Proposal::GroupContextExtensions(_)))
-        {
-            return Err(EngineError::Rejected(
-                "commit changes the DGroup config".into(),
-            ));
-        }
         // One key per identity (docs/PROTOCOL.md): the owner's path leaf keeps its key.
         if let Some(path_leaf) = staged.update_path_leaf_node() {
             let current = group
@@ -571,6 +566,9 @@ impl Ctx<'_> {
                 .extend(imported.iter().map(|p| (sg.dgroup_id, *p)));
         }
         let mut events = self.commit_merged(group, sg, self_removed, beyond_stop)?;
+        if let Some(config) = new_config.filter(|_| !beyond_stop) {
+            events.extend(self.adopt_config(&sg.dgroup_id, &config, &sg.owner)?);
+        }
         if beyond_stop {
             removed.clear();
         } else {
@@ -729,10 +727,14 @@ impl Ctx<'_> {
         group: &MlsGroup,
         sg: &SendGroupRow,
         staged: &StagedCommit,
+        new_config: Option<&DGroupConfig>,
     ) -> Result<Vec<String>, EngineError> {
-        let (config, _, _) = self
+        let (mut config, _, _) = self
             .config(&sg.dgroup_id)?
             .ok_or_else(|| EngineError::UnknownDGroup(sg.dgroup_id.to_hex()))?;
+        if let Some(new) = new_config {
+            config = config.merged(new)?;
+        }
         let removed: Vec<String> = members::removed_names(self.conn, &sg.dgroup_id)?;
         let mut present: Vec<String> = group
             .members()
@@ -889,7 +891,6 @@ struct CheckedWelcome {
     /// The identity key of the owner's leaf, which signed the Welcome.
     owner_key: Vec<u8>,
     config: DGroupConfig,
-    config_bytes: Vec<u8>,
 }
 
 impl Ctx<'_> {
@@ -924,10 +925,19 @@ impl Ctx<'_> {
         Savepoint::Staging.begin(self.conn)?;
         let staged = self.check_welcome(welcome, from, &me).and_then(|w| {
             let differs = self.differs_from_pin(&w.owner, &w.owner_key)?;
-            Ok((w, differs))
+            let hold = self.welcome_hold_reason(&w.owner, &w.config)?;
+            Ok((w, differs, hold))
         });
         let w = match staged {
-            Ok((w, true)) => {
+            Ok((w, false, Some(_why))) => {
+                // docs/PROTOCOL.md "DGroup configuration": kept until the config we hold
+                // admits it; retried when it gains members.
+                Savepoint::Staging.rollback(self.conn)?;
+                self.provider.storage.forget_cached();
+                dgroups::hold_welcome(self.conn, &w.config.dgroup_id, from, data)?;
+                return Ok(Vec::new());
+            }
+            Ok((w, true, _)) => {
                 Savepoint::Staging.rollback(self.conn)?;
                 self.provider.storage.forget_cached();
                 let check =
@@ -943,7 +953,7 @@ impl Ctx<'_> {
                     KeyCheck::Pinned | KeyCheck::FirstSeen => Vec::new(),
                 });
             }
-            Ok((w, false)) => {
+            Ok((w, false, None)) => {
                 Savepoint::Staging.release(self.conn)?;
                 w
             }
@@ -961,12 +971,7 @@ impl Ctx<'_> {
         // processed only up to an epoch a commit we process imports.
         let mut removed_owner = false;
         match self.config(&d)? {
-            Some((_, held, we_removed)) => {
-                if held != w.config_bytes {
-                    return Err(EngineError::Rejected(
-                        "Welcome's DGroup config differs from the one we hold".into(),
-                    ));
-                }
+            Some((_, _, we_removed)) => {
                 if we_removed {
                     return Ok(vec![Event::Ignored {
                         reason: "Welcome for a DGroup we were removed from".into(),
@@ -1002,6 +1007,7 @@ impl Ctx<'_> {
             self.joined_through_last_resort(&gid, &hash_ref)?;
         }
         if !removed_owner {
+            events.extend(self.adopt_config(&d, &w.config, &w.owner)?);
             events.push(Event::JoinedSendGroup {
                 dgroup: d,
                 owner: w.owner,
@@ -1078,8 +1084,7 @@ impl Ctx<'_> {
             .ok_or_else(|| {
                 EngineError::Rejected("Welcome's group has no DGroup config extension".into())
             })?;
-        let config_bytes = ext.0.clone();
-        let config = DGroupConfig::decode(&config_bytes)
+        let config = DGroupConfig::decode(&ext.0)
             .map_err(|e| EngineError::Rejected(format!("Welcome's DGroup config: {e}")))?;
         config.validate()?;
         let suite = u16::from(ctx.ciphersuite());
@@ -1130,7 +1135,6 @@ impl Ctx<'_> {
             owner,
             owner_key,
             config,
-            config_bytes,
         })
     }
 

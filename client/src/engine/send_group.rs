@@ -5,7 +5,8 @@ use openmls::prelude::*;
 use openmls::schedule::{ExternalPsk, PreSharedKeyId, Psk};
 use tls_codec::{Deserialize as _, Serialize as _};
 
-use super::config::{DEFAULT_CIPHERSUITE, DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
+use super::add::{config_extensions, group_config};
+use super::config::{AddPolicy, DEFAULT_CIPHERSUITE, DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
 use super::contacts::KeyCheck;
 use super::ctx::{
     CIPHERSUITE, Ctx, MAX_PAST_EPOCHS, capabilities, credential_identity, external_psk_id,
@@ -39,6 +40,7 @@ impl Ctx<'_> {
         &mut self,
         name: &str,
         others: &[String],
+        add_policy: AddPolicy,
         now_ms: u64,
     ) -> Result<DGroupId, EngineError> {
         let me = self.me()?;
@@ -60,6 +62,8 @@ impl Ctx<'_> {
             members,
             cipher_suites: vec![DEFAULT_CIPHERSUITE],
             psk_length: PSK_LENGTH,
+            add_policy,
+            removed: Vec::new(),
         };
         config.validate()?;
         self.insert_dgroup(&config)?;
@@ -76,6 +80,12 @@ impl Ctx<'_> {
             let gid = send_group_id(&d, m);
             self.write_send_group(|conn| send_groups::insert(conn, &gid, &d, m, *m == me))?;
         }
+        // Members the config lists as removed (docs/PROTOCOL.md "Add": a newcomer learns them
+        // from its first Welcome) are known to be removed; our Send Group never holds them.
+        for r in &config.removed {
+            self.note_removed(&d, r)?;
+        }
+        members::removals_done(self.conn, &d)?;
         Ok(())
     }
 
@@ -200,7 +210,7 @@ impl Ctx<'_> {
                 self.resend_name(dgroup_id);
             }
         } else {
-            self.add_initial_members(own.group_id, adds, now_ms)?;
+            self.add_initial_members(&dgroup_id, own.group_id, adds, now_ms)?;
         }
         for a in &added {
             members::delete_missing(self.conn, &dgroup_id, a)?;
@@ -302,6 +312,7 @@ impl Ctx<'_> {
     /// their Welcomes, and makes the group active.
     fn add_initial_members(
         &mut self,
+        d: &DGroupId,
         gid: [u8; 32],
         adds: Vec<(String, KeyPackage)>,
         now_ms: u64,
@@ -319,7 +330,9 @@ impl Ctx<'_> {
             let signer = self.signer()?;
             let mut group = self.take_group(&gid)?;
             // Every own commit has a path (PROTOCOL.md "DMLS Update and DMLS Commit").
-            let (_, welcome) = self.build_commit(&mut group, &signer, &[], &[], &kps)?;
+            let config = self.config_change(&group, d)?;
+            let (_, welcome) =
+                self.build_commit(&mut group, &signer, &[], &[], &kps, config.as_deref())?;
             let welcome = welcome
                 .ok_or_else(|| EngineError::Internal("add commit without Welcome".into()))?;
             group
@@ -556,7 +569,27 @@ impl Ctx<'_> {
         now_ms: u64,
         adds: Vec<(String, KeyPackage)>,
     ) -> Result<(), EngineError> {
+        // docs/PROTOCOL.md "Add": the config that lists them goes first, in a regular commit
+        // (importing as usual), so that a receiver has learned of them before it merges the add.
+        let own = self.active_own(d)?;
+        let behind = self.with_group(&own.group_id, |g| self.config_change(g, d))?;
+        if behind.is_some() {
+            self.dmls_commit_with(d, now_ms, false, Vec::new())?;
+        }
         self.dmls_commit_with(d, now_ms, false, adds)
+    }
+
+    /// The config we hold for `d`, encoded, if `group` (our Send Group of `d`) carries
+    /// another one: our next commit there carries it (docs/PROTOCOL.md "DGroup configuration").
+    pub(crate) fn config_change(
+        &self,
+        group: &MlsGroup,
+        d: &DGroupId,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        let Some((_, held, _)) = self.config(d)? else {
+            return Err(EngineError::UnknownDGroup(d.to_hex()));
+        };
+        Ok((group_config(group) != Some(held.as_slice())).then_some(held))
     }
 
     /// [`Ctx::dmls_commit`], adding `adds` (then without PSK imports).
@@ -592,8 +625,15 @@ impl Ctx<'_> {
                     .map(|id| (m.index, id))
             })
             .unzip();
-        let (commit, welcome) =
-            self.build_commit_in_psk_order(&mut group, &signer, &mut imports, &leaves, &kps)?;
+        let config = self.config_change(&group, d)?;
+        let (commit, welcome) = self.build_commit_in_psk_order(
+            &mut group,
+            &signer,
+            &mut imports,
+            &leaves,
+            &kps,
+            config.as_deref(),
+        )?;
         let imports: Vec<PskId> = imports.into_iter().map(|(p, _)| p).collect();
         let left = group.epoch().as_u64();
         group
@@ -609,6 +649,10 @@ impl Ctx<'_> {
         if !pending.is_empty() {
             self.removals_merged = true;
             members::removals_done(self.conn, d)?;
+        }
+        if config.is_some() {
+            // Ours is the config its other members merge: show it as changed where we held it.
+            self.config_grew.push(*d);
         }
         let changed = !pending.is_empty() || !added.is_empty();
         self.queue_own_commit(&group, &me, commit, changed, &added, welcome)?;
@@ -651,8 +695,9 @@ impl Ctx<'_> {
         imports: &mut Vec<(PskId, PreSharedKeyId)>,
         leaves: &[LeafNodeIndex],
         kps: &[KeyPackage],
+        config: Option<&[u8]>,
     ) -> Result<(Vec<u8>, Option<Vec<u8>>), EngineError> {
-        let built = self.build_commit(group, signer, imports, leaves, kps)?;
+        let built = self.build_commit(group, signer, imports, leaves, kps, config)?;
         let order = self.staged_psk_order(group)?;
         if order == imports.iter().map(|(p, _)| *p).collect::<Vec<_>>() {
             return Ok(built);
@@ -668,7 +713,7 @@ impl Ctx<'_> {
             reordered.push(imports.remove(pos));
         }
         *imports = reordered;
-        let built = self.build_commit(group, signer, imports, leaves, kps)?;
+        let built = self.build_commit(group, signer, imports, leaves, kps, config)?;
         let again = self.staged_psk_order(group)?;
         if again != order {
             return Err(EngineError::Internal(format!(
@@ -719,8 +764,9 @@ impl Ctx<'_> {
 
     /// Builds and stages (does not merge) a commit with a path importing `imports` in this
     /// order, with the AAD naming them in the same order, removing `leaves`, adding `adds`
-    /// and committing received Update proposals. Returns the commit's bytes and, when it
-    /// adds members, the Welcome's.
+    /// and committing received Update proposals; with `config`, it also replaces the DGroup
+    /// config the group carries. Returns the commit's bytes and, when it adds members, the
+    /// Welcome's.
     fn build_commit(
         &mut self,
         group: &mut MlsGroup,
@@ -728,6 +774,7 @@ impl Ctx<'_> {
         imports: &[(PskId, PreSharedKeyId)],
         leaves: &[LeafNodeIndex],
         adds: &[KeyPackage],
+        config: Option<&[u8]>,
     ) -> Result<(Vec<u8>, Option<Vec<u8>>), EngineError> {
         let ids: Vec<PskId> = imports.iter().map(|(p, _)| *p).collect();
         let psk_proposals = imports
@@ -736,8 +783,13 @@ impl Ctx<'_> {
             .collect::<Vec<_>>();
         // Dependency hint (PROTOCOL.md "Dependency hint").
         group.set_aad(PskId::list_to_aad(&ids));
-        let bundle = group
-            .commit_builder()
+        let mut builder = group.commit_builder();
+        if let Some(config) = config {
+            builder = builder
+                .propose_group_context_extensions(config_extensions(config)?)
+                .map_err(|e| EngineError::mls("DMLS commit", e))?;
+        }
+        let bundle = builder
             .add_proposals(psk_proposals)
             .propose_removals(leaves.iter().copied())
             .propose_adds(adds.iter().cloned())
@@ -752,7 +804,10 @@ impl Ctx<'_> {
                     Proposal::Update(_) => {
                         matches!(qp.sender(), Sender::Member(l) if !leaves.contains(l))
                     }
-                    Proposal::PreSharedKey(_) | Proposal::Remove(_) | Proposal::Add(_) => true,
+                    Proposal::PreSharedKey(_)
+                    | Proposal::Remove(_)
+                    | Proposal::Add(_)
+                    | Proposal::GroupContextExtensions(_) => true,
                     _ => false,
                 }
             })
@@ -835,8 +890,9 @@ impl Ctx<'_> {
             self.with_group(&gid, |g| Ok(g.pending_proposals().next().is_some()))?;
         let has_removals = members::removed(self.conn, d)?.iter().any(|r| r.1);
         let has_imports = self.policy.import_before_send && !self.unimported(d)?.is_empty();
+        let config_behind = self.with_group(&gid, |g| self.config_change(g, d))?.is_some();
         let mut own = own;
-        if stale || has_proposals || has_removals || has_imports {
+        if stale || has_proposals || has_removals || has_imports || config_behind {
             self.dmls_commit(d, now_ms, stale)?;
             own = self.own_send_group(d)?;
         }

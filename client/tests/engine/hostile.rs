@@ -141,6 +141,8 @@ fn config(d: DGroupId, members: &[&str]) -> DGroupConfig {
         members: members.iter().map(|s| s.to_string()).collect(),
         cipher_suites: vec![1],
         psk_length: 32,
+        add_policy: Default::default(),
+        removed: Vec::new(),
     }
 }
 
@@ -239,10 +241,11 @@ fn welcome_posted_by_another_than_its_owner_is_rejected() {
 #[test]
 fn welcome_with_config_differing_from_the_held_one_is_rejected() {
     let (mut net, d) = setup();
-    // Same dgroup_id, listed owner, right group id, but another name and member list.
+    // Same dgroup_id, listed owner, right group id, but another name (a field that never
+    // changes) and a member list with a newcomer.
     let c = config(d, &["m0", "m1", "m2", "m3"]).encode().unwrap();
     let err = welcome_case(&mut net, "m3", "m3", &send_group_id(&d, "m3"), Some(c));
-    assert!(err.contains("differs from the one we hold"), "{err}");
+    assert!(err.contains("changes its name"), "{err}");
 }
 
 #[test]

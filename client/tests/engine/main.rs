@@ -5,6 +5,7 @@
 
 mod common;
 
+mod add;
 mod basic;
 mod hostile;
 mod simulation;

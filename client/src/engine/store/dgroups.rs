@@ -135,3 +135,61 @@ pub(crate) fn set_we_removed(conn: &Connection, d: &DGroupId) -> Result<bool, En
     )?;
     Ok(n > 0)
 }
+
+/// Replaces the encoded config of `d` (docs/PROTOCOL.md "DGroup configuration": it only grows).
+pub(crate) fn set_config(conn: &Connection, d: &DGroupId, config: &[u8]) -> Result<(), EngineError> {
+    conn.exec_cached(
+        "UPDATE dmls_dgroup SET config = ?2 WHERE dgroup_id = ?1",
+        params![d.0.as_slice(), config],
+    )?;
+    Ok(())
+}
+
+/// At most this many Welcomes are held per DGroup; the oldest go first.
+pub(crate) const MAX_HELD_WELCOMES: i64 = 32;
+
+/// Holds a Welcome of `d` posted by `from` until the config we hold admits it.
+pub(crate) fn hold_welcome(
+    conn: &Connection,
+    d: &DGroupId,
+    from: &str,
+    data: &[u8],
+) -> Result<(), EngineError> {
+    conn.exec_cached(
+        "INSERT INTO dmls_waiting_welcome(dgroup_id, from_account, data) VALUES (?1, ?2, ?3)",
+        params![d.0.as_slice(), from, data],
+    )?;
+    conn.exec_cached(
+        "DELETE FROM dmls_waiting_welcome WHERE dgroup_id = ?1 AND id NOT IN \
+         (SELECT id FROM dmls_waiting_welcome WHERE dgroup_id = ?1 ORDER BY id DESC LIMIT ?2)",
+        params![d.0.as_slice(), MAX_HELD_WELCOMES],
+    )?;
+    Ok(())
+}
+
+/// Takes (deletes and returns) the held Welcomes of `d`, oldest first: `(from, data)`.
+pub(crate) fn take_held_welcomes(
+    conn: &Connection,
+    d: &DGroupId,
+) -> Result<Vec<(String, Vec<u8>)>, EngineError> {
+    let rows = conn.rows_cached(
+        "SELECT from_account, data FROM dmls_waiting_welcome WHERE dgroup_id = ?1 ORDER BY id",
+        [d.0.as_slice()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    conn.exec_cached(
+        "DELETE FROM dmls_waiting_welcome WHERE dgroup_id = ?1",
+        [d.0.as_slice()],
+    )?;
+    Ok(rows)
+}
+
+/// How many Welcomes of `d` are held.
+pub(crate) fn held_welcome_count(conn: &Connection, d: &DGroupId) -> Result<u64, EngineError> {
+    let n: i64 = conn.row_cached(
+        "SELECT COUNT(*) FROM dmls_waiting_welcome WHERE dgroup_id = ?1",
+        [d.0.as_slice()],
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}

@@ -37,6 +37,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "leave_and_name",
         include_str!("migrations/0009_leave_and_name.sql"),
     ),
+    (
+        "held_welcomes",
+        include_str!("migrations/0010_held_welcomes.sql"),
+    ),
 ];
 
 /// The schema version this code writes.
@@ -182,6 +186,8 @@ mod tests {
             members: MEMBERS.iter().map(|m| m.to_string()).collect(),
             cipher_suites: vec![crate::engine::config::DEFAULT_CIPHERSUITE],
             psk_length: crate::engine::PSK_LENGTH,
+            add_policy: Default::default(),
+            removed: Vec::new(),
         };
         for (k, v) in [
             ("client_id", b"alice".to_vec()),
