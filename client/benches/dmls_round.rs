@@ -12,7 +12,11 @@
 //!    Per-member wall-clock time (the engine is called from one thread; fsyncs of the durable
 //!    file-backed SQLite state included) and CPU time (all threads of the process: openmls
 //!    builds and decrypts paths on rayon's threads; Linux only, from `/proc/self/task/*/schedstat`).
-//! 3. Backlog: 10,000 application messages through a real relay in this process (SQLite),
+//! 3. Adding one member to the DGroup of N (docs/PROTOCOL.md "Add"): member 1 adds a newcomer;
+//!    everyone syncs until nothing moves. Time until every Send Group includes the newcomer
+//!    and it has read a message of every other member and sent one that everyone read, bytes
+//!    moved, and CPU time per existing member (`DMLS_BENCH_ADD=0` skips it).
+//! 4. Backlog: 10,000 application messages through a real relay in this process (SQLite),
 //!    then a member's `sync_once` over all of them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -241,6 +245,22 @@ struct RoundFigures {
     commit_mean: Duration,
     round_bytes: u64,
     round_inputs_per_member: usize,
+    add: Option<AddFigures>,
+}
+
+/// Adding one member to a DGroup of `n`.
+struct AddFigures {
+    /// Wall-clock time from the add until every Send Group includes the newcomer, it read a
+    /// message of every other member, and everyone read one of its messages.
+    total: Duration,
+    bytes: u64,
+    messages: u64,
+    /// Mean and largest CPU time per existing member, if measurable.
+    cpu_existing: Option<(Duration, Duration)>,
+    /// CPU time of the newcomer.
+    cpu_newcomer: Option<Duration>,
+    /// Sync rounds (every member syncs once per round) until nothing moved.
+    rounds: usize,
 }
 
 /// Opens `n` members with durable state in `dir`, each with `n` key packages and a last
@@ -329,6 +349,11 @@ fn bench_round(n: usize, dir: &Path, durability: Durability) -> Result<RoundFigu
             );
         }
     }
+    let add = if std::env::var("DMLS_BENCH_ADD").is_ok_and(|v| v == "0") {
+        None
+    } else {
+        Some(bench_add(&mut members, &dgroup, dir, durability, &mut net)?)
+    };
     let round_total: Duration = per_member.iter().sum();
     let round_cpu = cpu_per_member
         .iter()
@@ -352,6 +377,118 @@ fn bench_round(n: usize, dir: &Path, durability: Durability) -> Result<RoundFigu
         commit_mean: commit_total / n as u32,
         round_bytes: net.bytes - bytes_before,
         round_inputs_per_member: inputs / n,
+        add,
+    })
+}
+
+/// Member 1 adds a newcomer to `members`' DGroup; everyone (the newcomer too) syncs until
+/// nothing moves, then every member sends one message and everyone syncs again.
+fn bench_add(
+    members: &mut Vec<Member>,
+    dgroup: &DGroupId,
+    dir: &Path,
+    durability: Durability,
+    net: &mut Net,
+) -> Result<AddFigures> {
+    let n = members.len();
+    let id = "newcomer".to_string();
+    let (mut engine, barrier) = open_state_db_with(&dir.join(format!("{id}.db")), durability)?;
+    engine.create_identity(&id)?;
+    net.stock
+        .insert(id.clone(), engine.generate_key_packages(4)?.into());
+    net.last_resort
+        .insert(id.clone(), engine.generate_last_resort_key_package()?);
+    members.push(Member {
+        id: id.clone(),
+        engine,
+        barrier,
+    });
+    let (bytes0, messages0) = (net.bytes, net.messages);
+    let mut cpu: Vec<Option<Duration>> = vec![Some(Duration::ZERO); n + 1];
+    let mut measure = |i: usize,
+                       m: &mut Member,
+                       net: &mut Net,
+                       f: &dyn Fn(&mut Member, &mut Net) -> Result<usize>|
+     -> Result<usize> {
+        let t = Stopwatch::start();
+        let moved = f(m, net)?;
+        let (_, c) = t.stop();
+        cpu[i] = cpu[i].zip(c).map(|(a, b)| a + b);
+        Ok(moved)
+    };
+    let t = Instant::now();
+    measure(1, &mut members[1], net, &|m, net| {
+        m.engine.add(dgroup, std::slice::from_ref(&id), NOW + 2)?;
+        net.drain(m)?;
+        Ok(0)
+    })?;
+    let sync = |m: &mut Member, net: &mut Net| -> Result<usize> {
+        let moved = net.deliver(m)?;
+        net.drain(m)?;
+        Ok(moved)
+    };
+    let mut rounds = 0;
+    let mut spoke = false;
+    loop {
+        rounds += 1;
+        let mut moved = 0;
+        for (i, m) in members.iter_mut().enumerate() {
+            moved += measure(i, m, net, &sync)?;
+        }
+        if moved > 0 {
+            continue;
+        }
+        if spoke {
+            break;
+        }
+        // Everyone is in: every member says one thing, once.
+        for (i, m) in members.iter_mut().enumerate() {
+            measure(i, m, net, &|m, net| {
+                m.engine
+                    .send(dgroup, dmls_client::engine::TEXT_PLAIN, b"hello", NOW + 3)?;
+                net.drain(m)?;
+                Ok(0)
+            })?;
+        }
+        spoke = true;
+    }
+    let total = t.elapsed();
+    for m in members.iter() {
+        let s = m.engine.status(dgroup)?;
+        let joined = s.send_groups.iter().filter(|g| g.joined).count();
+        anyhow::ensure!(
+            joined == n + 1,
+            "{} joined {joined} of {} Send Groups",
+            m.id,
+            n + 1
+        );
+        for g in &s.send_groups {
+            anyhow::ensure!(
+                g.members.contains(&id),
+                "{}'s Send Group lacks the newcomer at {}",
+                g.owner,
+                m.id
+            );
+        }
+        let read = m
+            .engine
+            .history(dgroup, 10 * n)?
+            .iter()
+            .filter(|h| h.body == b"hello")
+            .count();
+        anyhow::ensure!(read == n + 1, "{} has {read} of {} hellos", m.id, n + 1);
+    }
+    let existing: Option<Vec<Duration>> = cpu[..n].iter().copied().collect();
+    Ok(AddFigures {
+        total,
+        bytes: net.bytes - bytes0,
+        messages: net.messages - messages0,
+        cpu_existing: existing.map(|v| {
+            let sum: Duration = v.iter().sum();
+            (sum / n as u32, v.into_iter().max().unwrap_or_default())
+        }),
+        cpu_newcomer: cpu[n],
+        rounds,
     })
 }
 
@@ -459,6 +596,7 @@ fn main() -> Result<()> {
         })
         .collect();
     let mut welcome_lines = Vec::new();
+    let mut add_lines = Vec::new();
     for (n, durability) in runs {
         let dir = tempfile::tempdir()?;
         let f = bench_round(n, dir.path(), durability)?;
@@ -480,6 +618,20 @@ fn main() -> Result<()> {
             f.round_inputs_per_member,
             f.round_bytes as f64 / 1e6,
         );
+        if let Some(a) = &f.add {
+            let (mean, max) = a
+                .cpu_existing
+                .map_or(("n/a".into(), "n/a".into()), |(a, b)| (ms(a), ms(b)));
+            add_lines.push(format!(
+                "| {} ({durability:?}) | {:.2} s | {} | {:.2} MB | {} | {mean} | {max} | {} |",
+                f.n,
+                a.total.as_secs_f64(),
+                a.rounds,
+                a.bytes as f64 / 1e6,
+                a.messages,
+                a.cpu_newcomer.map_or("n/a".into(), ms),
+            ));
+        }
         let (posted, per_recipient) = f.setup_welcome_bytes;
         welcome_lines.push(format!(
             "N = {} ({durability:?}): set-up bytes {:.2} MB, of which welcomes {:.2} MB (same bytes posted once for all recipients); one welcome per recipient: {:.2} MB set-up, {:.2} MB welcomes",
@@ -492,6 +644,16 @@ fn main() -> Result<()> {
     }
     for line in welcome_lines {
         println!("{line}");
+    }
+    if !add_lines.is_empty() {
+        println!();
+        println!(
+            "| add one member to N (durability) | until all Send Groups include it, and one message each way | sync rounds | bytes | messages | CPU per existing member (mean) | CPU per existing member (max) | newcomer CPU |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for line in add_lines {
+            println!("{line}");
+        }
     }
 
     if backlog > 0 {

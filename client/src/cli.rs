@@ -19,9 +19,7 @@ mod contacts;
 pub use contacts::ContactsCommand;
 
 use crate::client::{Client, ClientError, Delivery, Durability, dgroup_hex};
-use crate::engine::{
-    AddPolicy, DGroupStatus, DGroupSummary, Event, ReceivedMessage, WaitReason,
-};
+use crate::engine::{AddPolicy, DGroupStatus, DGroupSummary, Event, ReceivedMessage, WaitReason};
 
 /// The long explanation of `--durability`, shown by `dmls --help` only (every subcommand's
 /// help lists the option with its one-line summary).

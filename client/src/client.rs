@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::drive::{ClaimAnswer, OutboxEngine, OutboxError, Transport, perform_outbox};
 use crate::engine::{
-    AddPolicy, DGroupId, DGroupStatus, DGroupSummary, DutyPolicy, Engine, EngineError, Event, Input,
-    OutboxItem, ReceivedMessage,
+    AddPolicy, DGroupId, DGroupStatus, DGroupSummary, DutyPolicy, Engine, EngineError, Event,
+    Input, OutboxItem, ReceivedMessage,
 };
 use crate::relay::{RelayClient, RelayError, StreamItem, Token};
 

@@ -380,3 +380,109 @@ async fn a_killed_dmls_sync_restarts_with_every_message_exactly_once() {
     assert!(lines.iter().any(|v| v["text"] == "live"), "{lines:?}");
     relay.shutdown().await.unwrap();
 }
+
+/// A new identity `name` in `dir`, with key packages on the relay (`dmls init`, one sync).
+async fn a_fourth_identity(dir: &Path, url: &str, name: &str) -> PathBuf {
+    let home = dir.join(name);
+    let v = ok(&home, &["init", "--relay", url, "--name", name]).await;
+    assert_eq!(v["client_id"], name);
+    ok(&home, &["sync"]).await;
+    home
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_users_add_a_fourth_who_reads_what_follows_and_talks() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(relay_dir.path()).await;
+    let h = three_identities_in_a_group(&relay.url()).await;
+    ok(&h.a, &["send", "friends", "before"]).await;
+    for home in [&h.a, &h.b, &h.c] {
+        ok(home, &["sync"]).await;
+    }
+    let d = a_fourth_identity(h._dir.path(), &relay.url(), "dave").await;
+
+    let v = ok(&h.b, &["group", "add", "friends", "dave"]).await;
+    assert_eq!(v["added"], serde_json::json!(["dave"]), "{v}");
+    assert_eq!(v["group"], "friends", "{v}");
+    assert_eq!(v["sent"], true, "{v}");
+    // The others claim dave's key packages and add him to their Send Groups; dave joins.
+    for _ in 0..3 {
+        for home in [&h.a, &h.b, &h.c, &d] {
+            ok(home, &["sync"]).await;
+        }
+    }
+    let groups = ok(&d, &["groups"]).await;
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups[0]["name"], "friends", "{groups}");
+    assert!(
+        groups[0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "dave"),
+        "{groups}"
+    );
+
+    ok(&h.c, &["send", "friends", "after"]).await;
+    ok(&d, &["send", "friends", "hi from dave"]).await;
+    for _ in 0..2 {
+        for home in [&h.a, &h.b, &h.c, &d] {
+            ok(home, &["sync"]).await;
+        }
+    }
+    let dave_reads = texts(&ok(&d, &["log", "friends"]).await);
+    assert!(dave_reads.iter().any(|t| t == "after"), "{dave_reads:?}");
+    assert!(!dave_reads.iter().any(|t| t == "before"), "{dave_reads:?}");
+    let alice_reads = texts(&ok(&h.a, &["log", "friends"]).await);
+    assert!(
+        alice_reads.iter().any(|t| t == "hi from dave"),
+        "{alice_reads:?}"
+    );
+    let status = ok(&h.a, &["status", "friends"]).await;
+    assert_eq!(status["pending_adds"], serde_json::json!([]), "{status}");
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_admin_adds_when_the_group_says_so() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(relay_dir.path()).await;
+    let url = relay.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    for (home, name) in [(&a, "alice"), (&b, "bob"), (&c, "carol")] {
+        let v = ok(home, &["init", "--relay", &url, "--name", name]).await;
+        assert_eq!(v["client_id"], name);
+    }
+    let v = ok(
+        &a,
+        &[
+            "group", "create", "friends", "bob", "carol", "--adds", "admins",
+        ],
+    )
+    .await;
+    assert_eq!(v["name"], "friends");
+    for _ in 0..3 {
+        for home in [&a, &b, &c] {
+            ok(home, &["sync"]).await;
+        }
+    }
+    a_fourth_identity(dir.path(), &url, "dave").await;
+
+    for home in [&a, &b] {
+        let groups = ok(home, &["groups"]).await;
+        assert_eq!(groups[0]["adds"], "admins", "{groups}");
+    }
+    let out = run(&b, &["group", "add", "friends", "dave"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("admin"), "{stderr}");
+    let v = ok(&a, &["group", "add", "friends", "dave"]).await;
+    assert_eq!(v["added"], serde_json::json!(["dave"]), "{v}");
+    assert_eq!(v["sent"], true, "{v}");
+    relay.shutdown().await.unwrap();
+}

@@ -122,7 +122,11 @@ impl Ctx<'_> {
         dgroups::set_config(self.conn, d, &new.encode()?)?;
         let me = self.me()?;
         let mut events = Vec::new();
-        let added: Vec<String> = old.new_members(new).into_iter().map(str::to_owned).collect();
+        let added: Vec<String> = old
+            .new_members(new)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         if !added.is_empty() {
             self.config_grew.push(*d);
         }
@@ -193,10 +197,12 @@ impl Ctx<'_> {
         sg: &SendGroupRow,
         staged: &StagedCommit,
     ) -> Result<Option<DGroupConfig>, EngineError> {
-        let mut changes = staged.queued_proposals().filter_map(|q| match q.proposal() {
-            Proposal::GroupContextExtensions(p) => Some(p.extensions()),
-            _ => None,
-        });
+        let mut changes = staged
+            .queued_proposals()
+            .filter_map(|q| match q.proposal() {
+                Proposal::GroupContextExtensions(p) => Some(p.extensions()),
+                _ => None,
+            });
         let Some(exts) = changes.next() else {
             return Ok(None);
         };
@@ -255,7 +261,9 @@ impl Ctx<'_> {
         held.check_same_dgroup(config)
             .map_err(|e| EngineError::Rejected(format!("Welcome: {e}")))?;
         if !held.has_member(owner) {
-            return Ok(Some(format!("its owner {owner} is not a member we know of yet")));
+            return Ok(Some(format!(
+                "its owner {owner} is not a member we know of yet"
+            )));
         }
         let unknown = held.new_members(config);
         if !unknown.is_empty() && !held.may_add(owner) {

@@ -773,11 +773,13 @@ impl Engine {
                         group_id,
                         seq,
                         data,
-                    } => {
-                let mut events = c.group_message(&owner, &group_id, seq, &data)?;
-                events.extend(c.retry_held_welcomes()?);
-                Ok(events)
-            }
+                    } => c
+                        .group_message(&owner, &group_id, seq, &data)
+                        .and_then(|mut events| {
+                            // What it taught us of the config may admit held Welcomes.
+                            events.extend(c.retry_held_welcomes()?);
+                            Ok(events)
+                        }),
                     Input::Welcome {
                         inbox_id: Some(id), ..
                     } => {
@@ -817,7 +819,11 @@ impl Engine {
                 group_id,
                 seq,
                 data,
-            } => c.group_message(&owner, &group_id, seq, &data),
+            } => {
+                let mut events = c.group_message(&owner, &group_id, seq, &data)?;
+                events.extend(c.retry_held_welcomes()?);
+                Ok(events)
+            }
             Input::Welcome {
                 inbox_id,
                 from,

@@ -133,7 +133,11 @@ impl Ctx<'_> {
 
     /// Members of the config not known to be removed and not in our own Send Group yet,
     /// once it is set up (docs/PROTOCOL.md "Add", "Late add").
-    fn pending_adds(&self, d: &DGroupId, summary: &DGroupSummary) -> Result<Vec<String>, EngineError> {
+    fn pending_adds(
+        &self,
+        d: &DGroupId,
+        summary: &DGroupSummary,
+    ) -> Result<Vec<String>, EngineError> {
         if summary.we_are_removed {
             return Ok(Vec::new());
         }

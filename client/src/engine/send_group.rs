@@ -6,7 +6,9 @@ use openmls::schedule::{ExternalPsk, PreSharedKeyId, Psk};
 use tls_codec::{Deserialize as _, Serialize as _};
 
 use super::add::{config_extensions, group_config};
-use super::config::{AddPolicy, DEFAULT_CIPHERSUITE, DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH};
+use super::config::{
+    AddPolicy, DEFAULT_CIPHERSUITE, DGroupConfig, DMLS_EXTENSION_TYPE, PSK_LENGTH,
+};
 use super::contacts::KeyCheck;
 use super::ctx::{
     CIPHERSUITE, Ctx, MAX_PAST_EPOCHS, capabilities, credential_identity, external_psk_id,
@@ -650,10 +652,6 @@ impl Ctx<'_> {
             self.removals_merged = true;
             members::removals_done(self.conn, d)?;
         }
-        if config.is_some() {
-            // Ours is the config its other members merge: show it as changed where we held it.
-            self.config_grew.push(*d);
-        }
         let changed = !pending.is_empty() || !added.is_empty();
         self.queue_own_commit(&group, &me, commit, changed, &added, welcome)?;
         self.write_send_group(|conn| send_groups::own_committed(conn, &gid, now_ms))?;
@@ -890,7 +888,9 @@ impl Ctx<'_> {
             self.with_group(&gid, |g| Ok(g.pending_proposals().next().is_some()))?;
         let has_removals = members::removed(self.conn, d)?.iter().any(|r| r.1);
         let has_imports = self.policy.import_before_send && !self.unimported(d)?.is_empty();
-        let config_behind = self.with_group(&gid, |g| self.config_change(g, d))?.is_some();
+        let config_behind = self
+            .with_group(&gid, |g| self.config_change(g, d))?
+            .is_some();
         let mut own = own;
         if stale || has_proposals || has_removals || has_imports || config_behind {
             self.dmls_commit(d, now_ms, stale)?;

@@ -1,9 +1,7 @@
 //! Adding members to a running DGroup (docs/PROTOCOL.md "Add").
 
 use crate::common::Net;
-use dmls_client::engine::{
-    AddPolicy, DGroupConfig, DGroupId, EngineError, Event, TEXT_PLAIN,
-};
+use dmls_client::engine::{AddPolicy, DGroupConfig, DGroupId, EngineError, Event, TEXT_PLAIN};
 
 /// Delivers everything and lets every member retry its missing members (as its periodic
 /// duty does), until nothing moves.
@@ -54,7 +52,11 @@ fn assert_converged(net: &Net, d: &DGroupId, members: &[usize], want: &[&str]) {
         set.retain(|m| !st.summary.removed.contains(m));
         set.sort();
         assert_eq!(set, want, "member set of m{i}");
-        assert!(st.pending_adds.is_empty(), "m{i} still adds {:?}", st.pending_adds);
+        assert!(
+            st.pending_adds.is_empty(),
+            "m{i} still adds {:?}",
+            st.pending_adds
+        );
         let groups: Vec<_> = st
             .send_groups
             .iter()
@@ -75,7 +77,9 @@ fn assert_converged(net: &Net, d: &DGroupId, members: &[usize], want: &[&str]) {
 #[test]
 fn a_member_added_later_reads_only_what_follows_and_can_talk() {
     let (mut net, d) = team(4, AddPolicy::AnyMember, 11, None);
-    net.engines[1].send(&d, TEXT_PLAIN, b"before", 1500).unwrap();
+    net.engines[1]
+        .send(&d, TEXT_PLAIN, b"before", 1500)
+        .unwrap();
     net.settle(1500);
     net.engines[1].add(&d, &["m3".into()], 2000).unwrap();
     settle_adds(&mut net, 2000);
@@ -84,9 +88,15 @@ fn a_member_added_later_reads_only_what_follows_and_can_talk() {
         assert!(net.events[i].iter().any(|e| matches!(e,
             Event::MemberAdded { member, by, .. } if member == "m3" && by == "m1")));
     }
-    assert!(bodies(&net, 3).is_empty(), "the newcomer read {:?}", bodies(&net, 3));
+    assert!(
+        bodies(&net, 3).is_empty(),
+        "the newcomer read {:?}",
+        bodies(&net, 3)
+    );
     net.engines[2].send(&d, TEXT_PLAIN, b"after", 3000).unwrap();
-    net.engines[3].send(&d, TEXT_PLAIN, b"hello from m3", 3000).unwrap();
+    net.engines[3]
+        .send(&d, TEXT_PLAIN, b"hello from m3", 3000)
+        .unwrap();
     settle_adds(&mut net, 3000);
     assert_eq!(bodies(&net, 3), vec![b"after".to_vec()]);
     for i in [0, 1, 2] {
@@ -110,7 +120,9 @@ fn concurrent_adds_by_two_members_end_with_the_same_members_everywhere() {
     settle_adds(&mut net, 2000);
     let all = ["m0", "m1", "m2", "m3", "m4"];
     assert_converged(&net, &d, &[0, 1, 2, 3, 4], &all);
-    net.engines[4].send(&d, TEXT_PLAIN, b"m4 here", 3000).unwrap();
+    net.engines[4]
+        .send(&d, TEXT_PLAIN, b"m4 here", 3000)
+        .unwrap();
     settle_adds(&mut net, 3000);
     for i in 0..4 {
         assert_eq!(bodies(&net, i), vec![b"m4 here".to_vec()], "m{i}");
@@ -168,7 +180,12 @@ fn bad_adds_are_refused_before_anything_is_sent() {
 
 /// A member that rewrites the config it holds (a modified client) makes its next commit
 /// carry it; every receiver rejects that commit and keeps its state.
-fn tampered_commit_is_rejected(policy: AddPolicy, seed: u64, tamper: impl Fn(&DGroupConfig) -> DGroupConfig, why: &str) {
+fn tampered_commit_is_rejected(
+    policy: AddPolicy,
+    seed: u64,
+    tamper: impl Fn(&DGroupConfig) -> DGroupConfig,
+    why: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (mut net, d) = team(4, policy, seed, Some(dir.path()));
     let conn = rusqlite::Connection::open(dir.path().join("m1.db")).unwrap();
@@ -176,22 +193,39 @@ fn tampered_commit_is_rejected(policy: AddPolicy, seed: u64, tamper: impl Fn(&DG
         .query_row("SELECT config FROM dmls_dgroup", [], |r| r.get(0))
         .unwrap();
     let forged = tamper(&DGroupConfig::decode(&bytes).unwrap());
-    conn.execute("UPDATE dmls_dgroup SET config = ?1", [forged.encode().unwrap()])
-        .unwrap();
+    conn.execute(
+        "UPDATE dmls_dgroup SET config = ?1",
+        [forged.encode().unwrap()],
+    )
+    .unwrap();
     net.engines[1].send(&d, TEXT_PLAIN, b"hi", 2000).unwrap();
     net.drain(1, 2000);
-    let before: Vec<_> = [0, 2].iter().map(|&i| net.engines[i].status(&d).unwrap()).collect();
+    let before: Vec<_> = [0, 2]
+        .iter()
+        .map(|&i| net.engines[i].status(&d).unwrap())
+        .collect();
     for (k, i) in [0usize, 2].into_iter().enumerate() {
-        let mine: Vec<usize> = (0..net.pool.len()).filter(|&p| net.pool[p].to == i).collect();
+        let mine: Vec<usize> = (0..net.pool.len())
+            .filter(|&p| net.pool[p].to == i)
+            .collect();
         let err = net.deliver(mine[0], false, 2000).unwrap_err();
         assert!(err.contains(why), "m{i}: {err}");
-        assert_eq!(net.engines[i].status(&d).unwrap(), before[k], "m{i} changed state");
+        assert_eq!(
+            net.engines[i].status(&d).unwrap(),
+            before[k],
+            "m{i} changed state"
+        );
     }
 }
 
 #[test]
 fn a_commit_adding_a_member_by_a_non_admin_is_rejected() {
-    tampered_commit_is_rejected(AddPolicy::Admins, 16, |c| c.with(&["m3"], &[]), "only its admin m0");
+    tampered_commit_is_rejected(
+        AddPolicy::Admins,
+        16,
+        |c| c.with(&["m3"], &[]),
+        "only its admin m0",
+    );
 }
 
 #[test]
@@ -199,13 +233,19 @@ fn a_commit_changing_other_config_fields_is_rejected() {
     tampered_commit_is_rejected(
         AddPolicy::AnyMember,
         17,
-        |c| DGroupConfig { name: "evil".into(), ..c.with(&["m3"], &[]) },
+        |c| DGroupConfig {
+            name: "evil".into(),
+            ..c.with(&["m3"], &[])
+        },
         "changes its name",
     );
     tampered_commit_is_rejected(
         AddPolicy::AnyMember,
         18,
-        |c| DGroupConfig { add_policy: AddPolicy::Admins, ..c.clone() },
+        |c| DGroupConfig {
+            add_policy: AddPolicy::Admins,
+            ..c.clone()
+        },
         "changes its add_policy",
     );
 }

@@ -691,3 +691,43 @@ fn commit_that_changes_its_owners_identity_key_is_rejected() {
     let err = assert_rejected(&mut net, 1, in_m0_group(gid, data));
     assert!(err.contains("changes its owner's identity key"), "{err}");
 }
+
+#[test]
+fn welcome_of_an_owner_nobody_added_is_held_and_not_joined() {
+    // A relay making up a member: a Welcome of "m3" whose config is the DGroup's, plus m3.
+    let (mut net, d) = setup();
+    let team = DGroupConfig {
+        name: "team".into(),
+        ..config(d, &["m0", "m1", "m2"])
+    };
+    let forged = team.with(&["m3"], &[]).encode().unwrap();
+    let kp = net.engines[2].generate_key_packages(1).unwrap().remove(0);
+    let w = Attacker::new("m3").welcome(&send_group_id(&d, "m3"), Some(forged), &kp);
+    let before = snapshot(&net.engines[2]);
+    let events = net.engines[2]
+        .handle(
+            Input::Welcome {
+                inbox_id: Some(1000),
+                from: "m3".into(),
+                data: w,
+            },
+            99_000,
+        )
+        .unwrap();
+    assert!(events.is_empty(), "{events:?}");
+    let after = snapshot(&net.engines[2]);
+    assert_eq!(after.statuses[0].held_welcomes, 1);
+    assert_eq!(after.statuses[0].summary, before.statuses[0].summary);
+    assert_eq!(
+        after.statuses[0].send_groups,
+        before.statuses[0].send_groups
+    );
+    assert_eq!(after.followed, before.followed);
+    assert_eq!(after.outbox, before.outbox);
+    // Traffic of the others does not release it: nobody added m3.
+    net.engines[0].send(&d, TEXT_PLAIN, b"x", 100_000).unwrap();
+    net.settle(100_000);
+    let st = net.engines[2].status(&d).unwrap();
+    assert_eq!(st.held_welcomes, 1);
+    assert!(!st.summary.members.contains(&"m3".to_string()));
+}

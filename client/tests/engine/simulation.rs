@@ -3,7 +3,9 @@
 //! updates and renames, the engines' clock-driven duties (`Engine::handle_timeout`) on a
 //! simulated clock, in every eighth seed a removal and in another eighth a member leaves on its
 //! own; in every fourth seed days pass, a member falls asleep and is evicted by everyone, and a
-//! member who only reads is not.
+//! member who only reads is not. In every seed two newcomers are added (docs/PROTOCOL.md
+//! "Add"): in even seeds by two members at the same step (concurrent adds), in odd ones the
+//! second later, after the removal, leave or sleep of that seed.
 //!
 //! `DMLS_SIM_SEEDS=N` runs seeds 0..N (default 200); `DMLS_SIM_SEED=S` replays one seed.
 
@@ -18,6 +20,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const MEMBERS: usize = 8;
+/// Identities added to the DGroup while it runs: m8 and m9.
+const NEWCOMERS: usize = 2;
+/// Every identity.
+const ALL: usize = MEMBERS + NEWCOMERS;
 const STEPS: usize = 120;
 /// Deliveries are mostly picked among this many oldest ones.
 const WINDOW: usize = 24;
@@ -83,12 +89,12 @@ impl Scenario {
 
 fn run_seed(seed: u64) -> Result<Stats, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut net = Net::new(MEMBERS, MEMBERS, seed);
+    let mut net = Net::new(ALL, ALL, seed);
     for e in &mut net.engines {
         e.set_duty_policy(DUTIES);
     }
     let scenario = Scenario::of(seed);
-    let others: Vec<String> = net.names[1..].to_vec();
+    let others: Vec<String> = net.names[1..MEMBERS].to_vec();
     let d = net.engines[0]
         .create_dgroup("sim", &others, 0)
         .map_err(|e| e.to_string())?;
@@ -97,8 +103,15 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
     let last = MEMBERS - 1;
     let reader = MEMBERS - 2;
     let mut gone = false;
-    // (sender, message id, sent after `last` left) of every application message sent.
-    let mut sent: Vec<(usize, MessageId, bool)> = Vec::new();
+    // Every application message sent, with who was in the sender's Send Group then.
+    let mut sent: Vec<Sent> = Vec::new();
+    // Newcomers still to add, and from which step on.
+    let mut adds: Vec<(usize, usize)> = if seed.is_multiple_of(2) {
+        vec![(MEMBERS, STEPS / 4), (MEMBERS + 1, STEPS / 4)]
+    } else {
+        vec![(MEMBERS, STEPS / 4), (MEMBERS + 1, STEPS * 5 / 8)]
+    };
+    let mut adders: Vec<usize> = Vec::new();
     let mut stats = Stats::default();
     // Whether a member that is still active at the end renamed the DGroup.
     let mut renamed_by_active = false;
@@ -138,7 +151,27 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
             morning(&mut net, &mut rng, asleep, now)?;
             continue;
         }
-        let actor = rng.random_range(0..MEMBERS);
+        if let Some(pos) = adds.iter().position(|a| a.1 <= step) {
+            // A member that is not the last one (gone in some scenarios) nor an adder
+            // already adds the newcomer; one not ready yet leaves it for a later step.
+            let candidates: Vec<usize> = (0..MEMBERS - 1).filter(|a| !adders.contains(a)).collect();
+            let adder = candidates[rng.random_range(0..candidates.len())];
+            let newcomer = adds[pos].0;
+            match net.engines[adder].add(&d, &[net.names[newcomer].clone()], now) {
+                Ok(()) => {
+                    adds.remove(pos);
+                    adders.push(adder);
+                }
+                // Not in the DGroup yet, or its Send Group is not set up yet.
+                Err(EngineError::NotReady(_) | EngineError::UnknownDGroup(_)) => {}
+                Err(e) => return Err(format!("add of m{newcomer} by m{adder}: {e}")),
+            }
+            if adds.first().is_some_and(|a| a.1 <= step) {
+                // The concurrent one: in the same step, before anything is delivered.
+                continue;
+            }
+        }
+        let actor = rng.random_range(0..ALL);
         let silent = gone && actor == last;
         let reads_only = scenario == Scenario::Days && actor == reader;
         let roll = rng.random_range(0..100);
@@ -170,7 +203,12 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
         } else if roll < 88 {
             let body = format!("seed {seed} step {step} from {actor}");
             match net.engines[actor].send(&d, TEXT_PLAIN, body.as_bytes(), now) {
-                Ok(id) => sent.push((actor, id, gone)),
+                Ok(id) => sent.push(Sent {
+                    sender: actor,
+                    id,
+                    after_gone: gone,
+                    readers: readers_of(&net, &d, actor)?,
+                }),
                 Err(EngineError::NotReady(_) | EngineError::UnknownDGroup(_)) => {}
                 Err(e) => return Err(format!("send by m{actor}: {e}")),
             }
@@ -190,7 +228,10 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
             net.tick(actor, now);
         }
     }
-    let active: Vec<usize> = (0..MEMBERS).filter(|i| !(gone && *i == last)).collect();
+    if !adds.is_empty() {
+        return Err(format!("newcomers never added: {adds:?}"));
+    }
+    let active: Vec<usize> = (0..ALL).filter(|i| !(gone && *i == last)).collect();
     let asleep = matches!(scenario, Scenario::Days | Scenario::Leave).then_some(last);
     finish(&mut net, &mut rng, &active, asleep, now)?;
     converged_views(&net, &d, &active, gone.then_some(last))?;
@@ -229,7 +270,7 @@ fn morning(
     asleep: Option<usize>,
     now: u64,
 ) -> Result<(), String> {
-    let mut order: Vec<usize> = (0..MEMBERS).filter(|i| Some(*i) != asleep).collect();
+    let mut order: Vec<usize> = (0..ALL).filter(|i| Some(*i) != asleep).collect();
     order.shuffle(rng);
     for i in order {
         net.sync(i, now)?;
@@ -253,10 +294,24 @@ fn finish(
         if net.pool.is_empty() {
             break;
         }
-        let k = rng.random_range(0..net.pool.len().min(WINDOW));
+        // Only deliveries a member can take now (it follows their Send Group).
+        let takeable: Vec<usize> = (0..net.pool.len())
+            .filter(|&k| {
+                let p = &net.pool[k];
+                let followed = net.engines[p.to].followed_groups().unwrap_or_default();
+                crate::common::can_take(&followed, &p.input)
+            })
+            .take(WINDOW)
+            .collect();
+        if takeable.is_empty() {
+            // The rest waits for what the duties below do (a member that learns of a newcomer
+            // only from a later commit follows its Send Group then).
+            break;
+        }
+        let k = takeable[rng.random_range(0..takeable.len())];
         net.deliver(k, false, now)?;
     }
-    for _ in 0..4 {
+    for _ in 0..8 {
         if !active
             .iter()
             .any(|&i| net.engines[i].poll_timeout().is_some_and(|t| t <= now))
@@ -271,7 +326,7 @@ fn finish(
             return Err(format!("{left} deliveries can never be made"));
         }
     }
-    Err("duties still due after four rounds".into())
+    Err("duties still due after eight rounds".into())
 }
 
 /// Checks that every `active` member ends with the same epoch authenticator for every Send
@@ -297,9 +352,27 @@ fn converged_views(
                 .filter(|w| !matches!(w.waits_for, WaitReason::Commit(_)))
                 .collect();
             if !stuck.is_empty() {
+                let detail: Vec<String> = net.engines[i]
+                    .status(d)
+                    .map_err(|e| e.to_string())?
+                    .send_groups
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{} {} joined {} epoch {:?} members {:?}",
+                            g.owner,
+                            &g.group_id[..8],
+                            g.joined,
+                            g.epoch,
+                            g.members
+                        )
+                    })
+                    .collect();
                 return Err(format!(
-                    "m{i} still has waiting messages in {}'s group: {:?}",
-                    sg.owner, sg.waiting
+                    "m{i} still has waiting messages in {}'s group: {:?}\n{}",
+                    sg.owner,
+                    sg.waiting,
+                    detail.join("\n")
                 ));
             }
             views
@@ -432,16 +505,42 @@ fn check_left(
     Ok(())
 }
 
-/// Every application message decrypted exactly once by every other member (a member `gone`
-/// may or may not read what was sent after it was removed; a member that `left` reads none of
-/// it).
+/// One application message sent.
+struct Sent {
+    sender: usize,
+    id: MessageId,
+    /// Sent after the last member was removed, left or fell asleep.
+    after_gone: bool,
+    /// The members of the sender's Send Group when it was sent.
+    readers: Vec<usize>,
+}
+
+/// The members of `i`'s own Send Group now.
+fn readers_of(
+    net: &Net,
+    d: &dmls_client::engine::DGroupId,
+    i: usize,
+) -> Result<Vec<usize>, String> {
+    let st = net.engines[i].status(d).map_err(|e| e.to_string())?;
+    let own = st
+        .send_groups
+        .iter()
+        .find(|g| g.owner == net.names[i])
+        .ok_or("no own Send Group")?;
+    Ok(own.members.iter().map(|m| net.index(m)).collect())
+}
+
+/// Every application message decrypted exactly once by every member that was in the sender's
+/// Send Group when it was sent, and by nobody else (a newcomer reads nothing from before it
+/// was added; a member `gone` may or may not read what was sent after it was removed; a member
+/// that `left` reads none of it).
 fn check_messages(
     net: &Net,
-    sent: &[(usize, MessageId, bool)],
+    sent: &[Sent],
     gone: Option<usize>,
     left: Option<usize>,
 ) -> Result<(), String> {
-    let mut got: Vec<BTreeMap<MessageId, usize>> = vec![BTreeMap::new(); MEMBERS];
+    let mut got: Vec<BTreeMap<MessageId, usize>> = vec![BTreeMap::new(); ALL];
     for (i, evs) in net.events.iter().enumerate() {
         for e in evs {
             if let Event::Message(m) = e {
@@ -449,7 +548,8 @@ fn check_messages(
             }
         }
     }
-    for &(s, id, after_leaving) in sent {
+    for m in sent {
+        let (s, id, after_leaving) = (m.sender, m.id, m.after_gone);
         for (r, got_r) in got.iter().enumerate() {
             if r == s {
                 continue;
@@ -459,8 +559,10 @@ fn check_messages(
                 n == 0
             } else if Some(r) == gone && after_leaving {
                 n <= 1
-            } else {
+            } else if m.readers.contains(&r) {
                 n == 1
+            } else {
+                n == 0
             };
             if !ok {
                 return Err(format!("m{r} decrypted message {id} of m{s} {n} times"));

@@ -137,7 +137,11 @@ pub(crate) fn set_we_removed(conn: &Connection, d: &DGroupId) -> Result<bool, En
 }
 
 /// Replaces the encoded config of `d` (docs/PROTOCOL.md "DGroup configuration": it only grows).
-pub(crate) fn set_config(conn: &Connection, d: &DGroupId, config: &[u8]) -> Result<(), EngineError> {
+pub(crate) fn set_config(
+    conn: &Connection,
+    d: &DGroupId,
+    config: &[u8],
+) -> Result<(), EngineError> {
     conn.exec_cached(
         "UPDATE dmls_dgroup SET config = ?2 WHERE dgroup_id = ?1",
         params![d.0.as_slice(), config],

@@ -377,7 +377,7 @@ impl Transport for NetRelay<'_> {
 
 /// Whether a member following `followed` would fetch `input`: a relay keeps a Send Group's
 /// messages until the member knows its DGroup and polls it.
-fn can_take(followed: &[FollowedGroup], input: &Input) -> bool {
+pub fn can_take(followed: &[FollowedGroup], input: &Input) -> bool {
     match input {
         Input::GroupMessage {
             owner, group_id, ..
@@ -388,7 +388,7 @@ fn can_take(followed: &[FollowedGroup], input: &Input) -> bool {
     }
 }
 
-fn short(i: &Input) -> String {
+pub fn short(i: &Input) -> String {
     match i {
         Input::GroupMessage { owner, seq, .. } => format!("message {owner} #{seq:?}"),
         Input::Welcome { from, .. } => format!("welcome from {from}"),
