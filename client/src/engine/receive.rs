@@ -515,12 +515,12 @@ impl Ctx<'_> {
         // docs/PROTOCOL.md "DGroup configuration": a config change only grows the config, and
         // brings new members only from a member that may add.
         let new_config = self.check_config_change(group, sg, &staged)?;
-        // Late add (docs/PROTOCOL.md "Late add"): only config members that are not
-        // removed and not in the group yet.
-        let added = if staged.add_proposals().next().is_some() {
+        // Late add (docs/PROTOCOL.md "Late add"): only config members not in the group yet;
+        // one known to be removed stays removed (its adder did not know yet).
+        let (added, stale_adds) = if staged.add_proposals().next().is_some() {
             self.check_late_adds(group, sg, &staged, new_config.as_ref())?
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         // One key per identity (docs/PROTOCOL.md): the owner's path leaf keeps its key.
         if let Some(path_leaf) = staged.update_path_leaf_node() {
@@ -581,6 +581,17 @@ impl Ctx<'_> {
                 if let KeyCheck::Changed(e) = check {
                     events.push(*e);
                 }
+            }
+        }
+        if !beyond_stop {
+            for x in stale_adds {
+                events.push(Event::Ignored {
+                    reason: format!(
+                        "{} added {x} to its Send Group, but {x} is known to be removed: {x} stays \
+                         removed (its owner removes it again once it learns of the removal)",
+                        sg.owner
+                    ),
+                });
             }
         }
         for x in removed {
@@ -719,16 +730,16 @@ impl Ctx<'_> {
     }
 
     /// Accepts the Add proposals of an owner's commit only when each adds a member of the
-    /// DGroup config that is not known to be removed and not in the Send Group already
-    /// (docs/PROTOCOL.md "Late add").
-    /// Returns the client ids it adds.
+    /// DGroup config that is not in the Send Group already (docs/PROTOCOL.md "Late add").
+    /// Returns the client ids it adds, and apart those known to be removed: they stay removed
+    /// (docs/PROTOCOL.md "Add", add and removal race).
     fn check_late_adds(
         &self,
         group: &MlsGroup,
         sg: &SendGroupRow,
         staged: &StagedCommit,
         new_config: Option<&DGroupConfig>,
-    ) -> Result<Vec<String>, EngineError> {
+    ) -> Result<(Vec<String>, Vec<String>), EngineError> {
         let (mut config, _, _) = self
             .config(&sg.dgroup_id)?
             .ok_or_else(|| EngineError::UnknownDGroup(sg.dgroup_id.to_hex()))?;
@@ -741,12 +752,19 @@ impl Ctx<'_> {
             .filter_map(|m| credential_identity(&m.credential).ok())
             .collect();
         let mut added = Vec::new();
+        let mut stale = Vec::new();
         for a in staged.add_proposals() {
             let id = credential_identity(a.add_proposal().key_package().leaf_node().credential())?;
             let why = if !config.has_member(&id) {
                 "is not a member of the DGroup config"
+            } else if present.contains(&id) {
+                "is in the Send Group already"
             } else if removed.contains(&id) {
-                "was removed from the DGroup"
+                // docs/PROTOCOL.md "Add", add and removal race: its owner had not learned of
+                // the removal yet. The commit is merged; the member stays removed.
+                present.push(id.clone());
+                stale.push(id);
+                continue;
             } else if present.contains(&id) {
                 "is in the Send Group already"
             } else {
@@ -758,7 +776,7 @@ impl Ctx<'_> {
                 "commit adds {id:?}, who {why}: only missing DGroup members may be added late"
             )));
         }
-        Ok(added)
+        Ok((added, stale))
     }
 
     /// One openmls `process_message` call in a savepoint: on failure openmls's writes are

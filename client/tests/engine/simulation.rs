@@ -5,7 +5,8 @@
 //! own; in every fourth seed days pass, a member falls asleep and is evicted by everyone, and a
 //! member who only reads is not. In every seed two newcomers are added (docs/PROTOCOL.md
 //! "Add"): in even seeds by two members at the same step (concurrent adds), in odd ones the
-//! second later, after the removal, leave or sleep of that seed.
+//! second later, after the removal, leave or sleep of that seed; in another eighth the first
+//! newcomer is removed again by its adder while the others are still adding it.
 //!
 //! `DMLS_SIM_SEEDS=N` runs seeds 0..N (default 200); `DMLS_SIM_SEED=S` replays one seed.
 
@@ -61,6 +62,10 @@ enum Scenario {
     /// Halfway, the last member leaves (docs/PROTOCOL.md "Leave"): everyone removes it, and it
     /// reads nothing sent after.
     Leave,
+    /// Two steps after its adder added the first newcomer, the adder removes it again, while
+    /// the others are still adding it (an add and a removal racing, docs/PROTOCOL.md "Add"): it
+    /// ends removed everywhere, and stays silent from then on.
+    AddRemoval,
     /// Half a day passes every [`HALF_DAY_EVERY`] steps. Early on the last member falls asleep
     /// (never syncs again): everyone must evict it. The member before it only reads: it must
     /// not be evicted, as its overdue acknowledgements keep it up to date.
@@ -72,6 +77,7 @@ impl Scenario {
         match seed % 8 {
             3 => Scenario::Removal,
             7 => Scenario::Leave,
+            6 => Scenario::AddRemoval,
             1 | 5 => Scenario::Days,
             _ => Scenario::Plain,
         }
@@ -80,7 +86,7 @@ impl Scenario {
     /// The step at which the last member leaves the conversation.
     fn leave_at(self) -> Option<usize> {
         match self {
-            Scenario::Plain => None,
+            Scenario::Plain | Scenario::AddRemoval => None,
             Scenario::Removal | Scenario::Leave => Some(STEPS / 2),
             Scenario::Days => Some(STEPS / 8),
         }
@@ -100,7 +106,11 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
         .map_err(|e| e.to_string())?;
     let mut now = 1_000u64;
     // Removed or asleep, in the scenarios that have one.
-    let last = MEMBERS - 1;
+    let last = if scenario == Scenario::AddRemoval {
+        MEMBERS
+    } else {
+        MEMBERS - 1
+    };
     let reader = MEMBERS - 2;
     let mut gone = false;
     // Every application message sent, with who was in the sender's Send Group then.
@@ -112,6 +122,8 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
         vec![(MEMBERS, STEPS / 4), (MEMBERS + 1, STEPS * 5 / 8)]
     };
     let mut adders: Vec<usize> = Vec::new();
+    // When the first newcomer was added, and by whom.
+    let mut first_added: Option<(usize, usize)> = None;
     let mut stats = Stats::default();
     // Whether a member that is still active at the end renamed the DGroup.
     let mut renamed_by_active = false;
@@ -135,6 +147,16 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
             }
             gone = true;
             continue;
+        }
+        if scenario == Scenario::AddRemoval
+            && !gone
+            && let Some((at, adder)) = first_added
+            && step >= at + 2
+        {
+            net.engines[adder]
+                .remove(&d, &net.names[last].clone(), now)
+                .map_err(|e| format!("removal of the newcomer: {e}"))?;
+            gone = true;
         }
         let asleep = (scenario == Scenario::Days && gone).then_some(last);
         if let Some(s) = asleep {
@@ -161,6 +183,9 @@ fn run_seed(seed: u64) -> Result<Stats, String> {
                 Ok(()) => {
                     adds.remove(pos);
                     adders.push(adder);
+                    if newcomer == MEMBERS {
+                        first_added = Some((step, adder));
+                    }
                 }
                 // Not in the DGroup yet, or its Send Group is not set up yet.
                 Err(EngineError::NotReady(_) | EngineError::UnknownDGroup(_)) => {}
