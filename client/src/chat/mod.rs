@@ -47,6 +47,7 @@ enum Command {
     Send { local: u64, text: String },
     Update,
     Remove(String),
+    Add(Vec<String>),
     Status,
     Verify(String),
     Rename(String),
@@ -151,6 +152,7 @@ async fn screen_loop(
                     Action::Send { local, text } => Command::Send { local, text },
                     Action::Update => Command::Update,
                     Action::Remove(m) => Command::Remove(m),
+                    Action::Add(m) => Command::Add(m),
                     Action::Status => Command::Status,
                     Action::Verify(m) => Command::Verify(m),
                     Action::Rename(n) => Command::Rename(n),
@@ -293,6 +295,12 @@ async fn command(
         Command::Remove(member) => client.remove(group, &member).await.inspect(|_| {
             report(Report::Note(format!(
                 "You removed {member}; the others follow when they sync."
+            )));
+        }),
+        Command::Add(members) => client.add(group, &members).await.inspect(|_| {
+            report(Report::Note(format!(
+                "You added {}; the others add them too when they sync. They read what is said from now on.",
+                members.join(", ")
             )));
         }),
         Command::Rename(name) => client.rename(group, &name).await.inspect(|_| {

@@ -104,6 +104,8 @@ pub enum Action {
     Update,
     /// Remove this member.
     Remove(String),
+    /// Add these members.
+    Add(Vec<String>),
     /// Show the group's status.
     Status,
     /// Show the safety number with this member.
@@ -116,6 +118,7 @@ pub enum Action {
 pub const HELP: &[&str] = &[
     "Commands:",
     "  /update        make a DMLS Update (a fresh key; imports the others' updates)",
+    "  /add NAME...   add members to the group (they read what is said from then on)",
     "  /remove NAME   remove NAME from the group",
     "  /status        show members, epochs and waiting messages",
     "  /verify NAME   show the safety number with NAME, to compare out of band",
@@ -367,6 +370,11 @@ impl App {
                 ("remove", [member]) => Action::Remove((*member).to_string()),
                 ("remove", _) => {
                     self.note("usage: /remove NAME", true);
+                    Action::None
+                }
+                ("add", [_, ..]) => Action::Add(args.iter().map(|a| (*a).to_string()).collect()),
+                ("add", []) => {
+                    self.note("usage: /add NAME...", true);
                     Action::None
                 }
                 ("verify", [member]) => Action::Verify((*member).to_string()),
@@ -896,6 +904,11 @@ mod tests {
             ("/update", Action::Update),
             ("/status", Action::Status),
             ("/remove bob", Action::Remove("bob".into())),
+            (
+                "/add dave  erin",
+                Action::Add(vec!["dave".into(), "erin".into()]),
+            ),
+            ("/add", Action::None),
             ("/verify bob", Action::Verify("bob".into())),
             ("/verify", Action::None),
             ("/rename book  club", Action::Rename("book club".into())),
