@@ -58,6 +58,11 @@ struct Homes {
 }
 
 async fn three_identities_in_a_group(url: &str) -> Homes {
+    three_identities_in_a_group_with(url, &[]).await
+}
+
+/// [`three_identities_in_a_group`], with `create_args` after `dmls group create friends bob carol`.
+async fn three_identities_in_a_group_with(url: &str, create_args: &[&str]) -> Homes {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, c) = (
         dir.path().join("a"),
@@ -68,7 +73,9 @@ async fn three_identities_in_a_group(url: &str) -> Homes {
         let v = ok(home, &["init", "--relay", url, "--name", name]).await;
         assert_eq!(v["client_id"], name);
     }
-    let v = ok(&a, &["group", "create", "friends", "bob", "carol"]).await;
+    let mut create = vec!["group", "create", "friends", "bob", "carol"];
+    create.extend_from_slice(create_args);
+    let v = ok(&a, &create).await;
     assert_eq!(v["name"], "friends");
     for _ in 0..3 {
         for home in [&a, &b, &c] {
@@ -448,40 +455,19 @@ async fn only_the_admin_adds_when_the_group_says_so() {
     let relay_dir = tempfile::tempdir().unwrap();
     let relay = start_relay(relay_dir.path()).await;
     let url = relay.url();
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (
-        dir.path().join("a"),
-        dir.path().join("b"),
-        dir.path().join("c"),
-    );
-    for (home, name) in [(&a, "alice"), (&b, "bob"), (&c, "carol")] {
-        let v = ok(home, &["init", "--relay", &url, "--name", name]).await;
-        assert_eq!(v["client_id"], name);
-    }
-    let v = ok(
-        &a,
-        &[
-            "group", "create", "friends", "bob", "carol", "--adds", "admins",
-        ],
-    )
-    .await;
-    assert_eq!(v["name"], "friends");
-    for _ in 0..3 {
-        for home in [&a, &b, &c] {
-            ok(home, &["sync"]).await;
-        }
-    }
-    a_fourth_identity(dir.path(), &url, "dave").await;
+    let h = three_identities_in_a_group_with(&url, &["--adds", "admins"]).await;
+    let (a, b) = (&h.a, &h.b);
+    a_fourth_identity(h._dir.path(), &url, "dave").await;
 
-    for home in [&a, &b] {
+    for home in [a, b] {
         let groups = ok(home, &["groups"]).await;
         assert_eq!(groups[0]["adds"], "admins", "{groups}");
     }
-    let out = run(&b, &["group", "add", "friends", "dave"]).await;
+    let out = run(b, &["group", "add", "friends", "dave"]).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("admin"), "{stderr}");
-    let v = ok(&a, &["group", "add", "friends", "dave"]).await;
+    let v = ok(a, &["group", "add", "friends", "dave"]).await;
     assert_eq!(v["added"], serde_json::json!(["dave"]), "{v}");
     assert_eq!(v["sent"], true, "{v}");
     relay.shutdown().await.unwrap();

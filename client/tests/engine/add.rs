@@ -1,6 +1,6 @@
 //! Adding members to a running DGroup (docs/PROTOCOL.md "Add").
 
-use crate::common::Net;
+use crate::common::{Net, messages as bodies};
 use dmls_client::engine::{AddPolicy, DGroupConfig, DGroupId, EngineError, Event, TEXT_PLAIN};
 
 /// Delivers everything and lets every member retry its missing members (as its periodic
@@ -17,16 +17,6 @@ fn settle_adds(net: &mut Net, now_ms: u64) {
         }
     }
     net.settle_leaving(now_ms);
-}
-
-fn bodies(net: &Net, i: usize) -> Vec<Vec<u8>> {
-    net.events[i]
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message(m) => Some(m.body.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// m0 creates "team" with m1 and m2 (of `n` identities), everyone joins.

@@ -1,17 +1,7 @@
 //! Basic flows of the engine with a few members and an in-order network.
 
-use crate::common::Net;
+use crate::common::{Net, messages};
 use dmls_client::engine::{DGroupId, Engine, Event, TEXT_PLAIN};
-
-fn messages(net: &Net, i: usize) -> Vec<Vec<u8>> {
-    net.events[i]
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message(m) => Some(m.body.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 #[test]
 fn three_members_create_join_send_and_update() {

@@ -377,6 +377,17 @@ impl Transport for NetRelay<'_> {
 
 /// Whether a member following `followed` would fetch `input`: a relay keeps a Send Group's
 /// messages until the member knows its DGroup and polls it.
+/// The bodies of the application messages member `i` decrypted, in order.
+pub fn messages(net: &Net, i: usize) -> Vec<Vec<u8>> {
+    net.events[i]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m.body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn can_take(followed: &[FollowedGroup], input: &Input) -> bool {
     match input {
         Input::GroupMessage {
