@@ -731,3 +731,48 @@ fn welcome_of_an_owner_nobody_added_is_held_and_not_joined() {
     assert_eq!(st.held_welcomes, 1);
     assert!(!st.summary.members.contains(&"m3".to_string()));
 }
+
+#[test]
+fn a_forged_key_package_of_an_added_member_is_refused_and_reported() {
+    // m0 adds m3; the relay then hands m1 a key package of "m3" made with the relay's own key.
+    let mut net = Net::new(4, 4, 21);
+    let d = net.engines[0]
+        .create_dgroup("team", &["m1".to_string(), "m2".to_string()], 1000)
+        .unwrap();
+    net.settle(1000);
+    net.engines[0].add(&d, &["m3".to_string()], 2000).unwrap();
+    // m0's claim takes a real key package; everyone merges m0's commits, which show m3's key.
+    net.settle_leaving(2000);
+    let fake = Attacker::new("m3");
+    let caps = Capabilities::builder()
+        .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
+        .build();
+    let kp = KeyPackage::builder()
+        .leaf_node_capabilities(caps)
+        .build(CS, &fake.provider, &fake.signer, fake.cred.clone())
+        .unwrap();
+    let forged = MlsMessageOut::from(kp.key_package().clone())
+        .tls_serialize_detached()
+        .unwrap();
+    let m3 = net.index("m3");
+    // The stock is claimed from its end.
+    net.stock[m3].push(forged);
+    net.engines[1].retry_missing_members().unwrap();
+    net.settle_leaving(2000);
+    let st = net.engines[1].status(&d).unwrap();
+    assert!(
+        st.key_changes.iter().any(|k| k.client_id == "m3"),
+        "{:?}",
+        st.key_changes
+    );
+    assert!(net.events[1].iter().any(|e| matches!(e,
+        dmls_client::engine::Event::KeyChanged { change, .. } if change.client_id == "m3")));
+    // Nothing of m1 is encrypted to the forged key: m3 is not in m1's Send Group.
+    let own = st.send_groups.iter().find(|g| g.owner == "m1").unwrap();
+    assert!(
+        !own.members.contains(&"m3".to_string()),
+        "{:?}",
+        own.members
+    );
+    assert!(st.pending_adds.contains(&"m3".to_string()));
+}
