@@ -42,6 +42,15 @@ async fn ok(home: &Path, args: &[&str]) -> Value {
     })
 }
 
+/// `rounds` rounds in which each of `homes` runs `dmls sync`, in order.
+async fn sync_rounds(homes: &[&Path], rounds: usize) {
+    for _ in 0..rounds {
+        for home in homes {
+            ok(home, &["sync"]).await;
+        }
+    }
+}
+
 fn texts(log: &Value) -> Vec<String> {
     log.as_array()
         .unwrap()
@@ -77,11 +86,7 @@ async fn three_identities_in_a_group_with(url: &str, create_args: &[&str]) -> Ho
     create.extend_from_slice(create_args);
     let v = ok(&a, &create).await;
     assert_eq!(v["name"], "friends");
-    for _ in 0..3 {
-        for home in [&a, &b, &c] {
-            ok(home, &["sync"]).await;
-        }
-    }
+    sync_rounds(&[&a, &b, &c], 3).await;
     Homes { _dir: dir, a, b, c }
 }
 
@@ -148,11 +153,7 @@ async fn three_users_talk_through_the_dmls_binary() {
     }
 
     ok(&h.a, &["remove", "friends", "carol"]).await;
-    for _ in 0..2 {
-        for home in [&h.a, &h.b, &h.c] {
-            ok(home, &["sync"]).await;
-        }
-    }
+    sync_rounds(&[&h.a, &h.b, &h.c], 2).await;
     let status = ok(&h.b, &["status", "friends"]).await;
     assert!(
         status["removed"]
@@ -403,9 +404,7 @@ async fn three_users_add_a_fourth_who_reads_what_follows_and_talks() {
     let relay = start_relay(relay_dir.path()).await;
     let h = three_identities_in_a_group(&relay.url()).await;
     ok(&h.a, &["send", "friends", "before"]).await;
-    for home in [&h.a, &h.b, &h.c] {
-        ok(home, &["sync"]).await;
-    }
+    sync_rounds(&[&h.a, &h.b, &h.c], 1).await;
     let d = a_fourth_identity(h._dir.path(), &relay.url(), "dave").await;
 
     let v = ok(&h.b, &["group", "add", "friends", "dave"]).await;
@@ -413,11 +412,7 @@ async fn three_users_add_a_fourth_who_reads_what_follows_and_talks() {
     assert_eq!(v["group"], "friends", "{v}");
     assert_eq!(v["sent"], true, "{v}");
     // The others claim dave's key packages and add him to their Send Groups; dave joins.
-    for _ in 0..3 {
-        for home in [&h.a, &h.b, &h.c, &d] {
-            ok(home, &["sync"]).await;
-        }
-    }
+    sync_rounds(&[&h.a, &h.b, &h.c, &d], 3).await;
     let groups = ok(&d, &["groups"]).await;
     assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
     assert_eq!(groups[0]["name"], "friends", "{groups}");
@@ -432,11 +427,7 @@ async fn three_users_add_a_fourth_who_reads_what_follows_and_talks() {
 
     ok(&h.c, &["send", "friends", "after"]).await;
     ok(&d, &["send", "friends", "hi from dave"]).await;
-    for _ in 0..2 {
-        for home in [&h.a, &h.b, &h.c, &d] {
-            ok(home, &["sync"]).await;
-        }
-    }
+    sync_rounds(&[&h.a, &h.b, &h.c, &d], 2).await;
     let dave_reads = texts(&ok(&d, &["log", "friends"]).await);
     assert!(dave_reads.iter().any(|t| t == "after"), "{dave_reads:?}");
     assert!(!dave_reads.iter().any(|t| t == "before"), "{dave_reads:?}");

@@ -244,34 +244,24 @@ impl Ctx<'_> {
         Ok(Some(new))
     }
 
-    /// Why a Welcome of `owner` with `config` for a DGroup whose config we hold is to be held
-    /// rather than joined: its owner is not a member we know, or it brings members we do not
-    /// know and its owner may not add. `Err` when it is of another DGroup config altogether.
-    pub(crate) fn welcome_hold_reason(
+    /// Whether a Welcome of `owner` with `config`, for a DGroup whose config we hold, is to be
+    /// held rather than joined: its owner is not a member we know, or it brings members we do
+    /// not know and its owner may not add. `Err` when it is of another DGroup config altogether.
+    pub(crate) fn welcome_is_held(
         &self,
         owner: &str,
         config: &DGroupConfig,
-    ) -> Result<Option<String>, EngineError> {
+    ) -> Result<bool, EngineError> {
         let Some((held, _, we_removed)) = self.config(&config.dgroup_id)? else {
-            return Ok(None);
+            return Ok(false);
         };
         if we_removed {
-            return Ok(None);
+            return Ok(false);
         }
         held.check_same_dgroup(config)
             .map_err(|e| EngineError::Rejected(format!("Welcome: {e}")))?;
-        if !held.has_member(owner) {
-            return Ok(Some(format!(
-                "its owner {owner} is not a member we know of yet"
-            )));
-        }
-        let unknown = held.new_members(config);
-        if !unknown.is_empty() && !held.may_add(owner) {
-            return Ok(Some(format!(
-                "it lists members we do not know of yet ({unknown:?}) and {owner} may not add"
-            )));
-        }
-        Ok(None)
+        let unknown_members = !held.new_members(config).is_empty();
+        Ok(!held.has_member(owner) || (unknown_members && !held.may_add(owner)))
     }
 
     /// Retries the Welcomes held for the DGroups whose config gained members in this

@@ -113,7 +113,7 @@ impl Ctx<'_> {
             .filter(|r| r.1)
             .map(|r| r.0)
             .collect();
-        let pending_adds = self.pending_adds(d, &summary)?;
+        let pending_adds = self.pending_adds(&summary, &send_groups)?;
         Ok(DGroupStatus {
             held_welcomes: dgroups::held_welcome_count(self.conn, d)?,
             summary,
@@ -132,25 +132,23 @@ impl Ctx<'_> {
     }
 
     /// Members of the config not known to be removed and not in our own Send Group yet,
-    /// once it is set up (docs/PROTOCOL.md "Add", "Late add").
+    /// once it is set up (docs/PROTOCOL.md "Add", "Late add"), from the status's rows.
     fn pending_adds(
         &self,
-        d: &DGroupId,
         summary: &DGroupSummary,
+        send_groups: &[SendGroupStatus],
     ) -> Result<Vec<String>, EngineError> {
+        let me = self.me()?;
+        let Some(own) = send_groups.iter().find(|g| g.owner == me && g.joined) else {
+            return Ok(Vec::new());
+        };
         if summary.we_are_removed {
             return Ok(Vec::new());
         }
-        let own = self.own_send_group(d)?;
-        if !own.joined {
-            return Ok(Vec::new());
-        }
-        let me = self.me()?;
-        let present = self.members_of(&own.group_id)?;
         Ok(summary
             .members
             .iter()
-            .filter(|m| **m != me && !summary.removed.contains(m) && !present.contains(m))
+            .filter(|m| **m != me && !summary.removed.contains(m) && !own.members.contains(m))
             .cloned()
             .collect())
     }

@@ -943,11 +943,11 @@ impl Ctx<'_> {
         Savepoint::Staging.begin(self.conn)?;
         let staged = self.check_welcome(welcome, from, &me).and_then(|w| {
             let differs = self.differs_from_pin(&w.owner, &w.owner_key)?;
-            let hold = self.welcome_hold_reason(&w.owner, &w.config)?;
+            let hold = self.welcome_is_held(&w.owner, &w.config)?;
             Ok((w, differs, hold))
         });
         let w = match staged {
-            Ok((w, false, Some(_why))) => {
+            Ok((w, false, true)) => {
                 // docs/PROTOCOL.md "DGroup configuration": kept until the config we hold
                 // admits it; retried when it gains members.
                 Savepoint::Staging.rollback(self.conn)?;
@@ -971,7 +971,7 @@ impl Ctx<'_> {
                     KeyCheck::Pinned | KeyCheck::FirstSeen => Vec::new(),
                 });
             }
-            Ok((w, false, None)) => {
+            Ok((w, false, false)) => {
                 Savepoint::Staging.release(self.conn)?;
                 w
             }

@@ -90,6 +90,19 @@ impl Attacker {
         }
     }
 
+    /// A valid key package of this identity, its leaf listing the DGroup extension.
+    fn key_package(&self) -> KeyPackage {
+        let caps = Capabilities::builder()
+            .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
+            .build();
+        KeyPackage::builder()
+            .leaf_node_capabilities(caps)
+            .build(CS, &self.provider, &self.signer, self.cred.clone())
+            .unwrap()
+            .key_package()
+            .clone()
+    }
+
     /// A group with this id and (if any) this raw 0xFF00 extension.
     fn group(&self, group_id: &[u8], config: Option<Vec<u8>>) -> MlsGroup {
         let caps = Capabilities::builder()
@@ -569,14 +582,7 @@ fn welcome_sent_by_a_non_owner_leaf_is_rejected() {
     let owner = Attacker::new("m0");
     let insider = Attacker::new("m1");
     // The owner adds the insider (leaf 1), who then adds m2 itself.
-    let caps = Capabilities::builder()
-        .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
-        .build();
-    let kp = KeyPackage::builder()
-        .leaf_node_capabilities(caps)
-        .build(CS, &insider.provider, &insider.signer, insider.cred.clone())
-        .unwrap();
-    let kp = MlsMessageOut::from(kp.key_package().clone())
+    let kp = MlsMessageOut::from(insider.key_package())
         .tls_serialize_detached()
         .unwrap();
     let mut g = owner.group(&send_group_id(&d, "m0"), Some(c));
@@ -612,21 +618,7 @@ fn commit_adding_a_client_outside_the_dgroup_config_is_rejected() {
     let (mut net, d) = file_setup(dir.path());
     let gid = send_group_id(&d, "m0");
     // A well-formed key package of a client the config does not list.
-    let outsider = Attacker::new("evil");
-    let caps = Capabilities::builder()
-        .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
-        .build();
-    let kp = KeyPackage::builder()
-        .leaf_node_capabilities(caps)
-        .build(
-            CS,
-            &outsider.provider,
-            &outsider.signer,
-            outsider.cred.clone(),
-        )
-        .unwrap()
-        .key_package()
-        .clone();
+    let kp = Attacker::new("evil").key_package();
     // The owner adds it in an otherwise valid commit (path, empty AAD).
     let data = forge_in(dir.path(), "m0", gid, |g, p, s| {
         g.set_aad(Vec::new());
@@ -743,15 +735,7 @@ fn a_forged_key_package_of_an_added_member_is_refused_and_reported() {
     net.engines[0].add(&d, &["m3".to_string()], 2000).unwrap();
     // m0's claim takes a real key package; everyone merges m0's commits, which show m3's key.
     net.settle_leaving(2000);
-    let fake = Attacker::new("m3");
-    let caps = Capabilities::builder()
-        .extensions(vec![ExtensionType::Unknown(DMLS_EXTENSION_TYPE)])
-        .build();
-    let kp = KeyPackage::builder()
-        .leaf_node_capabilities(caps)
-        .build(CS, &fake.provider, &fake.signer, fake.cred.clone())
-        .unwrap();
-    let forged = MlsMessageOut::from(kp.key_package().clone())
+    let forged = MlsMessageOut::from(Attacker::new("m3").key_package())
         .tls_serialize_detached()
         .unwrap();
     let m3 = net.index("m3");
